@@ -1,0 +1,106 @@
+"""Errors: one hierarchy whose classes carry the user's sentence, a hint and an exit code.
+
+Every failure that reaches a user is a DeltadumpError. Foreign exceptions (OSError, subprocess,
+botocore) are translated where they are born, with the original chained. Only the CLI prints them.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class DeltadumpError(Exception):
+    """Root of every error deltadump reports to a user."""
+
+    exit_code: int = EXIT_FAILED
+    hint: str = ""
+    transient: bool = False
+
+    def __init__(self, message: str, *, hint: str | None = None, detail: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        if hint is not None:
+            self.hint = hint
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(DeltadumpError):
+    """Bad command-line usage."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(DeltadumpError):
+    """The config file is missing, malformed or has unknown or invalid keys."""
+
+    exit_code = EXIT_USAGE
+    hint = "check the config file against README.md's 'Config' section"
+
+
+class DatabaseError(DeltadumpError):
+    """The database could not be reached, or refused us."""
+
+
+class DumpError(DeltadumpError):
+    """pg_dump (or pg_basebackup) failed or produced an unusable archive."""
+
+
+class ToolNotFound(DeltadumpError):
+    """No suitable PostgreSQL client program was found."""
+
+    hint = "install PostgreSQL client programs at least as new as the server, or set [database] pg_bin"
+
+
+class StorageError(DeltadumpError):
+    """Reading or writing the backup folder failed (permissions, full disk, ...)."""
+
+
+class IntegrityError(DeltadumpError):
+    """A stored file does not match its recorded size or checksum, or is structurally broken."""
+
+
+class RestoreError(DeltadumpError):
+    """A restore failed or was refused."""
+
+
+class LockedError(DeltadumpError):
+    """Another deltadump process holds the lock for this config."""
+
+
+class TargetError(DeltadumpError):
+    """An offsite target failed. `transient` says whether a retry may help."""
+
+
+class RsyncError(DeltadumpError):
+    """A librsync-compatible operation failed; `rs_code` is librsync's result code (rdiff's exit)."""
+
+    RS_IO_ERROR = 100
+    RS_SYNTAX_ERROR = 101
+    RS_MEM_ERROR = 102
+    RS_INPUT_ENDED = 103
+    RS_BAD_MAGIC = 104
+    RS_CORRUPT = 106
+    RS_PARAM_ERROR = 108
+
+    REASONS = {
+        100: "IO error",
+        101: "syntax error",
+        102: "out of memory",
+        103: "unexpected end of input",
+        104: "bad magic number at start of stream",
+        106: "stream corrupt",
+        108: "unexplained problem",
+    }
+
+    def __init__(self, rs_code: int, detail: str = "", *, job: str = "", message: str = "") -> None:
+        self.rs_code = rs_code
+        self.job = job
+        self.librsync_detail = detail
+        reason = self.REASONS.get(rs_code, "unexplained problem")
+        text = message or (f"{reason}: {detail.split(') ', 1)[-1]}" if detail else reason)
+        super().__init__(text)

@@ -1,0 +1,141 @@
+"""Durable local writes: temp name in the same folder, write, fsync, rename, fsync the folder.
+
+This is the one primitive every file deltadump stores goes through. A failed fsync is final.
+Files are created readable by their owner only (0600); folders 0700.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from .errors import StorageError
+
+TMP_PREFIX = ".tmp-"
+
+
+def tmp_name(final: Path) -> Path:
+    """A temporary name beside `final`, recognisable as ours so stale ones can be cleaned."""
+    return final.with_name(f"{TMP_PREFIX}{final.name}.{os.getpid()}.{secrets.token_hex(4)}")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def storage_error(exc: OSError, path: Path, action: str) -> StorageError:
+    """Translate an OSError into a StorageError that names the path and the cause."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        try:
+            st = os.statvfs(path if path.is_dir() else path.parent)
+            free = f"{st.f_bavail * st.f_frsize / 1e6:.1f} MB free"
+        except OSError:
+            free = "free space unknown"
+        return StorageError(
+            f"disk full while {action} {path} ({free})",
+            hint="free some space or choose another dest; earlier backups are untouched",
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StorageError(
+            f"permission denied while {action} {path}: {exc.strerror}",
+            hint="check the folder's owner and mode, and that it is not mounted read-only",
+        )
+    return StorageError(f"I/O error while {action} {path}: {exc.strerror or exc}")
+
+
+class AtomicFile:
+    """A file written under a temporary name and renamed into place on commit()."""
+
+    def __init__(self, final: Path, mode: int = 0o600) -> None:
+        self.final = Path(final)
+        self.tmp = tmp_name(self.final)
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        try:
+            fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        except OSError as exc:
+            raise storage_error(exc, self.final, "creating") from exc
+        self.file: BinaryIO = os.fdopen(fd, "wb", buffering=1 << 20)
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        try:
+            n = self.file.write(data)
+        except OSError as exc:
+            raise storage_error(exc, self.final, "writing") from exc
+        self.sha256.update(data)
+        self.size += len(data)
+        return n
+
+    def commit(self) -> None:
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.replace(self.tmp, self.final)
+            fsync_dir(self.final.parent)
+        except OSError as exc:
+            self.abort()
+            raise storage_error(exc, self.final, "saving") from exc
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self.file.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_write(final: Path, mode: int = 0o600) -> Iterator[AtomicFile]:
+    """Write `final` durably: all or nothing, never a half-written file under the final name."""
+    f = AtomicFile(final, mode)
+    try:
+        yield f
+    except BaseException:
+        f.abort()
+        raise
+    f.commit()
+
+
+def write_bytes_atomic(final: Path, data: bytes, mode: int = 0o600) -> str:
+    """Write `data` durably to `final`; returns its sha256 hex."""
+    with atomic_write(final, mode) as f:
+        f.write(data)
+    return f.sha256.hexdigest()
+
+
+def sha256_file(path: Path, bufsize: int = 4 << 20) -> tuple[int, str]:
+    """(size, sha256 hex) of a file, streamed."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(bufsize):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Remove temporary files left by a killed run (ours only: the TMP_PREFIX names)."""
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.rglob(f"{TMP_PREFIX}*"):
+        with contextlib.suppress(OSError):
+            if p.is_dir():
+                import shutil
+
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            removed.append(p)
+    return removed

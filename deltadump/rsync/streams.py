@@ -1,0 +1,190 @@
+"""Byte sources and sinks for the engine: paths or binary file objects, seekable or not.
+
+`Source.read_at` gives random access to an input at or after the point last released: regular files
+are read with pread (no copy of the file is kept), pipes through a bounded sliding buffer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from ..errors import RsyncError
+from ..fsio import AtomicFile
+
+PathOrFile = str | os.PathLike[str] | BinaryIO
+
+READ_SIZE = 4 << 20
+
+
+def _open_error(name: object, exc: OSError, how: str) -> RsyncError:
+    return RsyncError(
+        RsyncError.RS_IO_ERROR,
+        f'(rs_file_open) Error opening "{name}" for {how}: {exc.strerror}',
+        message=f"cannot open {name} for {how}: {exc.strerror}",
+    )
+
+
+class Source:
+    """Random access (forward-moving) to an input stream."""
+
+    def __init__(self, f: BinaryIO, name: str = "input") -> None:
+        self.f = f
+        self.name = name
+        self.fd: int | None = None
+        self.size: int | None = None
+        try:
+            fd = f.fileno()
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode):
+                self.fd = fd
+                self.base_off = f.tell()
+                self.size = st.st_size - self.base_off
+        except (OSError, AttributeError, ValueError):
+            pass
+        self._buf = bytearray()
+        self._buf_start = 0
+        self._eof = False
+
+    @property
+    def seekable(self) -> bool:
+        return self.fd is not None
+
+    def read_at(self, off: int, n: int) -> bytes:
+        """Up to n bytes at offset off (fewer only at end of input)."""
+        if self.fd is not None:
+            assert self.size is not None
+            n = max(0, min(n, self.size - off))
+            if n == 0:
+                return b""
+            data = os.pread(self.fd, n, self.base_off + off)
+            while len(data) < n:  # pread may return short on some filesystems
+                more = os.pread(self.fd, n - len(data), self.base_off + off + len(data))
+                if not more:
+                    break
+                data += more
+            return data
+        if off < self._buf_start:
+            raise RuntimeError("read_at before released offset")
+        want_end = off + n
+        while self._buf_start + len(self._buf) < want_end and not self._eof:
+            chunk = self.f.read(max(READ_SIZE, want_end - self._buf_start - len(self._buf)))
+            if not chunk:
+                self._eof = True
+                self.size = self._buf_start + len(self._buf)
+                break
+            self._buf += chunk
+        lo = off - self._buf_start
+        return bytes(self._buf[lo : lo + n])
+
+    def release(self, off: int) -> None:
+        """No byte before `off` will be read again."""
+        if self.fd is None and off - self._buf_start > (8 << 20):
+            drop = min(off - self._buf_start, len(self._buf))
+            del self._buf[:drop]
+            self._buf_start += drop
+
+    def chunks(self, size: int) -> Iterator[bytes]:
+        """Sequential reads of `size` bytes (the last may be shorter)."""
+        off = 0
+        while True:
+            data = self.read_at(off, size)
+            if not data:
+                return
+            yield data
+            off += len(data)
+            self.release(off)
+            if len(data) < size:
+                return
+
+
+@contextlib.contextmanager
+def open_input(src: PathOrFile) -> Iterator[Source]:
+    if isinstance(src, str | os.PathLike):
+        try:
+            f = open(src, "rb", buffering=0)  # noqa: SIM115
+        except OSError as exc:
+            raise _open_error(src, exc, "read") from exc
+        with f:
+            yield Source(f, str(src))
+    else:
+        yield Source(src, getattr(src, "name", "input"))
+
+
+class Sink:
+    """Output: a path written atomically (temp name, fsync, rename) or a file object."""
+
+    def __init__(self, dst: PathOrFile, force: bool = True) -> None:
+        self.atomic: AtomicFile | None = None
+        if isinstance(dst, str | os.PathLike):
+            path = Path(dst)
+            if not force and path.exists():
+                raise RsyncError(
+                    RsyncError.RS_IO_ERROR,
+                    f'(rs_file_open) File exists "{dst}", aborting!',
+                    message=f"{dst} exists (use --force to overwrite)",
+                )
+            try:
+                self.atomic = AtomicFile(path, 0o644 & ~_umask())
+            except Exception as exc:
+                raise RsyncError(
+                    RsyncError.RS_IO_ERROR,
+                    f'(rs_file_open) Error opening "{dst}" for write: {exc}',
+                    message=f"cannot open {dst} for write: {exc}",
+                ) from exc
+            self.f: BinaryIO = self.atomic.file
+        else:
+            self.f = dst
+        self.written = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            self.f.write(data)
+        except OSError as exc:
+            raise RsyncError(RsyncError.RS_IO_ERROR, f"write failed: {exc.strerror}") from exc
+        self.written += len(data)
+
+    def fileno_for_copy(self) -> int | None:
+        """A raw fd usable with copy_file_range after flush(), or None."""
+        try:
+            fd = self.f.fileno()
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                return fd
+        except (OSError, AttributeError, ValueError):
+            pass
+        return None
+
+    def flush(self) -> None:
+        self.f.flush()
+
+    def commit(self) -> None:
+        if self.atomic is not None:
+            self.atomic.commit()
+        else:
+            with contextlib.suppress(OSError, ValueError):
+                self.f.flush()
+
+    def abort(self) -> None:
+        if self.atomic is not None:
+            self.atomic.abort()
+
+
+def _umask() -> int:
+    old = os.umask(0)
+    os.umask(old)
+    return old
+
+
+@contextlib.contextmanager
+def open_output(dst: PathOrFile, force: bool = True) -> Iterator[Sink]:
+    sink = Sink(dst, force)
+    try:
+        yield sink
+    except BaseException:
+        sink.abort()
+        raise
+    sink.commit()

@@ -1,0 +1,175 @@
+"""Weak (RabinKarp, rollsum) and strong (BLAKE2b-256, MD4) checksums, vectorised with numpy.
+
+Weak sums come in two shapes: `block_weak` for consecutive blocks (signatures, aligned runs) and
+`rolling_weak` for every window offset of a region (the delta's search), both from the wrapping
+prefix-sum forms of spec section 2, so no Python loop touches a byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+
+import numpy as np
+
+RK_MULT = 0x08104225
+RK_INV = 0x98F009AD
+ROLL_OFFSET = 31
+U32 = np.uint32
+
+_pow_cache: dict[int, np.ndarray] = {}
+
+
+def _powers(base: int, n: int) -> np.ndarray:
+    """base**i mod 2^32 for i in range(n), uint32 (cached, grown on demand)."""
+    have = _pow_cache.get(base)
+    if have is None or len(have) < n:
+        m = max(n, 1 << 16, 0 if have is None else 2 * len(have))
+        arr = np.full(m, base, dtype=np.uint64)
+        arr[0] = 1
+        # uint64 products wrap mod 2^64; reduce mod 2^32 each step through cumprod on uint32 view.
+        out = np.cumprod(arr.astype(np.uint32), dtype=np.uint32)
+        have = out
+        _pow_cache[base] = have
+    return have[:n]
+
+
+def rk_pow(n: int) -> int:
+    return pow(RK_MULT, n, 1 << 32)
+
+
+def block_weak(data: np.ndarray, block_len: int, kind: str) -> np.ndarray:
+    """Weak sums of consecutive blocks of `data` (uint8); the last block may be short."""
+    n = len(data)
+    nfull = n // block_len
+    rem = n - nfull * block_len
+    out = np.empty(nfull + (1 if rem else 0), dtype=U32)
+    if nfull:
+        full = data[: nfull * block_len].reshape(nfull, block_len)
+        outf = out[:nfull]
+        # process in slices of about 1 MiB so the uint32 temporaries stay in cache
+        step = max(1, (1 << 20) // block_len)
+        if kind == "rabinkarp":
+            pw = _powers(RK_MULT, block_len)[::-1].copy()
+            top = U32(rk_pow(block_len))
+            for s in range(0, nfull, step):
+                outf[s : s + step] = (full[s : s + step] * pw).sum(axis=1, dtype=U32) + top
+        else:
+            wts = np.arange(block_len, 0, -1, dtype=U32)
+            c1 = U32(ROLL_OFFSET * block_len)
+            c2 = U32(ROLL_OFFSET * block_len * (block_len + 1) // 2 & 0xFFFFFFFF)
+            for s in range(0, nfull, step):
+                blk = full[s : s + step]
+                s1 = blk.sum(axis=1, dtype=U32) + c1
+                s2 = (blk * wts).sum(axis=1, dtype=U32) + c2
+                outf[s : s + step] = ((s2 & 0xFFFF) << 16) | (s1 & 0xFFFF)
+    if rem:
+        out[-1] = weak_one(data[nfull * block_len :], kind)
+    return out
+
+
+def weak_one(data: np.ndarray | bytes, kind: str) -> int:
+    """Weak sum of one window."""
+    arr = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes | bytearray | memoryview) else data
+    n = len(arr)
+    if kind == "rabinkarp":
+        pw = _powers(RK_MULT, n)[::-1]
+        return (int((arr * pw).sum(dtype=U32)) + rk_pow(n)) & 0xFFFFFFFF
+    s1 = int(arr.sum(dtype=np.uint64)) + ROLL_OFFSET * n
+    s2 = int((arr * np.arange(n, 0, -1, dtype=np.uint64)).sum(dtype=np.uint64)) + ROLL_OFFSET * n * (n + 1) // 2
+    return ((s2 & 0xFFFF) << 16) | (s1 & 0xFFFF)
+
+
+def rolling_weak(data: np.ndarray, n: int, kind: str) -> np.ndarray:
+    """Weak sums of every window data[p:p+n], p = 0 .. len(data)-n (uint32)."""
+    L = len(data)
+    count = L - n + 1
+    if count <= 0:
+        return np.empty(0, dtype=U32)
+    if kind == "rabinkarp":
+        # h(p) = M^n + M^(p+n-1) * (Q[p+n] - Q[p]),  Q[k] = sum_{i<k} x_i * Minv^i
+        q = np.empty(L + 1, dtype=U32)
+        q[0] = 0
+        np.cumsum(data * _powers(RK_INV, L), dtype=U32, out=q[1:])
+        diff = q[n:] - q[:count]
+        diff *= _powers(RK_MULT, L)[n - 1 : n - 1 + count]
+        diff += U32(rk_pow(n))
+        return diff
+    # rollsum: s1 = (A_e - A_p) + 31n ; s2 = e*(A_e - A_p) - (W_e - W_p) + 31 n(n+1)/2  (mod 2^16)
+    a = np.empty(L + 1, dtype=U32)
+    a[0] = 0
+    np.cumsum(data, dtype=U32, out=a[1:])
+    w = np.empty(L + 1, dtype=U32)
+    w[0] = 0
+    np.cumsum(data * np.arange(L, dtype=U32), dtype=U32, out=w[1:])
+    da = a[n:] - a[:count]
+    e = np.arange(n, n + count, dtype=U32)
+    s2 = e * da - (w[n:] - w[:count]) + U32(ROLL_OFFSET * n * (n + 1) // 2 & 0xFFFFFFFF)
+    s1 = da + U32(ROLL_OFFSET * n)
+    return ((s2 & 0xFFFF) << 16) | (s1 & 0xFFFF)
+
+
+def suffix_weak(data: np.ndarray, kind: str) -> np.ndarray:
+    """Weak sums of the suffixes data[p:], p = 0 .. len(data)-1 (the shrinking tail windows)."""
+    L = len(data)
+    if L == 0:
+        return np.empty(0, dtype=U32)
+    if kind == "rabinkarp":
+        q = np.empty(L + 1, dtype=U32)
+        q[0] = 0
+        np.cumsum(data * _powers(RK_INV, L), dtype=U32, out=q[1:])
+        lens = np.arange(L, 0, -1)
+        return (q[L] - q[:L]) * _powers(RK_MULT, L)[L - 1] + _powers(RK_MULT, L + 1)[lens]
+    a = np.empty(L + 1, dtype=U32)
+    a[0] = 0
+    np.cumsum(data, dtype=U32, out=a[1:])
+    w = np.empty(L + 1, dtype=U32)
+    w[0] = 0
+    np.cumsum(data * np.arange(L, dtype=U32), dtype=U32, out=w[1:])
+    n = np.arange(L, 0, -1, dtype=U32)
+    da = a[L] - a[:L]
+    s1 = da + n * U32(ROLL_OFFSET)
+    s2 = U32(L) * da - (w[L] - w[:L]) + (n * (n + U32(1)) // U32(2)) * U32(ROLL_OFFSET)
+    return ((s2 & 0xFFFF) << 16) | (s1 & 0xFFFF)
+
+
+def strong_hasher(kind: str) -> Callable[[bytes | memoryview], bytes]:
+    """A function returning the full strong digest of one block."""
+    if kind == "blake2":
+        b2 = hashlib.blake2b
+
+        def blake2(data: bytes | memoryview) -> bytes:
+            return b2(data, digest_size=32).digest()
+
+        return blake2
+    if kind == "md4":
+        try:
+            hashlib.new("md4", b"")
+
+            def md4_hashlib(data: bytes | memoryview) -> bytes:
+                return hashlib.new("md4", data).digest()
+
+            return md4_hashlib
+        except ValueError:
+            from Crypto.Hash import MD4
+
+            def md4(data: bytes | memoryview) -> bytes:
+                return MD4.new(bytes(data)).digest()
+
+            return md4
+    raise ValueError(f"unknown strong sum {kind!r}")
+
+
+def strong_blocks(buf: bytes | memoryview, block_len: int, kind: str, strong_len: int) -> bytes:
+    """Concatenated truncated strong sums of the consecutive blocks of `buf`."""
+    mv = memoryview(buf)
+    n = len(mv)
+    if kind == "blake2":
+        b2 = hashlib.blake2b
+        if strong_len == 32:
+            return b"".join([b2(mv[i : i + block_len], digest_size=32).digest() for i in range(0, n, block_len)])
+        return b"".join(
+            [b2(mv[i : i + block_len], digest_size=32).digest()[:strong_len] for i in range(0, n, block_len)]
+        )
+    h = strong_hasher(kind)
+    return b"".join([h(mv[i : i + block_len])[:strong_len] for i in range(0, n, block_len)])
