@@ -6,6 +6,8 @@ botocore) are translated where they are born, with the original chained. Only th
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -87,7 +89,7 @@ class RsyncError(DeltadumpError):
     RS_CORRUPT = 106
     RS_PARAM_ERROR = 108
 
-    REASONS = {
+    REASONS: ClassVar[dict[int, str]] = {
         100: "IO error",
         101: "syntax error",
         102: "out of memory",
@@ -97,9 +99,15 @@ class RsyncError(DeltadumpError):
         108: "unexplained problem",
     }
 
-    def __init__(self, rs_code: int, detail: str = "", *, job: str = "", message: str = "") -> None:
+    def __init__(
+        self, rs_code: int, detail: str = "", *, job: str | None = None, message: str = "", tail: bool = True
+    ) -> None:
+        # job: librsync's job name for the "(rs_job_complete) <job> job failed" line; None until the
+        # operation that failed fills it in; "" for failures before any job exists.
+        # tail: False for errors librsync reports with the detail line alone (opening files).
         self.rs_code = rs_code
         self.job = job
+        self.tail = tail
         self.librsync_detail = detail
         reason = self.REASONS.get(rs_code, "unexplained problem")
         text = message or (f"{reason}: {detail.split(') ', 1)[-1]}" if detail else reason)

@@ -56,8 +56,9 @@ def storage_error(exc: OSError, path: Path, action: str) -> StorageError:
 class AtomicFile:
     """A file written under a temporary name and renamed into place on commit()."""
 
-    def __init__(self, final: Path, mode: int = 0o600) -> None:
+    def __init__(self, final: Path, mode: int = 0o600, durable: bool = True) -> None:
         self.final = Path(final)
+        self.durable = durable
         self.tmp = tmp_name(self.final)
         self.sha256 = hashlib.sha256()
         self.size = 0
@@ -79,10 +80,12 @@ class AtomicFile:
     def commit(self) -> None:
         try:
             self.file.flush()
-            os.fsync(self.file.fileno())
+            if self.durable:
+                os.fsync(self.file.fileno())
             self.file.close()
             os.replace(self.tmp, self.final)
-            fsync_dir(self.final.parent)
+            if self.durable:
+                fsync_dir(self.final.parent)
         except OSError as exc:
             self.abort()
             raise storage_error(exc, self.final, "saving") from exc

@@ -16,16 +16,24 @@ current COPY even where an identical block sits earlier in the basis, which is n
 
 from __future__ import annotations
 
-import os
 import struct
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
 
 import numpy as np
 
 from ..errors import RsyncError
-from .format import DELTA_MAGIC, MAX_LITERAL, OP_END, SigParams, encode_copy, encode_literal_header, parse_sig_header
+from .format import (
+    DELTA_MAGIC,
+    MAX_LITERAL,
+    OP_END,
+    SigParams,
+    encode_copy,
+    encode_literal_header,
+    librsync_job,
+    parse_sig_header,
+)
 from .parallel import WorkerPool, want_workers, worker_state
 from .streams import PathOrFile, Sink, Source, open_input, open_output
 from .sums import U32, block_weak, rolling_weak, strong_blocks, strong_hasher, suffix_weak
@@ -34,7 +42,6 @@ SCAN_MIN = 256
 SCAN_MAX = 8 << 20
 CHAIN_MIN = 8  # blocks
 CHAIN_MAX = 16 << 20
-PARALLEL_RUN = 1 << 20
 _MIX = U32(0x9E3779B1)
 
 
@@ -108,11 +115,12 @@ class Signature:
             cand = cand[self.sorted_weak[idx] == hv]
         return cand
 
-    def lookup(self, weak: int, window: bytes | memoryview) -> int:
+    def lookup(self, weak: int | np.uint32, window: bytes | memoryview) -> int:
         """The lowest block index whose sums equal the window's, or -1."""
         sw = self.sorted_weak
-        lo = int(np.searchsorted(sw, weak, "left"))
-        hi = int(np.searchsorted(sw, weak, "right"))
+        w = U32(weak)
+        lo = int(sw.searchsorted(w, "left"))
+        hi = int(sw.searchsorted(w, "right"))
         if lo == hi:
             return -1
         sl = self.strong_len
@@ -127,14 +135,7 @@ class Signature:
 
 def load_signature(sig: PathOrFile) -> Signature:
     with open_input(sig) as src:
-        chunks = []
-        while True:
-            data = src.read_at(sum(map(len, chunks)), 16 << 20)
-            if not data:
-                break
-            chunks.append(data)
-            src.release(sum(map(len, chunks)))
-        raw = b"".join(chunks)
+        raw = src.f.read() if src.fd is not None else b"".join(src.chunks(16 << 20))
     params = parse_sig_header(raw[:12])
     return Signature(params, raw[12:])
 
@@ -149,6 +150,7 @@ class Encoder:
         self.lit = bytearray()
         self.cpos = -1
         self.clen = 0
+        self.sig_canon: np.ndarray | None = None
 
     def _flush_out(self, force: bool = False) -> None:
         if force or len(self.out) >= 1 << 20:
@@ -232,112 +234,86 @@ def _count_matching(sig: Signature, data: bytes, first: int) -> int:
     return j if not neq.any() else int(np.argmax(neq))
 
 
-def _worker_count(task: tuple[int, int, int]) -> int:
-    fd, base, sig = worker_state()
-    off, first, m = task
-    return _count_matching(sig, os.pread(fd, m * sig.block_len, base + off), first)
-
-
 class _Matcher:
-    def __init__(self, sig: Signature, src: Source, enc: Encoder, exact: bool, pool: WorkerPool | None) -> None:
+    """librsync's greedy search over one input, as a stream of events.
+
+    An event (p, k, w): from the last event's end up to p is literal; then, when k >= 0, the w bytes
+    at p equal basis blocks k, k+1, ... (w may span several blocks); k = -1 only marks progress.
+    """
+
+    def __init__(self, sig: Signature, src: Source) -> None:
         self.sig = sig
         self.src = src
-        self.enc = enc
-        self.exact = exact
-        self.pool = pool
         self.bl = sig.block_len
         self.kind = sig.params.weak
         self.chain_len = CHAIN_MIN
 
-    def run(self) -> int:
-        pos = 0
-        sig, bl = self.sig, self.bl
-        while True:
-            end = self.enc.copy_end
-            if end >= 0 and end % bl == 0:
-                e = end // bl
-                m = self._chain(pos, e)
+    def events(self, pos: int = 0, stop: int | None = None) -> Iterator[tuple[int, int, int]]:
+        """Events from `pos` until the input ends or an event ends at or after `stop`."""
+        bl = self.bl
+        nxt = -1  # basis block expected next (after a match), or -1
+        while stop is None or pos < stop:
+            if nxt >= 0:
+                m = self._chain(pos, nxt)
                 if m:
-                    if self.exact:
-                        canon = sig.canon
-                        for j in range(m):
-                            self.enc.copy(int(canon[e + j]) * bl, bl)
-                    else:
-                        self.enc.copy(e * bl, m * bl)
+                    yield pos, nxt, m * bl
                     pos += m * bl
-                    self.src.release(pos)
+                    nxt += m
                     continue
-            p, k, w = self._scan(pos)
+            ev = None
+            for ev in self._scan(pos):
+                if ev[1] < 0:
+                    yield ev
+            assert ev is not None
+            p, k, w = ev
             if k < 0:
-                return p
-            self.enc.copy(k * bl, w)
+                return
+            yield ev
             pos = p + w
-            self.src.release(pos)
+            nxt = k + 1 if w == bl else -1
 
     def _chain(self, pos: int, first: int) -> int:
-        """Match consecutive aligned windows at pos against blocks first, first+1, ... (all full)."""
+        """How many aligned windows at pos equal blocks first, first+1, ... (only full blocks)."""
         sig, bl = self.sig, self.bl
-        avail = sig.nblocks - 1 - first  # the last block may be short: left to _scan
-        m = min(self.chain_len, avail)
+        m = min(self.chain_len, sig.nblocks - 1 - first)  # the last block may be short: left to _scan
         if m <= 0:
             return 0
-        if self.pool is not None and m * bl >= PARALLEL_RUN and self.src.size is not None:
-            m = min(m, (self.src.size - pos) // bl)
-            if m <= 0:
-                return 0
-            half = (m + 1) // 2
-            tasks = [(pos, first, half), (pos + half * bl, first + half, m - half)]
-            c0, c1 = self.pool.map(_worker_count, tasks)
-            got = c0 if c0 < half else half + c1
-        else:
-            data = self.src.read_at(pos, m * bl)
-            m = len(data) // bl
-            got = _count_matching(sig, data, first)
-        if got == m:
-            self.chain_len = min(self.chain_len * 2, max(1, CHAIN_MAX // bl))
-        else:
-            self.chain_len = CHAIN_MIN
+        data = self.src.read_at(pos, m * bl)
+        m = len(data) // bl
+        got = _count_matching(sig, data, first)
+        self.chain_len = min(self.chain_len * 2, max(1, CHAIN_MAX // bl)) if got == m else CHAIN_MIN
         return got
 
-    def _scan(self, pos: int) -> tuple[int, int, int]:
-        """Find the first matching window at or after pos; literal bytes before it are emitted.
-
-        Returns (position, block, window length), or (end of input, -1, 0)."""
-        sig, bl, enc = self.sig, self.bl, self.enc
-        region = max(SCAN_MIN, 2 * bl)  # grows 4x per empty region
+    def _scan(self, pos: int) -> Iterator[tuple[int, int, int]]:
+        """Progress events, then the first match at or after pos, or (end of input, -1, 0)."""
+        sig, bl = self.sig, self.bl
+        region = max(SCAN_MIN, 2 * bl)  # grows 4x per region without a match
         while True:
             need = region + bl - 1
             data = self.src.read_at(pos, need)
             at_eof = len(data) < need
-            nwin = len(data) - bl + 1
-            if nwin > 0:
-                arr = np.frombuffer(data, dtype=np.uint8)
-                h = rolling_weak(arr, bl, self.kind)
+            nwin = max(0, len(data) - bl + 1)
+            if nwin:
+                h = rolling_weak(np.frombuffer(data, dtype=np.uint8), bl, self.kind)
                 mv = memoryview(data)
-                for c in sig.candidates(h):
-                    c = int(c)
-                    k = sig.lookup(int(h[c]), mv[c : c + bl])
+                for c in sig.candidates(h).tolist():
+                    k = sig.lookup(h[c], mv[c : c + bl])
                     if k >= 0:
-                        enc.literal(mv[:c])
-                        return pos + c, k, bl
-            else:
-                nwin = 0
+                        yield pos + c, k, bl
+                        return
             if at_eof:
-                tail = data[nwin:]
-                k = self._tail(tail)
-                if k >= 0:
-                    c = nwin + k
-                    enc.literal(memoryview(data)[:c])
-                    return pos + c, sig.nblocks - 1, len(data) - c
-                enc.literal(data)
-                return pos + len(data), -1, 0
-            enc.literal(memoryview(data)[:nwin])
+                c = self._tail(data[nwin:])
+                if c >= 0:
+                    yield pos + nwin + c, sig.nblocks - 1, len(data) - nwin - c
+                else:
+                    yield pos + len(data), -1, 0
+                return
             pos += nwin
-            self.src.release(pos)
+            yield pos, -1, 0
             region = min(region * 4, SCAN_MAX)
 
     def _tail(self, tail: bytes) -> int:
-        """Offset of the first shrinking end-window that equals the basis's (short) last block, or -1."""
+        """Offset of the first shrinking end-window equal to the basis's last block, or -1."""
         sig = self.sig
         if not tail or sig.nblocks == 0:
             return -1
@@ -345,11 +321,89 @@ class _Matcher:
         h = suffix_weak(np.frombuffer(tail, dtype=np.uint8), self.kind)
         sl = sig.strong_len
         want = sig.strong_bytes[last * sl : last * sl + sl]
-        for c in np.flatnonzero(h == sig.weak[last]):
-            c = int(c)
-            if sig.lookup(int(h[c]), tail[c:]) == last or sig.hasher(tail[c:])[:sl] == want:
+        for c in np.flatnonzero(h == sig.weak[last]).tolist():
+            if sig.hasher(tail[c:])[:sl] == want:
                 return c
         return -1
+
+
+def _encode(events: Iterable[tuple[int, int, int]], src: Source, enc: Encoder, exact: bool, bl: int) -> int:
+    """Turn events into commands; literal bytes are read from src. Returns the input length."""
+    cur = 0
+    for p, k, w in events:
+        if p > cur:
+            enc.literal(src.read_at(cur, p - cur))
+        cur = p
+        if k >= 0:
+            if exact:
+                c = enc.sig_canon
+                assert c is not None
+                for j in range(0, w, bl):
+                    enc.copy(int(c[k + j // bl]) * bl, min(bl, w - j))
+            else:
+                enc.copy(k * bl, w)
+            cur = p + w
+        src.release(cur)
+    return cur
+
+
+def _piece_events(task: tuple[int, int]) -> np.ndarray:
+    """Worker: the events of the piece [start, stop) (the last may run past stop)."""
+    fd, base, size, sig = worker_state()
+    start, stop = task
+    src = Source.from_fd(fd, base, size)
+    ev = [e for e in _Matcher(sig, src).events(start, stop) if e[1] >= 0]
+    return np.array(ev, dtype=np.int64).reshape(-1, 3)
+
+
+def _visited(ev: np.ndarray, bl: int, pos: int) -> int:
+    """If the search path recorded in `ev` stands at `pos` (so the paths have joined), the index of the
+    first event at or after pos, splitting a block run when pos falls on one of its block boundaries;
+    else -1 (pos lies inside one of its matched blocks)."""
+    i = int(np.searchsorted(ev[:, 0], pos, "right")) - 1  # last event starting at or before pos
+    if i < 0:
+        return 0
+    p, _, w = (int(x) for x in ev[i])
+    if pos >= p + w:
+        return i + 1
+    if (pos - p) % bl == 0 and w > bl:
+        return i  # caller splits the run
+    return i if pos == p else -1
+
+
+def _parallel_events(sig: Signature, src: Source, pool: WorkerPool, pieces: int) -> Iterator[tuple[int, int, int]]:
+    """All events of the input, matched in pieces by the workers, stitched to equal a sequential run."""
+    assert src.size is not None
+    bl = sig.block_len
+    step = max(bl, -(-src.size // pieces))
+    bounds = [(s, min(s + step, src.size)) for s in range(0, src.size, step)]
+    results = pool.imap(_piece_events, bounds)
+    pos = 0
+    for (start, _stop), ev in zip(bounds, results, strict=True):
+        if pos > start:
+            # The previous piece ran past this piece's start: follow the sequential search from pos
+            # until it stands where this piece's search stood.
+            m = _Matcher(sig, src)
+            while True:
+                j = _visited(ev, bl, pos)
+                if j >= 0:
+                    break
+                e = next(m.events(pos, pos + 1))
+                yield e
+                pos = e[0] + e[2] if e[1] >= 0 else e[0]
+            if j < len(ev):
+                p, k, w = (int(x) for x in ev[j])
+                if p < pos:  # split a block run at pos
+                    cut = pos - p
+                    ev = ev[j:].copy()
+                    ev[0] = (pos, k + cut // bl, w - cut)
+                    j = 0
+            ev = ev[j:]
+        for p, k, w in ev.tolist():
+            yield p, k, w
+            pos = p + w
+    if pos < src.size:
+        yield src.size, -1, 0
 
 
 def _slack(src: Source, enc: Encoder, chunk: int) -> int:
@@ -361,6 +415,7 @@ def _slack(src: Source, enc: Encoder, chunk: int) -> int:
     return total
 
 
+@librsync_job("delta")
 def delta(
     sig: PathOrFile | Signature,
     new: PathOrFile,
@@ -368,6 +423,7 @@ def delta(
     *,
     exact: bool = False,
     force: bool = True,
+    durable: bool = True,
     parallel: bool | int = True,
     input_size: int = 0,
 ) -> DeltaStats:
@@ -375,21 +431,19 @@ def delta(
     t0 = time.perf_counter()
     s = sig if isinstance(sig, Signature) else load_signature(sig)
     stats = DeltaStats(sig_blocks=s.nblocks, block_len=s.block_len)
-    with open_input(new) as src, open_output(out, force) as sink:
+    with open_input(new) as src, open_output(out, force, durable) as sink:
         enc = Encoder(sink, stats)
+        enc.sig_canon = s.canon if exact else None
         if s.nblocks == 0:
             stats.in_bytes = _slack(src, enc, input_size or s.block_len)
         else:
             workers = want_workers(src.size, parallel)
             if workers and src.fd is not None:
-                with WorkerPool((src.fd, src.base_off, s), workers) as pool:
-                    stats.in_bytes = _Matcher(s, src, enc, exact, pool).run()
+                with WorkerPool((src.fd, src.base_off, src.size, s), workers) as pool:
+                    events = _parallel_events(s, src, pool, pieces=4 * workers)
+                    stats.in_bytes = _encode(events, src, enc, exact, s.block_len)
             else:
-                stats.in_bytes = _Matcher(s, src, enc, exact, None).run()
+                stats.in_bytes = _encode(_Matcher(s, src).events(), src, enc, exact, s.block_len)
         enc.finish()
     stats.seconds = time.perf_counter() - t0
     return stats
-
-
-def _unused(_: BinaryIO) -> None:  # pragma: no cover
-    pass

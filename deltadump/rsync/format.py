@@ -5,11 +5,17 @@ Pure functions and constants only; see ../shared/spec/librsync-format.md (sectio
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import struct
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from math import isqrt
+from typing import Any, TypeVar
 
 from ..errors import RsyncError
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 DELTA_MAGIC = 0x72730236
 RS_MD4_SIG_MAGIC = 0x72730136
@@ -69,7 +75,7 @@ class SigParams:
 def sig_args(size: int | None, magic: int, block_len: int = 0, strong_len: int = 0) -> SigParams:
     """librsync's rs_sig_args: choose block and strong lengths for a basis of `size` bytes (None = unknown)."""
     if block_len < 0:
-        raise RsyncError(RsyncError.RS_PARAM_ERROR, f"(rs_sig_args) invalid block_len={block_len}")
+        raise RsyncError(RsyncError.RS_PARAM_ERROR, f"(rs_sig_args) invalid block_len={block_len}", job="")
     max_strong = STRONG_MAX[SIG_MAGICS[magic][1]]
     if size is None:
         rec_block = 2048
@@ -78,10 +84,7 @@ def sig_args(size: int | None, magic: int, block_len: int = 0, strong_len: int =
     else:
         rec_block = isqrt(size) & ~127
     bl = block_len or rec_block
-    if size is None:
-        min_strong = 12
-    else:
-        min_strong = 2 + (_log2(size + (1 << 24)) + _log2(size // bl + 1) + 7) // 8
+    min_strong = 12 if size is None else 2 + (_log2(size + (1 << 24)) + _log2(size // bl + 1) + 7) // 8
     warning = ""
     if strong_len == 0:
         sl = max_strong
@@ -177,3 +180,28 @@ def decode_opcode(op: int) -> tuple[str, int, int]:
         i, j = divmod(op - OP_COPY_BASE, 4)
         return ("copy", (1, 2, 4, 8)[i], (1, 2, 4, 8)[j])
     return ("bogus", 0, 0)
+
+
+@contextlib.contextmanager
+def rs_job(name: str) -> Iterator[None]:
+    """Name the librsync job of any RsyncError raised inside that does not name one yet."""
+    try:
+        yield
+    except RsyncError as exc:
+        if exc.job is None:
+            exc.job = name
+        raise
+
+
+def librsync_job(name: str) -> Callable[[F], F]:
+    """Decorator form of rs_job."""
+
+    def deco(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with rs_job(name):
+                return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return deco

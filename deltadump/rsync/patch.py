@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from ..errors import RsyncError
-from .format import DELTA_MAGIC, decode_opcode
+from .format import DELTA_MAGIC, decode_opcode, librsync_job
 from .streams import PathOrFile, Sink, Source, open_input, open_output
 
 _FMT = {1: ">B", 2: ">H", 4: ">I", 8: ">Q"}
@@ -44,6 +44,7 @@ def _reader(delta: PathOrFile) -> Iterator[BinaryIO]:
                 RsyncError.RS_IO_ERROR,
                 f'(rs_file_open) Error opening "{delta}" for read: {exc.strerror}',
                 message=f"cannot open {delta} for read: {exc.strerror}",
+                tail=False,
             ) from exc
         with f:
             yield f
@@ -121,7 +122,10 @@ def _need(f: BinaryIO, n: int, what: str = "") -> bytes:
     return data
 
 
-def patch(basis: PathOrFile, delta: PathOrFile, out: PathOrFile, *, force: bool = True) -> PatchStats:
+@librsync_job("patch")
+def patch(
+    basis: PathOrFile, delta: PathOrFile, out: PathOrFile, *, force: bool = True, durable: bool = True
+) -> PatchStats:
     """Apply `delta` to `basis`, writing the result to `out`."""
     t0 = time.perf_counter()
     st = PatchStats()
@@ -138,7 +142,7 @@ def patch(basis: PathOrFile, delta: PathOrFile, out: PathOrFile, *, force: bool 
                 message=f"not an rdiff delta (magic 0x{m:08x})",
             )
         consumed = 4
-        with open_output(out, force) as sink:
+        with open_output(out, force, durable) as sink:
             o = _Out(sink, src)
             while True:
                 opb = dr.read(1)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .format import SigParams, sig_args, sig_magic
+from .format import SigParams, librsync_job, sig_args, sig_magic
 from .parallel import WorkerPool, want_workers, worker_state
 from .streams import PathOrFile, open_input, open_output
 from .sums import block_weak, strong_blocks
@@ -48,6 +48,7 @@ def _piece_records(task: tuple[int, int]) -> bytes:
     return records(os.pread(fd, n, base + off), p)
 
 
+@librsync_job("signature")
 def signature(
     basis: PathOrFile,
     out: PathOrFile,
@@ -57,6 +58,7 @@ def signature(
     weak: str = "rabinkarp",
     strong: str = "blake2",
     force: bool = True,
+    durable: bool = True,
     parallel: bool | int = True,
 ) -> SignatureStats:
     """Write the librsync signature of `basis` to `out`; returns statistics."""
@@ -65,7 +67,7 @@ def signature(
     with open_input(basis) as src:
         p = sig_args(src.size, magic, block_len, strong_len)
         piece = max(p.block_len, PIECE // p.block_len * p.block_len)
-        with open_output(out, force) as sink:
+        with open_output(out, force, durable) as sink:
             sink.write(p.header())
             in_bytes = 0
             workers = want_workers(src.size, parallel)

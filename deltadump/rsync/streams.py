@@ -26,6 +26,7 @@ def _open_error(name: object, exc: OSError, how: str) -> RsyncError:
         RsyncError.RS_IO_ERROR,
         f'(rs_file_open) Error opening "{name}" for {how}: {exc.strerror}',
         message=f"cannot open {name} for {how}: {exc.strerror}",
+        tail=False,
     )
 
 
@@ -49,6 +50,14 @@ class Source:
         self._buf = bytearray()
         self._buf_start = 0
         self._eof = False
+
+    @classmethod
+    def from_fd(cls, fd: int, base_off: int, size: int) -> Source:
+        """A Source over an already open regular file (used in forked workers)."""
+        src = cls.__new__(cls)
+        src.f, src.name, src.fd, src.base_off, src.size = None, "input", fd, base_off, size  # type: ignore[assignment]
+        src._buf, src._buf_start, src._eof = bytearray(), 0, True
+        return src
 
     @property
     def seekable(self) -> bool:
@@ -118,7 +127,7 @@ def open_input(src: PathOrFile) -> Iterator[Source]:
 class Sink:
     """Output: a path written atomically (temp name, fsync, rename) or a file object."""
 
-    def __init__(self, dst: PathOrFile, force: bool = True) -> None:
+    def __init__(self, dst: PathOrFile, force: bool = True, durable: bool = True) -> None:
         self.atomic: AtomicFile | None = None
         if isinstance(dst, str | os.PathLike):
             path = Path(dst)
@@ -127,14 +136,16 @@ class Sink:
                     RsyncError.RS_IO_ERROR,
                     f'(rs_file_open) File exists "{dst}", aborting!',
                     message=f"{dst} exists (use --force to overwrite)",
+                    tail=False,
                 )
             try:
-                self.atomic = AtomicFile(path, 0o644 & ~_umask())
+                self.atomic = AtomicFile(path, 0o644 & ~_umask(), durable=durable)
             except Exception as exc:
                 raise RsyncError(
                     RsyncError.RS_IO_ERROR,
                     f'(rs_file_open) Error opening "{dst}" for write: {exc}',
                     message=f"cannot open {dst} for write: {exc}",
+                    tail=False,
                 ) from exc
             self.f: BinaryIO = self.atomic.file
         else:
@@ -180,8 +191,9 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def open_output(dst: PathOrFile, force: bool = True) -> Iterator[Sink]:
-    sink = Sink(dst, force)
+def open_output(dst: PathOrFile, force: bool = True, durable: bool = True) -> Iterator[Sink]:
+    """Output to a path (temp name, renamed into place when complete; fsynced first if durable)."""
+    sink = Sink(dst, force, durable)
     try:
         yield sink
     except BaseException:

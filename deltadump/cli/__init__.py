@@ -1,0 +1,1 @@
+"""deltadump.cli: argument parsing and rendering; the only place that prints or exits."""
