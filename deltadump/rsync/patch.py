@@ -7,6 +7,7 @@ files, so unchanged data never passes through Python.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import struct
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from ..errors import RsyncError
+from ..fsio import sha256_file
 from .format import DELTA_MAGIC, decode_opcode, librsync_job
 from .streams import PathOrFile, Sink, Source, open_input, open_output
 
@@ -61,6 +63,13 @@ class _Out:
         self.buf = bytearray()
         self.fd = sink.fileno_for_copy() if basis.fd is not None else None
         self.total = 0
+
+    def sha256(self) -> str:
+        """sha256 of what was written (re-read from the output file when kernel copies were used)."""
+        self.sink.flush()
+        if self.sink.atomic is None:
+            raise RsyncError(RsyncError.RS_IO_ERROR, message="result check needs an output file")
+        return sha256_file(self.sink.atomic.tmp)[1]
 
     def write(self, data: bytes) -> None:
         self.buf += data
@@ -124,12 +133,31 @@ def _need(f: BinaryIO, n: int, what: str = "") -> bytes:
 
 @librsync_job("patch")
 def patch(
-    basis: PathOrFile, delta: PathOrFile, out: PathOrFile, *, force: bool = True, durable: bool = True
+    basis: PathOrFile,
+    delta: PathOrFile,
+    out: PathOrFile,
+    *,
+    force: bool = True,
+    durable: bool = True,
+    basis_sha256: str | None = None,
+    result_sha256: str | None = None,
 ) -> PatchStats:
-    """Apply `delta` to `basis`, writing the result to `out`."""
+    """Apply `delta` to `basis`, writing the result to `out`.
+
+    An rdiff delta records neither its basis nor its result. When the caller knows them, it passes
+    their sha256: the basis is checked before a byte is written, the result before it is kept."""
     t0 = time.perf_counter()
     st = PatchStats()
     with open_input(basis) as src, _reader(delta) as dr:
+        if basis_sha256 is not None:
+            got = _sha256_source(src)
+            if got != basis_sha256:
+                raise RsyncError(
+                    RsyncError.RS_CORRUPT,
+                    message=f"the basis {src.name} has changed since its signature was made "
+                    f"(sha256 {got[:12]}..., expected {basis_sha256[:12]}...)",
+                    job="patch",
+                )
         magic = dr.read(4)
         if len(magic) < 4:
             raise RsyncError(RsyncError.RS_INPUT_ENDED, job="patch", message="delta is empty or truncated")
@@ -201,9 +229,26 @@ def patch(
                     )
             o.flush()
             st.out_bytes = o.total
+            if result_sha256 is not None:
+                got = o.sha256()
+                if got != result_sha256:
+                    raise RsyncError(
+                        RsyncError.RS_CORRUPT,
+                        message=f"patched result has sha256 {got[:12]}..., expected {result_sha256[:12]}...",
+                        job="patch",
+                    )
     st.in_bytes = consumed
     st.seconds = time.perf_counter() - t0
     return st
+
+
+def _sha256_source(src: Source) -> str:
+    h = hashlib.sha256()
+    off = 0
+    while chunk := src.read_at(off, 4 << 20):
+        h.update(chunk)
+        off += len(chunk)
+    return h.hexdigest()
 
 
 def _signed(n: int) -> int:

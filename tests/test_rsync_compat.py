@@ -1,0 +1,163 @@
+"""Differential tests against the real rdiff 2.3.2: both directions, many sizes and block lengths."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deltadump.rsync import delta, parallel, patch, signature
+
+RDIFF_CLI = [sys.executable, "-m", "deltadump.cli.rdiff"]
+
+
+def mutate(rng: random.Random, data: bytes, edits: int) -> bytes:
+    """Dump-like changes: inserted rows, deleted rows, small in-place edits, a moved run."""
+    new = bytearray(data)
+    for _ in range(edits):
+        p = rng.randint(0, len(new))
+        op = rng.random()
+        if op < 0.35:
+            new[p:p] = rng.randbytes(rng.randint(1, 300))
+        elif op < 0.65:
+            del new[p : p + rng.randint(1, 300)]
+        elif op < 0.9:
+            new[p : p + 8] = rng.randbytes(8)
+        elif len(new) > 2000:
+            a = rng.randint(0, len(new) - 1000)
+            run = new[a : a + 1000]
+            del new[a : a + 1000]
+            q = rng.randint(0, len(new))
+            new[q:q] = run
+    return bytes(new)
+
+
+def text_like(rng: random.Random, n: int) -> bytes:
+    words = [rng.randbytes(rng.randint(2, 9)).hex().encode() for _ in range(300)]
+    out = bytearray()
+    i = 0
+    while len(out) < n:
+        out += b"%d\t" % i + b" ".join(rng.choices(words, k=8)) + b"\n"
+        i += 1
+    return bytes(out[:n])
+
+
+SIG_TYPES = [("rabinkarp", "blake2"), ("rabinkarp", "md4"), ("rollsum", "blake2"), ("rollsum", "md4")]
+CASES = [
+    (seed, size, block)
+    for seed, (size, block) in enumerate(
+        [(0, 0), (1, 0), (2, 1), (100, 7), (255, 0), (256, 0), (257, 0), (1000, 64), (4096, 256), (5000, 0),
+         (65536, 0), (65537, 0), (70000, 1000), (100_000, 512), (300_000, 0), (300_000, 333), (1_000_000, 2048),
+         (2_000_000, 0)]
+    )
+]  # fmt: skip
+
+
+def run_rdiff(rdiff: str, *args: str | Path) -> None:
+    subprocess.run([rdiff, "-f", *map(str, args)], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize(("seed", "size", "block"), CASES)
+def test_signatures_identical_all_types(tmp: Path, rdiff_bin: str, seed: int, size: int, block: int) -> None:
+    rng = random.Random(seed)
+    data = text_like(rng, size) if seed % 2 else rng.randbytes(size)
+    (tmp / "b").write_bytes(data)
+    for weak, strong in SIG_TYPES:
+        for sl in (0, -1, 5):
+            signature(tmp / "b", tmp / "ours", block_len=block, strong_len=sl, weak=weak, strong=strong)
+            run_rdiff(
+                rdiff_bin, "-b", block, "-S", sl, "-R", weak, "-H", strong, "signature", tmp / "b", tmp / "theirs"
+            )
+            assert (tmp / "ours").read_bytes() == (tmp / "theirs").read_bytes(), (weak, strong, sl)
+
+
+@pytest.mark.parametrize(("seed", "size", "block"), CASES)
+def test_deltas_cross_patch(tmp: Path, rdiff_bin: str, seed: int, size: int, block: int) -> None:
+    rng = random.Random(1000 + seed)
+    basis = text_like(rng, size) if seed % 2 else rng.randbytes(size)
+    new = mutate(rng, basis, 1 + size // 20000)
+    (tmp / "b").write_bytes(basis)
+    (tmp / "n").write_bytes(new)
+    weak, strong = SIG_TYPES[seed % 4]
+    run_rdiff(rdiff_bin, "-b", block, "-R", weak, "-H", strong, "signature", tmp / "b", tmp / "sig")
+    run_rdiff(rdiff_bin, "delta", tmp / "sig", tmp / "n", tmp / "theirs.delta")
+    for exact in (True, False):
+        delta(tmp / "sig", tmp / "n", tmp / "ours.delta", exact=exact)
+        ours = (tmp / "ours.delta").read_bytes()
+        theirs = (tmp / "theirs.delta").read_bytes()
+        if exact:
+            assert ours == theirs
+        assert len(ours) <= len(theirs) * 1.01 + 16
+        # our delta through their patch, and their delta through ours
+        run_rdiff(rdiff_bin, "patch", tmp / "b", tmp / "ours.delta", tmp / "o1")
+        assert (tmp / "o1").read_bytes() == new
+    patch(tmp / "b", tmp / "theirs.delta", tmp / "o2")
+    assert (tmp / "o2").read_bytes() == new
+
+
+@pytest.mark.parametrize("block", [0, 512, 3000])
+def test_parallel_search_equals_sequential_and_rdiff(
+    tmp: Path, rdiff_bin: str, block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker-process search, stitched at piece boundaries, gives exactly the sequential result."""
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_BYTES", 1 << 20)
+    rng = random.Random(block)
+    basis = text_like(rng, 6_000_000)
+    new = mutate(rng, basis, 400)
+    (tmp / "b").write_bytes(basis)
+    (tmp / "n").write_bytes(new)
+    signature(tmp / "b", tmp / "sig", block_len=block, parallel=2)
+    run_rdiff(rdiff_bin, "-b", block, "signature", tmp / "b", tmp / "sig2")
+    assert (tmp / "sig").read_bytes() == (tmp / "sig2").read_bytes()
+    run_rdiff(rdiff_bin, "delta", tmp / "sig", tmp / "n", tmp / "theirs")
+    delta(tmp / "sig", tmp / "n", tmp / "par", exact=True, parallel=2)
+    delta(tmp / "sig", tmp / "n", tmp / "seq", exact=True, parallel=False)
+    assert (tmp / "par").read_bytes() == (tmp / "seq").read_bytes() == (tmp / "theirs").read_bytes()
+    delta(tmp / "sig", tmp / "n", tmp / "fast", parallel=2)
+    assert (tmp / "fast").stat().st_size <= (tmp / "theirs").stat().st_size
+    patch(tmp / "b", tmp / "fast", tmp / "out")
+    assert (tmp / "out").read_bytes() == new
+
+
+def test_duplicate_blocks_merge_into_fewer_copies(tmp: Path, rdiff_bin: str) -> None:
+    """Where identical blocks repeat, our default delta extends the running COPY (never larger)."""
+    unit = random.Random(5).randbytes(256)
+    basis = unit * 20 + random.Random(6).randbytes(5000) + unit * 20
+    new = basis[5120:] + b"tail"
+    (tmp / "b").write_bytes(basis)
+    (tmp / "n").write_bytes(new)
+    run_rdiff(rdiff_bin, "signature", tmp / "b", tmp / "sig")
+    run_rdiff(rdiff_bin, "delta", tmp / "sig", tmp / "n", tmp / "theirs")
+    delta(tmp / "sig", tmp / "n", tmp / "ours")
+    assert (tmp / "ours").stat().st_size < (tmp / "theirs").stat().st_size
+    run_rdiff(rdiff_bin, "patch", tmp / "b", tmp / "ours", tmp / "out")
+    assert (tmp / "out").read_bytes() == new
+
+
+def test_cli_pipes_and_option_forms(tmp: Path, rdiff_bin: str) -> None:
+    rng = random.Random(9)
+    basis = text_like(rng, 200_000)
+    new = mutate(rng, basis, 20)
+    (tmp / "b").write_bytes(basis)
+    (tmp / "n").write_bytes(new)
+    # signature from a pipe (size unknown) to stdout, with the 's' prefix and glued option forms
+    ours = subprocess.run(
+        [*RDIFF_CLI, "-b1024", "--sum-size=8", "s", "-", "-"], input=basis, capture_output=True, check=True
+    ).stdout
+    theirs = subprocess.run(
+        [rdiff_bin, "-b", "1024", "-S", "8", "signature"], input=basis, capture_output=True, check=True
+    ).stdout
+    assert ours == theirs
+    (tmp / "sig").write_bytes(ours)
+    d = subprocess.run([*RDIFF_CLI, "d", tmp / "sig", "-"], input=new, capture_output=True, check=True).stdout
+    (tmp / "d").write_bytes(d)
+    out = subprocess.run([*RDIFF_CLI, "--", "p", tmp / "b", "-"], input=d, capture_output=True, check=True).stdout
+    assert out == new
+    st = subprocess.run([*RDIFF_CLI, "-s", "-f", "patch", tmp / "b", tmp / "d", tmp / "o"], capture_output=True)
+    assert st.returncode == 0 and b"librsync: patch statistics:" in st.stderr
+    assert (tmp / "o").read_bytes() == new
+    help_out = subprocess.run([*RDIFF_CLI, "--help"], capture_output=True, check=True).stdout
+    assert help_out == subprocess.run([rdiff_bin, "--help"], capture_output=True).stdout
