@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""Benchmark: deltadump's rsync engine against the real `rdiff` (librsync 2.3.2), in the same run.
+
+Generates a dump-like base file (COPY-style rows) and a new version with scattered row inserts,
+deletes and small edits plus a run of moved rows, then times `rdiff` and `deltadump-rdiff` (as whole
+commands, interpreter start-up included) for signature, delta and patch, at the default options and
+at `-b 512`. Prints ratios (ours / rdiff), delta sizes and peak memory. Each timing is the best of
+--repeat runs, because this machine is shared and noisy.
+
+    python bench/rsync_vs_librsync.py [--size-mb 400] [--repeat 5] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def make_files(base: Path, new: Path, size: int, seed: int = 1) -> None:
+    rng = random.Random(seed)
+    words = [bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 11))) for _ in range(4000)]
+    rows: list[bytes] = []
+    n = 0
+    i = 0
+    while n < size:
+        line = b"%d\t%d\t" % (i, rng.randrange(10**6)) + b" ".join(rng.choices(words, k=rng.randint(5, 30))) + b"\n"
+        rows.append(line)
+        n += len(line)
+        i += 1
+    base.write_bytes(b"".join(rows))
+    # a day of changes: updated rows move to the end of their table, some are deleted, new ones
+    # arrive, a few are edited in place, and a run of rows moves elsewhere
+    nrows = len(rows)
+    for _ in range(nrows // 2000):  # 0.05% of rows deleted
+        del rows[rng.randrange(len(rows))]
+    for _ in range(nrows // 4000):  # updated rows: removed here, appended later
+        j = rng.randrange(len(rows))
+        row = rows.pop(j)
+        rows.append(row.replace(b"\t", b"\t1", 1))
+    for _ in range(nrows // 2000):  # in-place edits
+        j = rng.randrange(len(rows))
+        rows[j] = rows[j][:-5] + b"xyzw\n"
+    for _ in range(nrows // 2000):  # inserts
+        rows.insert(rng.randrange(len(rows)), b"%d\tnew\t%s\n" % (i, b" ".join(rng.choices(words, k=12))))
+        i += 1
+    a = rng.randrange(len(rows) // 2)
+    moved = rows[a : a + len(rows) // 200]
+    del rows[a : a + len(moved)]
+    b = rng.randrange(len(rows))
+    rows[b:b] = moved
+    new.write_bytes(b"".join(rows))
+
+
+def run_timed(argv: list[str], workers_file: Path | None = None) -> tuple[float, int]:
+    """Wall seconds and peak memory (KiB) of one command: for ours, the parent plus its workers."""
+    t = time.perf_counter()
+    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, ru = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t
+    err = p.stderr.read().decode() if p.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"command failed: {' '.join(argv)}\n{err}")
+    peak = ru.ru_maxrss
+    if workers_file is not None and workers_file.exists():
+        m = json.loads(workers_file.read_text())
+        peak = m["self"] + m["workers"] * m["children"]
+    return wall, peak
+
+
+def measure_main(argv: list[str]) -> None:
+    """Run deltadump-rdiff in this process and record its memory and its workers' for the parent."""
+    from deltadump.cli.rdiff import run
+    from deltadump.rsync.parallel import cpu_count
+
+    code = run(argv, sys.stdin.buffer, sys.stdout.buffer, sys.stderr)
+    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    Path(os.environ["DELTADUMP_BENCH_MEM"]).write_text(
+        json.dumps({"self": me, "children": kids, "workers": cpu_count() if kids else 0})
+    )
+    sys.exit(code)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-mb", type=int, default=400)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args()
+    rdiff = shutil.which("rdiff")
+    if not rdiff:
+        raise SystemExit("rdiff is not installed (apt-get install rdiff)")
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="ddbench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    base, new = work / "base.dump", work / "new.dump"
+    if not (base.exists() and new.exists() and base.stat().st_size >= args.size_mb * 10**6):
+        print(f"generating {args.size_mb} MB base and new version in {work} ...", file=sys.stderr)
+        # in a child process, so that its memory never counts in the children measured below
+        subprocess.run([sys.executable, __file__, "--generate", str(base), str(new), str(args.size_mb)], check=True)
+    mem = work / "mem.json"
+    os.environ["DELTADUMP_BENCH_MEM"] = str(mem)
+    ours_cmd = [sys.executable, __file__, "--measure"]
+    print(f"base {base.stat().st_size / 1e6:.0f} MB, new {new.stat().st_size / 1e6:.0f} MB; best of {args.repeat}")
+    print(
+        f"{'options':<9} {'step':<10} {'rdiff s':>8} {'ours s':>8} {'ratio':>6} {'rdiff MB':>9} {'ours MB':>8}  output sizes"
+    )
+    for opts in ([], ["-b", "512"]):
+        label = " ".join(opts) or "default"
+        steps = [
+            ("signature", [*opts, "signature", str(base), "{sig}"]),
+            ("delta", ["delta", "{sig}", str(new), "{delta}"]),
+            ("patch", ["patch", str(base), "{delta}", "{out}"]),
+        ]
+        for step, tmpl in steps:
+            res: dict[str, tuple[float, int]] = {"rdiff": (float("inf"), 0), "ours": (float("inf"), 0)}
+            for _ in range(args.repeat):  # interleaved, so that a slow spell of the machine hits both
+                for who in ("rdiff", "ours"):
+                    names = {k: str(work / f"{who}.{k}") for k in ("sig", "delta", "out")}
+                    argv = [a.format(**names) for a in tmpl]
+                    out_file = Path(argv[-1])
+                    out_file.unlink(missing_ok=True)
+                    mem.unlink(missing_ok=True)
+                    cmd = [rdiff, *argv] if who == "rdiff" else [*ours_cmd, *argv]
+                    res[who] = min(res[who], run_timed(cmd, None if who == "rdiff" else mem))
+            sizes = ""
+            if step in ("signature", "delta"):
+                key = "sig" if step == "signature" else "delta"
+                a, b = (work / f"rdiff.{key}").stat().st_size, (work / f"ours.{key}").stat().st_size
+                same = (work / f"rdiff.{key}").read_bytes() == (work / f"ours.{key}").read_bytes()
+                sizes = f"rdiff {a:,} / ours {b:,}" + (" (identical)" if same else f" ({b / a:.4f}x)")
+            else:
+                ok = (work / "ours.out").read_bytes() == new.read_bytes() == (work / "rdiff.out").read_bytes()
+                sizes = "both outputs equal the new file" if ok else "OUTPUT MISMATCH"
+            (rw, rm), (ow, om) = res["rdiff"], res["ours"]
+            print(
+                f"{label:<9} {step:<10} {rw:8.2f} {ow:8.2f} {ow / rw:6.2f} {rm / 1024:9.1f} {om / 1024:8.1f}  {sizes}"
+            )
+    sig_mb = (work / "ours.sig").stat().st_size / 1e6
+    print(
+        f"(-b 512 signature is {sig_mb:.1f} MB; ours MB = parent + workers' peak RSS, interpreter and numpy included)"
+    )
+    if args.workdir is None:
+        shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--measure":
+        measure_main(sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "--generate":
+        make_files(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]) * 10**6)
+    else:
+        main()
