@@ -1,0 +1,241 @@
+"""`deltadump`: the command line. Parses arguments, runs a job, renders the result; maps errors to
+exit codes (0 success, 1 the operation failed, 2 bad usage or config). The only module that prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from .. import __version__
+from ..config import config_path, load
+from ..errors import EXIT_FAILED, EXIT_USAGE, DeltadumpError
+from ..store import manifest
+from ..store.manifest import BackupRecord
+
+_WIDTH = None if sys.stdout.isatty() else 160
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
+out = Console(highlight=False, width=_WIDTH)
+
+
+class CliReporter:
+    """Progress on a terminal (rich), plain lines otherwise; always on stderr."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self._progress = None
+        self._task = None
+
+    def info(self, msg: str) -> None:
+        if not self.quiet:
+            err.print(msg)
+
+    def progress(self, label: str, done: int, total: int | None = None) -> None:
+        if self.quiet or not self.tty:
+            return
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+        if self._progress is None:
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                      TransferSpeedColumn(), console=err, transient=True)  # fmt: skip
+            self._progress.start()
+            self._task = self._progress.add_task(label, total=total)
+        self._progress.update(self._task, completed=done, total=total)  # type: ignore[arg-type]
+
+    def done(self, label: str) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def _cfg(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    return load(getattr(args, "config", None))
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def render_list(backups: list[BackupRecord]) -> None:
+    t = Table(title="backups, newest first")
+    for col in ("id", "started", "status", "path", "format", "size", "duration", "after"):
+        t.add_column(col)
+    for b in backups:
+        status = b.status if b.status == "failed" else ("replaced" if b.replaced_by else "ok")
+        after = "" if b.after is None else (f"exit {b.after.exit_code}" if b.after.exit_code is not None else "running")
+        t.add_row(b.id, b.started.isoformat(timespec="seconds"), status + (f": {b.error}" if b.error else ""),
+                  b.path, b.format, _size(b.size) if b.size else "", f"{b.duration:.1f} s", after)  # fmt: skip
+    out.print(t)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from ..jobs.init import init
+
+    path = config_path(args.config)
+    version = init(path, args.dsn, args.dest, args.password_file or "")
+    out.print(f"wrote {path} (mode 0600); the database answers (PostgreSQL {version}); {args.dest} is writable")
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from ..jobs.backup import backup
+
+    cfg = _cfg(args)
+    rec = backup(cfg, CliReporter(args.quiet), wait=args.wait)
+    out.print(f"backup {rec.id}: {cfg.dest / rec.path} ({_size(rec.size)}, {rec.duration:.1f} s)")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    cfg = _cfg(args)
+    backups = list(reversed(manifest.load(cfg.dest).backups))
+    if args.json:
+        print(json.dumps([b.model_dump(mode="json") for b in backups], indent=1))
+    else:
+        render_list(backups)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from ..jobs.verify import verify
+
+    cfg = _cfg(args)
+    results = verify(cfg, None if args.all or not args.backup else args.backup)
+    bad = 0
+    for r in results:
+        if r.ok:
+            out.print(f"ok      {r.backup.id}  {r.backup.path}  ({len(r.backup.files)} file(s))")
+        else:
+            bad += 1
+            for p in r.problems:
+                out.print(f"FAILED  {r.backup.id}  {p}")
+    if not results:
+        out.print("no backups to verify")
+    if bad:
+        err.print(f"deltadump: error: {bad} of {len(results)} backup(s) failed verification")
+        return EXIT_FAILED
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from ..jobs.restore import restore
+
+    cfg = _cfg(args)
+    res = restore(cfg, args.backup, args.to_db, dsn=args.dsn, clean=args.clean, jobs=args.jobs,
+                  reporter=CliReporter(args.quiet))  # fmt: skip
+    out.print(f'restored {res.backup.id} ({res.backup.path}) into "{res.database}" in {res.seconds:.1f} s')
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ..jobs.demo import run_demo
+
+    rep = CliReporter(False)
+    res = run_demo(rep, render_list, Path(args.keep) if args.keep else None)
+    t = Table(title="restored copy against the source, table by table")
+    for col in ("table", "rows (source)", "rows (restored)", "checksum", "match"):
+        t.add_column(col)
+    for name in sorted(set(res.source) | set(res.restored)):
+        a, b = res.source.get(name), res.restored.get(name)
+        t.add_row(name, str(a[0]) if a else "-", str(b[0]) if b else "-", (a or b or ("", ""))[1][:16],
+                  "yes" if a == b else "NO")  # fmt: skip
+    out.print(t)
+    if res.ok:
+        out.print("demo passed: the latest backup restores to an identical database; no server is left running")
+        return 0
+    err.print("deltadump: error: the restored database differs from the source")
+    return EXIT_FAILED
+
+
+def cmd_rdiff(args: argparse.Namespace) -> int:
+    from .rdiff import run
+
+    return run(args.rdiff_args, sys.stdin.buffer, sys.stdout.buffer, sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="deltadump", description="Safe, restorable, delta-friendly PostgreSQL backups.")
+    p.add_argument("--version", action="version", version=f"deltadump {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
+                        help="config file (default: $DELTADUMP_CONFIG, else ./deltadump.toml)")  # fmt: skip
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="detail on errors")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress output")
+    p.add_argument("--config", metavar="PATH", default=None, help=argparse.SUPPRESS)
+    p.add_argument("-v", "--verbose", action="store_true", default=False, help=argparse.SUPPRESS)
+    p.add_argument("-q", "--quiet", action="store_true", default=False, help=argparse.SUPPRESS)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser("init", parents=[common], help="write a config after checking database and folder")
+    s.add_argument("--dsn", required=True, help="libpq URI or key=value string (no password in it)")
+    s.add_argument("--dest", required=True, help="backup folder (must exist)")
+    s.add_argument("--password-file", help="file whose first line is the database password")
+    s.set_defaults(func=cmd_init)
+
+    s = sub.add_parser("backup", parents=[common], help="make one backup now")
+    s.add_argument("--wait", action="store_true", help="wait for a running backup instead of refusing")
+    s.set_defaults(func=cmd_backup)
+
+    s = sub.add_parser("list", parents=[common], help="every recorded backup, newest first")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_list)
+
+    s = sub.add_parser("verify", parents=[common], help="re-check sizes, sha256 and structure")
+    s.add_argument("backup", nargs="?", help="backup id, path, or 'latest' (default: all current backups)")
+    s.add_argument("--all", action="store_true", help="every current backup (the default)")
+    s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("restore", parents=[common], help="restore a backup into a database")
+    s.add_argument("backup", help="backup id, path (relative to dest or absolute), or 'latest'")
+    s.add_argument("--to-db", required=True, metavar="NAME", help="target database (created if missing)")
+    s.add_argument("--dsn", help="server to restore to (default: the config's)")
+    s.add_argument("--clean", action="store_true", help="drop and recreate a non-empty target database")
+    s.add_argument("--jobs", type=int, default=1, help="parallel pg_restore jobs (custom and directory formats)")
+    s.set_defaults(func=cmd_restore)
+
+    s = sub.add_parser("demo", parents=[common], help="run the whole cycle on a private embedded server")
+    s.add_argument("--keep", metavar="DIR", help="keep the demo's files (backups, config) in DIR")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("rdiff", help="librsync rdiff stand-in: signature | delta | patch (see --help)",
+                       add_help=False, prefix_chars="\0")  # fmt: skip
+    s.add_argument("rdiff_args", nargs=argparse.REMAINDER)
+    s.set_defaults(func=cmd_rdiff)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    verbose = getattr(args, "verbose", False)
+    try:
+        code = args.func(args)
+    except DeltadumpError as exc:
+        err.print(f"deltadump: error: {exc.message}", markup=False)
+        if verbose:
+            if exc.hint:
+                err.print(f"hint: {exc.hint}", markup=False)
+            if exc.detail:
+                err.print(exc.detail.rstrip(), markup=False)
+            if exc.__cause__ is not None:
+                err.print(f"cause: {exc.__cause__!r}", markup=False)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        err.print("deltadump: interrupted")
+        code = 130
+    except Exception as exc:  # a bug: one line, the traceback only with -v
+        err.print(f"deltadump: internal error: {type(exc).__name__}: {exc}", markup=False)
+        if verbose:
+            err.print(traceback.format_exc(), markup=False)
+        code = EXIT_FAILED
+    sys.exit(code)
+
+
+assert EXIT_USAGE == 2

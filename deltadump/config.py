@@ -1,0 +1,144 @@
+"""Config: loads and validates the TOML file into typed, frozen models; resolves where it lives.
+
+Keys are the product's contract (README.md, "Config"). Unknown keys are errors, never ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+DEFAULT_NAME = "deltadump.toml"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseConfig(_Model):
+    dsn: str
+    password_file: str = ""
+    pg_bin: str = ""
+
+
+class BackupConfig(_Model):
+    dest: str
+    name: str = "DBBACK-%w.DMP"
+    format: Literal["custom", "directory", "plain", "tar"] = "custom"
+    compress: int = Field(6, ge=0, le=9)
+    options: list[str] = []
+    after: str = ""
+    after_timeout: int = Field(3600, gt=0)
+
+    @field_validator("name")
+    @classmethod
+    def _check_template(cls, v: str) -> str:
+        from .naming import validate_template
+
+        validate_template(v)
+        return v
+
+    @field_validator("dest")
+    @classmethod
+    def _check_dest(cls, v: str) -> str:
+        if not v:
+            raise ValueError("dest must name a folder")
+        return v
+
+
+class Config(_Model):
+    database: DatabaseConfig
+    backup: BackupConfig
+    path: Path | None = None
+
+    @property
+    def dest(self) -> Path:
+        return Path(self.backup.dest).expanduser()
+
+
+def config_path(explicit: str | os.PathLike[str] | None) -> Path:
+    """--config PATH, else $DELTADUMP_CONFIG, else ./deltadump.toml."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("DELTADUMP_CONFIG")
+    if env:
+        return Path(env)
+    return Path.cwd() / DEFAULT_NAME
+
+
+def load(explicit: str | os.PathLike[str] | None = None) -> Config:
+    path = config_path(explicit)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {path} not found",
+            hint="create one with 'deltadump init --dsn DSN --dest DIR', or pass --config PATH",
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    return parse(data, path)
+
+
+def parse(data: dict[str, object], path: Path | None = None) -> Config:
+    where = f" in {path}" if path else ""
+    try:
+        return Config.model_validate({**data, "path": path})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        if err["type"] == "extra_forbidden":
+            raise ConfigError(f"unknown config key '{loc}'{where}") from None
+        if err["type"] == "missing":
+            raise ConfigError(f"missing config key '{loc}'{where}") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"invalid config key '{loc}'{where}: {msg}") from None
+
+
+CONFIG_TEMPLATE = """\
+# deltadump configuration (TOML). See README.md, "Config", for every key.
+
+[database]
+# libpq URI or key=value string; PG* environment variables apply as in psql.
+dsn = {dsn}
+# Passwords come from PGPASSWORD, ~/.pgpass or a file named here (first line); never put one in dsn.
+# password_file = "/etc/deltadump/db.password"
+# Folder with pg_dump/pg_restore/psql to use before any other (optional).
+# pg_bin = "/usr/lib/postgresql/16/bin"
+
+[backup]
+# Target folder: a USB disk, a mounted share... It must exist (deltadump never creates it, so an
+# unmounted disk is noticed rather than filled on the root filesystem).
+dest = {dest}
+# Rotation by file-name template: %w weekday 0-6 (0 = Sunday), %d day 01-31, %m month 01-12,
+# %y year, %h hour 00-23, %2..%9 a counter cycling 0..n-1 once per day with a good backup, %% a %.
+name = "DBBACK-%w.DMP"
+# custom | directory | plain | tar
+format = "custom"
+# pg_dump -Z level; 0 = uncompressed (delta-friendly)
+compress = 6
+# Extra pg_dump arguments, as a list (never passed through a shell).
+options = []
+# Command to run after each successful backup, in the background; %f = the backup's full path.
+after = ""
+# Seconds before the after-command is killed.
+after_timeout = 3600
+"""
+
+
+def toml_str(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_template(dsn: str, dest: str) -> str:
+    return CONFIG_TEMPLATE.format(dsn=toml_str(dsn), dest=toml_str(dest))

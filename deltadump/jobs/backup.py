@@ -1,0 +1,159 @@
+"""The backup job: one pg_dump into the rotation slot, validated, durable, recorded, then the
+after-command in the background. Ordering: data first, then the manifest entry (the commit point).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+
+from ..clock import now
+from ..config import Config
+from ..errors import DeltadumpError
+from ..fsio import fsync_dir, remove_stale_temps, storage_error, tmp_name
+from ..naming import render
+from ..pg.dump import run_pg_dump, validate
+from ..store import manifest
+from ..store.lock import RunLock
+from ..store.manifest import AfterRecord, BackupRecord, FileRecord
+from . import after
+from .common import Reporter, SilentReporter, check_dest, server_for, tool
+
+
+def _fsync_tree(p: Path) -> None:
+    if p.is_dir():
+        for f in p.rglob("*"):
+            if f.is_file():
+                fd = os.open(f, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        fsync_dir(p)
+    else:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _install(tmp: Path, slot: Path) -> None:
+    """Move a finished dump into its rotation slot (replacing the old one) and make it durable."""
+    if tmp.is_dir():
+        old = None
+        if slot.exists():
+            old = tmp_name(slot)
+            os.replace(slot, old)
+        os.replace(tmp, slot)
+        fsync_dir(slot.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    else:
+        if slot.is_dir():
+            shutil.rmtree(slot)
+        os.replace(tmp, slot)
+        fsync_dir(slot.parent)
+
+
+def _remove(p: Path) -> None:
+    with contextlib.suppress(OSError):
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+def backup(cfg: Config, reporter: Reporter | None = None, *, wait: bool = False) -> BackupRecord:
+    rep = reporter or SilentReporter()
+    dest = cfg.dest
+    check_dest(dest)
+    old_umask = os.umask(0o077)  # every file and folder we (and pg_dump) create: owner only
+    try:
+        with RunLock(dest, wait=wait):
+            return _backup_locked(cfg, rep, dest)
+    finally:
+        os.umask(old_umask)
+
+
+def _backup_locked(cfg: Config, rep: Reporter, dest: Path) -> BackupRecord:
+    for p in remove_stale_temps(dest):
+        rep.info(f"removed a temporary file left by an interrupted run: {p.name}")
+    b = cfg.backup
+    started = now()
+    t0 = time.monotonic()
+    rec = BackupRecord(
+        id=started.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(2),
+        started=started,
+        status="failed",
+        format=b.format,
+        compress=b.compress,
+    )
+    tmp: Path | None = None
+    try:
+        srv = server_for(cfg)
+        rec.database = srv.conn.where
+        rec.server_version = srv.version
+        pg_dump = tool("pg_dump", cfg, srv.major)
+        pg_restore = pg_dump.sibling("pg_restore") or tool("pg_restore", cfg, srv.major).path
+        rec.pg_dump_version = pg_dump.version
+        m = manifest.load(dest)
+        rel = render(b.name, started, m.success_days())
+        rec.path = rel
+        slot = dest / rel
+        try:
+            slot.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise storage_error(exc, slot.parent, "creating") from exc
+        tmp = tmp_name(slot)
+        rep.info(f"dumping {srv.conn.where} (PostgreSQL {srv.version}) with pg_dump {pg_dump.version} to {slot}")
+        run_pg_dump(
+            pg_dump.path,
+            srv.conn,
+            tmp,
+            fmt=b.format,
+            compress=b.compress,
+            options=list(b.options),
+            progress=lambda n: rep.progress("dump", n),
+        )
+        rep.done("dump")
+        validate(pg_restore, tmp, b.format)
+        try:
+            _fsync_tree(tmp)
+            files = manifest.file_records(dest, tmp)
+            prefix = tmp.relative_to(dest).as_posix()
+            rec.files = [FileRecord(path=rel + f.path[len(prefix) :], size=f.size, sha256=f.sha256) for f in files]
+            rec.size = sum(f.size for f in rec.files)
+            _install(tmp, slot)
+        except OSError as exc:
+            raise storage_error(exc, slot, "saving") from exc
+        tmp = None
+        rec.status = "ok"
+        rec.finished = now()
+        rec.duration = round(time.monotonic() - t0, 3)
+        if b.after:
+            rec.after = AfterRecord(command=b.after)
+        with manifest.updating(dest) as m:  # the commit point
+            m.add(rec)
+    except (DeltadumpError, OSError, KeyboardInterrupt) as exc:
+        if tmp is not None:
+            _remove(tmp)
+        rec.status = "failed"
+        rec.error = str(exc) if not isinstance(exc, KeyboardInterrupt) else "interrupted"
+        rec.finished = now()
+        rec.duration = round(time.monotonic() - t0, 3)
+        with contextlib.suppress(Exception), manifest.updating(dest) as m:
+            m.add(rec)
+        if isinstance(exc, OSError):
+            raise storage_error(exc, dest, "backing up into") from exc
+        raise
+    if b.after:
+        try:
+            after.start(dest, rec.id, dest / rec.path, b.after, b.after_timeout)
+        except OSError as exc:  # never fails the backup
+            rep.info(f"could not start the after-command: {exc}")
+    return rec

@@ -1,0 +1,34 @@
+"""The init job: write a commented config (0600) after checking that the database answers and the
+backup folder is writable; never overwrite an existing config."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+
+from ..config import parse, render_template
+from ..errors import ConfigError
+from ..fsio import storage_error
+from .common import check_dest, connect
+
+
+def init(path: Path, dsn: str, dest: str, password_file: str = "") -> str:
+    """Returns the server version found."""
+    if path.exists():
+        raise ConfigError(f"config file {path} already exists; not overwriting it", hint="edit it, or remove it first")
+    text = render_template(dsn, str(Path(dest).expanduser().resolve()))
+    if password_file:
+        text = text.replace('# password_file = "/etc/deltadump/db.password"', f'password_file = "{password_file}"')
+    cfg = parse(tomllib.loads(text), path)  # the template itself must be a valid config
+    srv = connect(cfg.database.dsn, cfg.database.password_file)
+    check_dest(cfg.dest)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ConfigError(f"config file {path} already exists; not overwriting it") from None
+    except OSError as exc:
+        raise storage_error(exc, path, "creating") from exc
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return srv.version

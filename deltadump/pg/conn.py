@@ -1,0 +1,224 @@
+"""Connections: a DSN becomes libpq environment variables (never command-line arguments, so no
+password is ever visible in a process list), plus psql queries and error classification."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from ..errors import ConfigError, DatabaseError
+
+# libpq connection keywords -> environment variables (https://www.postgresql.org/docs/current/libpq-envars.html)
+ENV_OF = {
+    "host": "PGHOST",
+    "hostaddr": "PGHOSTADDR",
+    "port": "PGPORT",
+    "dbname": "PGDATABASE",
+    "user": "PGUSER",
+    "password": "PGPASSWORD",
+    "passfile": "PGPASSFILE",
+    "service": "PGSERVICE",
+    "options": "PGOPTIONS",
+    "application_name": "PGAPPNAME",
+    "sslmode": "PGSSLMODE",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcrl": "PGSSLCRL",
+    "requiressl": "PGREQUIRESSL",
+    "gssencmode": "PGGSSENCMODE",
+    "krbsrvname": "PGKRBSRVNAME",
+    "connect_timeout": "PGCONNECT_TIMEOUT",
+    "client_encoding": "PGCLIENTENCODING",
+    "target_session_attrs": "PGTARGETSESSIONATTRS",
+    "channel_binding": "PGCHANNELBINDING",
+}
+
+
+def parse_dsn(dsn: str) -> dict[str, str]:
+    """Parse a libpq URI (postgresql://...) or key=value string into keywords."""
+    dsn = dsn.strip()
+    if dsn.startswith(("postgresql://", "postgres://")):
+        u = urlsplit(dsn)
+        kw: dict[str, str] = {}
+        if u.username:
+            kw["user"] = unquote(u.username)
+        if u.password is not None:
+            kw["password"] = unquote(u.password)
+        netloc = u.netloc.rpartition("@")[2]
+        if netloc:
+            hostpart, _, port = netloc.rpartition(":") if not netloc.endswith("]") else (netloc, "", "")
+            if not hostpart:  # no ':' at all
+                hostpart, port = netloc, ""
+            if hostpart:
+                kw["host"] = unquote(hostpart.strip("[]"))
+            if port:
+                kw["port"] = port
+        if u.path and u.path != "/":
+            kw["dbname"] = unquote(u.path[1:])
+        for k, v in parse_qsl(u.query, keep_blank_values=True):
+            kw[k] = v
+        return kw
+    kw = {}
+    i, n = 0, len(dsn)
+    while i < n:
+        while i < n and dsn[i].isspace():
+            i += 1
+        if i >= n:
+            break
+        m = re.match(r"([A-Za-z_]+)\s*=\s*", dsn[i:])
+        if not m:
+            raise ConfigError(f"cannot parse dsn near {dsn[i : i + 20]!r}")
+        key = m.group(1)
+        i += m.end()
+        val = []
+        if i < n and dsn[i] == "'":
+            i += 1
+            while i < n and dsn[i] != "'":
+                if dsn[i] == "\\" and i + 1 < n:
+                    i += 1
+                val.append(dsn[i])
+                i += 1
+            if i >= n:
+                raise ConfigError("unterminated quoted value in dsn")
+            i += 1
+        else:
+            while i < n and not dsn[i].isspace():
+                if dsn[i] == "\\" and i + 1 < n:
+                    i += 1
+                val.append(dsn[i])
+                i += 1
+        kw[key] = "".join(val)
+    return kw
+
+
+@dataclass
+class Conn:
+    """Where and how to connect, as libpq keywords; secrets never leave the environment."""
+
+    keywords: dict[str, str]
+    password_file: str = ""
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_dsn(cls, dsn: str, password_file: str = "") -> Conn:
+        kw = parse_dsn(dsn)
+        unknown = sorted(set(kw) - set(ENV_OF))
+        if unknown:
+            raise ConfigError(f"unsupported connection keyword(s) in dsn: {', '.join(unknown)}")
+        return cls(kw, password_file)
+
+    def with_db(self, dbname: str) -> Conn:
+        return Conn({**self.keywords, "dbname": dbname}, self.password_file, dict(self.extra_env))
+
+    def setting(self, key: str) -> str | None:
+        if key in self.keywords:
+            return self.keywords[key]
+        return os.environ.get(ENV_OF[key])
+
+    @property
+    def dbname(self) -> str:
+        return self.setting("dbname") or self.setting("user") or os.environ.get("USER", "postgres")
+
+    @property
+    def where(self) -> str:
+        """host:port/db and role, for messages (never the password)."""
+        host = self.setting("host") or "local socket"
+        port = self.setting("port") or "5432"
+        user = self.setting("user") or os.environ.get("USER", "?")
+        return f"{host}:{port}/{self.dbname} as {user}"
+
+    @contextlib.contextmanager
+    def env(self) -> Iterator[dict[str, str]]:
+        """Environment for a libpq program. A password (from the dsn or password_file) goes into a
+        private temporary passfile, so it appears in no command line and no environment."""
+        env = dict(os.environ)
+        env.update(self.extra_env)
+        password = self.keywords.get("password")
+        if self.password_file:
+            try:
+                password = Path(self.password_file).expanduser().read_text().splitlines()[0]
+            except (OSError, IndexError) as exc:
+                raise ConfigError(f"cannot read password_file {self.password_file}: {exc}") from exc
+        for k, v in self.keywords.items():
+            if k != "password":
+                env[ENV_OF[k]] = v
+        tmpdir = None
+        try:
+            if password is not None:
+                env.pop("PGPASSWORD", None)
+                tmpdir = tempfile.mkdtemp(prefix="deltadump-pgpass-")
+                pf = Path(tmpdir) / "pgpass"
+                fd = os.open(pf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                esc = password.replace("\\", "\\\\").replace(":", "\\:")
+                os.write(fd, f"*:*:*:*:{esc}\n".encode())
+                os.close(fd)
+                env["PGPASSFILE"] = str(pf)
+            env.setdefault("PGCONNECT_TIMEOUT", "10")
+            env["PGAPPNAME"] = env.get("PGAPPNAME", "deltadump")
+            yield env
+        finally:
+            if tmpdir:
+                shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def classify(stderr: str, conn: Conn) -> DatabaseError:
+    """Turn libpq/psql/pg_dump connection errors into one clear sentence."""
+    text = " ".join(stderr.split())
+    where = conn.where
+    if "password authentication failed" in text or "no password supplied" in text:
+        return DatabaseError(
+            f"wrong or missing password for {where}",
+            hint="set [database] password_file, PGPASSWORD or ~/.pgpass",
+        )
+    m = re.search(r'database "([^"]+)" does not exist', text)
+    if m:
+        return DatabaseError(f'database "{m.group(1)}" does not exist on {where}')
+    m = re.search(r'role "([^"]+)" does not exist', text)
+    if m:
+        return DatabaseError(f'role "{m.group(1)}" does not exist on {where}')
+    if any(
+        s in text
+        for s in ("Connection refused", "could not connect", "No such file or directory", "timeout expired",
+                  "could not translate host name", "Network is unreachable", "No route to host")
+    ):  # fmt: skip
+        return DatabaseError(
+            f"cannot reach the database server at {where}: {_last_sentence(text)}",
+            hint="is the server running, and are host and port right?",
+        )
+    if "no pg_hba.conf entry" in text:
+        return DatabaseError(f"the server refused the connection ({where}): no pg_hba.conf entry")
+    return DatabaseError(f"database error on {where}: {_last_sentence(text)}")
+
+
+def _last_sentence(text: str) -> str:
+    text = re.sub(r"^(psql|pg_dump|pg_restore): (error: )?", "", text)
+    return text[:300]
+
+
+def psql(psql_bin: Path, conn: Conn, sql: str, *, db: str | None = None, timeout: float = 120) -> list[list[str]]:
+    """Run one SQL text with psql; rows as lists of strings (unaligned, tab-separated)."""
+    c = conn.with_db(db) if db else conn
+    with c.env() as env:
+        try:
+            res = subprocess.run(
+                [str(psql_bin), "-X", "-A", "-t", "-q", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-c", sql],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise DatabaseError(f"the database at {c.where} did not answer within {timeout:.0f} s") from exc
+    if res.returncode != 0:
+        raise classify(res.stderr, c)
+    return [line.split("\t") for line in res.stdout.splitlines() if line]

@@ -1,0 +1,186 @@
+"""Runs pg_dump and pg_restore/psql as child processes, with progress callbacks, and validates
+archives (`pg_restore --list`, or the completion trailer of a plain dump)."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import DumpError, RestoreError
+from .conn import Conn, classify
+
+FORMAT_FLAG = {"custom": "c", "directory": "d", "plain": "p", "tar": "t"}
+PLAIN_TRAILER = b"-- PostgreSQL database dump complete"
+
+Progress = Callable[[int], None]  # bytes written so far
+
+
+def path_size(p: Path) -> int:
+    try:
+        if p.is_dir():
+            return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+        return p.stat().st_size
+    except OSError:
+        return 0
+
+
+def _signame(code: int) -> str:
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
+def _watch(proc: subprocess.Popen[bytes], out: Path, progress: Progress | None, stop: threading.Event) -> None:
+    while not stop.wait(0.25):
+        if progress:
+            progress(path_size(out))
+    if progress:
+        progress(path_size(out))
+    del proc
+
+
+def run_pg_dump(
+    pg_dump: Path,
+    conn: Conn,
+    out: Path,
+    *,
+    fmt: str,
+    compress: int,
+    options: list[str],
+    progress: Progress | None = None,
+    snapshot: str | None = None,
+) -> None:
+    """Dump conn's database into `out` (a file, or a folder for the directory format)."""
+    argv = [str(pg_dump), f"--format={FORMAT_FLAG[fmt]}", f"--compress={compress}", f"--file={out}"]
+    if snapshot:
+        argv.append(f"--snapshot={snapshot}")
+    argv.extend(options)
+    with conn.env() as env:
+        stop = threading.Event()
+        with subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE) as proc:  # fmt: skip
+            t = threading.Thread(target=_watch, args=(proc, out, progress, stop), daemon=True)
+            t.start()
+            try:
+                _, err_b = proc.communicate()
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            finally:
+                stop.set()
+                t.join()
+    err = err_b.decode(errors="replace")
+    if proc.returncode == 0:
+        return
+    text = " ".join(err.split())
+    if proc.returncode < 0:
+        raise DumpError(f"pg_dump of {conn.where} was killed by {_signame(proc.returncode)}", detail=err)
+    if "No space left on device" in text or ("could not write to output file" in text and "space" in text):
+        raise DumpError(f"disk full while writing {out}: pg_dump stopped ({_free(out)})", detail=err)
+    if "server version" in text and "aborting because of server version mismatch" in text:
+        raise DumpError(f"pg_dump is older than the server at {conn.where}: {text[:200]}", detail=err)
+    if "connection to server" in text and ("failed" in text or "could not connect" in text):
+        raise classify(err, conn)
+    if "password authentication failed" in text or ("does not exist" in text and "database" in text):
+        raise classify(err, conn)
+    last = next((ln for ln in reversed(err.splitlines()) if ln.strip()), f"exit code {proc.returncode}")
+    raise DumpError(f"pg_dump of {conn.where} failed: {last.strip()[:300]}", detail=err)
+
+
+def _free(p: Path) -> str:
+    try:
+        st = os.statvfs(p.parent)
+        return f"{st.f_bavail * st.f_frsize / 1e6:.1f} MB free"
+    except OSError:
+        return "free space unknown"
+
+
+def is_gzip(p: Path) -> bool:
+    with open(p, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
+def validate(pg_restore: Path, out: Path, fmt: str) -> None:
+    """Check that a dump is complete and readable; raise DumpError naming what is wrong."""
+    if fmt == "plain":
+        try:
+            if is_gzip(out):
+                tail = b""
+                with gzip.open(out, "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        tail = (tail + chunk)[-4096:]
+            else:
+                with open(out, "rb") as f:
+                    f.seek(max(0, out.stat().st_size - 4096))
+                    tail = f.read()
+        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            raise DumpError(f"plain dump {out} is unreadable: {exc}") from exc
+        if PLAIN_TRAILER not in tail:
+            raise DumpError(f"plain dump {out} is incomplete (no completion trailer)")
+        return
+    res = subprocess.run([str(pg_restore), "--list", str(out)], capture_output=True, text=True)
+    if res.returncode != 0:
+        msg = " ".join(res.stderr.split())[:300]
+        raise DumpError(f"archive {out} is unreadable by pg_restore: {msg}")
+
+
+def run_restore(
+    pg_restore: Path,
+    psql_bin: Path,
+    conn: Conn,
+    archive: Path,
+    fmt: str,
+    *,
+    jobs: int = 1,
+    extra: list[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> None:
+    """Restore `archive` into conn's database; any error fails the restore."""
+    with conn.env() as env:
+        if fmt == "plain":
+            argv = [str(psql_bin), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction"]
+            if is_gzip(archive):
+                with (
+                    gzip.open(archive, "rb") as src,
+                    subprocess.Popen(
+                        argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+                    ) as proc,
+                ):
+                    assert proc.stdin is not None and proc.stderr is not None
+                    err_chunks: list[bytes] = []
+                    t = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
+                    t.start()
+                    with contextlib.suppress(BrokenPipeError):
+                        while chunk := src.read(1 << 20):
+                            proc.stdin.write(chunk)
+                        proc.stdin.close()
+                    proc.wait()
+                    t.join()
+                    rc, err = proc.returncode, b"".join(err_chunks).decode(errors="replace")
+            else:
+                res = subprocess.run([*argv, "-f", str(archive)], env=env, capture_output=True, text=True,
+                                     stdin=subprocess.DEVNULL)  # fmt: skip
+                rc, err = res.returncode, res.stderr
+        else:
+            argv = [str(pg_restore), "--exit-on-error", f"--dbname={conn.dbname}"]
+            if jobs > 1 and fmt in ("custom", "directory"):
+                argv.append(f"--jobs={jobs}")
+            argv += [*(extra or []), str(archive)]
+            t0 = time.monotonic()
+            res = subprocess.run(argv, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            rc, err = res.returncode, res.stderr
+            if progress:
+                progress(f"pg_restore finished in {time.monotonic() - t0:.1f} s")
+    if rc != 0:
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        first_err = next((ln for ln in lines if "error" in ln.lower()), lines[-1] if lines else f"exit code {rc}")
+        raise RestoreError(f"restore into {conn.where} failed: {first_err.strip()[:300]}", detail=err)

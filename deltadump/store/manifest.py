@@ -1,0 +1,159 @@
+"""The manifest: the record of every backup in a backup folder, and the commit point of each.
+
+Written last (after the data files it names, with their sizes and sha256), durably, and carrying a
+checksum of its own content. A backup not in the manifest does not exist.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from datetime import date, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..errors import IntegrityError, StorageError
+from ..fsio import storage_error, write_bytes_atomic
+
+MANIFEST_NAME = "deltadump-manifest.json"
+MANIFEST_LOCK = "deltadump-manifest.lock"
+FORMAT_TAG = "deltadump-manifest"
+VERSION = 1
+
+
+class FileRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str  # relative to the backup folder, '/'-separated
+    size: int
+    sha256: str
+
+
+class AfterRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    command: str
+    pid: int | None = None
+    exit_code: int | None = None
+    finished: datetime | None = None
+    error: str = ""
+
+
+class BackupRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    started: datetime
+    finished: datetime | None = None
+    status: Literal["ok", "failed"]
+    path: str = ""  # the rotation slot, relative to the backup folder
+    format: str = ""
+    compress: int = 0
+    size: int = 0
+    files: list[FileRecord] = []
+    database: str = ""
+    server_version: str = ""
+    pg_dump_version: str = ""
+    duration: float = 0.0
+    error: str = ""
+    replaced_by: str | None = None  # a later backup wrote the same slot
+    after: AfterRecord | None = None
+
+    @property
+    def current(self) -> bool:
+        return self.status == "ok" and self.replaced_by is None
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    backups: list[BackupRecord] = []
+
+    def find(self, ref: str) -> BackupRecord | None:
+        """A current backup by id, 'latest', or path (relative to dest)."""
+        cur = [b for b in self.backups if b.current]
+        if ref == "latest":
+            return max(cur, key=lambda b: b.started, default=None)
+        for b in reversed(self.backups):
+            if b.id == ref:
+                return b
+        for b in reversed(cur):
+            if b.path == ref:
+                return b
+        return None
+
+    def success_days(self) -> list[date]:
+        return [b.started.date() for b in self.backups if b.status == "ok"]
+
+    def add(self, rec: BackupRecord) -> None:
+        if rec.status == "ok":
+            for b in self.backups:
+                if b.current and b.path == rec.path:
+                    b.replaced_by = rec.id
+        self.backups.append(rec)
+
+
+def _content_digest(backups: list[dict[str, object]]) -> str:
+    canon = json.dumps(backups, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canon.encode()).hexdigest()
+
+
+def load(dest: Path) -> Manifest:
+    p = dest / MANIFEST_NAME
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        return Manifest()
+    except OSError as exc:
+        raise storage_error(exc, p, "reading") from exc
+    try:
+        doc = json.loads(raw)
+        if doc.get("format") != FORMAT_TAG:
+            raise ValueError("not a deltadump manifest")
+        backups = doc["backups"]
+        if _content_digest(backups) != doc.get("sha256"):
+            raise IntegrityError(f"manifest {p} is corrupt: its checksum does not match its content")
+        return Manifest.model_validate({"backups": backups})
+    except IntegrityError:
+        raise
+    except (ValueError, KeyError, TypeError, ValidationError) as exc:
+        raise IntegrityError(f"manifest {p} is corrupt or unreadable: {str(exc)[:200]}") from exc
+
+
+def save(dest: Path, m: Manifest) -> None:
+    backups = [b.model_dump(mode="json") for b in m.backups]
+    doc = {"format": FORMAT_TAG, "version": VERSION, "backups": backups, "sha256": _content_digest(backups)}
+    write_bytes_atomic(dest / MANIFEST_NAME, json.dumps(doc, indent=1).encode() + b"\n")
+
+
+@contextlib.contextmanager
+def updating(dest: Path) -> Iterator[Manifest]:
+    """Read-modify-write of the manifest under a short lock shared by every writer."""
+    try:
+        fd = os.open(dest / MANIFEST_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise storage_error(exc, dest, "locking the manifest in") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        m = load(dest)
+        yield m
+        save(dest, m)
+    finally:
+        os.close(fd)
+
+
+def file_records(root: Path, slot: Path) -> list[FileRecord]:
+    """Size and sha256 of a backup's file, or of every file of a directory-format backup."""
+    from ..fsio import sha256_file
+
+    paths = sorted(p for p in slot.rglob("*") if p.is_file()) if slot.is_dir() else [slot]
+    out = []
+    for p in paths:
+        try:
+            size, digest = sha256_file(p)
+        except OSError as exc:
+            raise StorageError(f"cannot read {p}: {exc.strerror}") from exc
+        out.append(FileRecord(path=p.relative_to(root).as_posix(), size=size, sha256=digest))
+    return out
