@@ -13,6 +13,7 @@ at `-b 512`. Prints ratios (ours / rdiff), delta sizes and peak memory. Each tim
 from __future__ import annotations
 
 import argparse
+import filecmp
 import json
 import os
 import random
@@ -135,10 +136,12 @@ def main() -> None:
             if step in ("signature", "delta"):
                 key = "sig" if step == "signature" else "delta"
                 a, b = (work / f"rdiff.{key}").stat().st_size, (work / f"ours.{key}").stat().st_size
-                same = (work / f"rdiff.{key}").read_bytes() == (work / f"ours.{key}").read_bytes()
+                same = filecmp.cmp(work / f"rdiff.{key}", work / f"ours.{key}", shallow=False)
                 sizes = f"rdiff {a:,} / ours {b:,}" + (" (identical)" if same else f" ({b / a:.4f}x)")
             else:
-                ok = (work / "ours.out").read_bytes() == new.read_bytes() == (work / "rdiff.out").read_bytes()
+                ok = filecmp.cmp(work / "ours.out", new, shallow=False) and filecmp.cmp(
+                    work / "rdiff.out", new, shallow=False
+                )
                 sizes = "both outputs equal the new file" if ok else "OUTPUT MISMATCH"
             (rw, rm), (ow, om) = res["rdiff"], res["ours"]
             print(

@@ -6,23 +6,40 @@ Knows nothing of databases or backups. Three operations over paths or binary fil
     delta(sig, new, out)
     patch(basis, delta, out)
 
-each streaming in bounded memory and returning statistics.
+each streaming in bounded memory and returning statistics. Submodules load on first use, so that
+`patch` (pure I/O) never pays for importing numpy.
 """
 
-from .delta import DeltaStats, Signature, delta, load_signature
-from .format import SigParams, sig_args
-from .patch import PatchStats, patch
-from .signature import SignatureStats, signature
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .differ import DeltaStats, Signature, delta, load_signature
+    from .format import SigParams, sig_args
+    from .patcher import PatchStats, patch
+    from .signer import SignatureStats, signature
+
+_WHERE = {
+    "DeltaStats": "differ",
+    "Signature": "differ",
+    "delta": "differ",
+    "load_signature": "differ",
+    "SigParams": "format",
+    "sig_args": "format",
+    "PatchStats": "patcher",
+    "patch": "patcher",
+    "SignatureStats": "signer",
+    "signature": "signer",
+}
 __all__ = [
-    "DeltaStats",
-    "PatchStats",
-    "SigParams",
-    "Signature",
-    "SignatureStats",
-    "delta",
-    "load_signature",
-    "patch",
-    "sig_args",
-    "signature",
-]
+    "DeltaStats", "PatchStats", "SigParams", "Signature", "SignatureStats",
+    "delta", "load_signature", "patch", "sig_args", "signature",
+]  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(name)

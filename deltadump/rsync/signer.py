@@ -42,10 +42,18 @@ def records(data: bytes, p: SigParams) -> bytes:
     return rec.tobytes()
 
 
-def _piece_records(task: tuple[int, int]) -> bytes:
-    fd, base, p = worker_state()
+def _piece_records(task: tuple[int, int]) -> bytes | int:
+    """Worker: the records of one piece; written straight into the output when it is a file."""
+    fd, base, p, out_fd = worker_state()
     off, n = task
-    return records(os.pread(fd, n, base + off), p)
+    rec = records(os.pread(fd, n, base + off), p)
+    if out_fd is None:
+        return rec
+    at = 12 + off // p.block_len * (4 + p.strong_len)
+    view = memoryview(rec)
+    while view:
+        view = view[os.pwrite(out_fd, view, at + len(rec) - len(view)) :]
+    return len(rec)
 
 
 @librsync_job("signature")
@@ -73,9 +81,14 @@ def signature(
             workers = want_workers(src.size, parallel)
             if workers and src.fd is not None and src.size is not None:
                 tasks = [(off, min(piece, src.size - off)) for off in range(0, src.size, piece)]
-                with WorkerPool((src.fd, src.base_off, p), workers) as pool:
+                sink.flush()
+                out_fd = sink.fileno_for_copy()
+                with WorkerPool((src.fd, src.base_off, p, out_fd), workers) as pool:
                     for rec in pool.imap(_piece_records, tasks):
-                        sink.write(rec)
+                        if isinstance(rec, int):
+                            sink.written += rec
+                        else:
+                            sink.write(rec)
                 in_bytes = src.size
             else:
                 for chunk in src.chunks(piece):
