@@ -28,3 +28,67 @@ def rdiff_bin() -> str:
 def tmp(tmp_path: Path) -> Path:
     os.chmod(tmp_path, 0o755)
     return tmp_path
+
+
+# --- a real PostgreSQL server, started by the tests -------------------------------------------
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+
+from deltadump.jobs import sample  # noqa: E402
+from deltadump.pg.conn import psql  # noqa: E402
+from deltadump.pg.server import LocalServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    require_tool("runuser") if os.geteuid() == 0 else None
+    server = LocalServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture(scope="session")
+def pwfile(pg: LocalServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    p = tmp_path_factory.mktemp("secret") / "db.password"
+    p.write_text(pg.password + "\n")
+    p.chmod(0o600)
+    return p
+
+
+_dbs = iter(range(10**6))
+
+
+@pytest.fixture
+def maildb(pg: LocalServer) -> str:
+    """A fresh small mail database for one test."""
+    name = f"mail{next(_dbs)}_{os.getpid()}"
+    psql(pg.psql_bin(), pg.conn(), f"create database {name}")
+    sample.load(pg.psql_bin(), pg.conn(), name, users=5, messages=300, words=20)
+    return name
+
+
+def write_config(path: Path, pg: LocalServer, pwfile: Path, db: str, dest: Path, **backup: object) -> Path:
+    import json
+
+    lines = ["[database]", f"dsn = {json.dumps(pg.dsn(db))}", f"password_file = {json.dumps(str(pwfile))}",
+             f"pg_bin = {json.dumps(str(pg.bin))}", "", "[backup]", f"dest = {json.dumps(str(dest))}"]  # fmt: skip
+    for k, v in backup.items():
+        lines.append(f"{k} = {json.dumps(v)}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def cli(*args: str | Path, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run the real deltadump command line."""
+    return subprocess.run(
+        [sys.executable, "-m", "deltadump.cli.main", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )

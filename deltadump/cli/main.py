@@ -19,8 +19,8 @@ from ..store import manifest
 from ..store.manifest import BackupRecord
 
 _WIDTH = None if sys.stdout.isatty() else 160
-err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
-out = Console(highlight=False, width=_WIDTH)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, width=_WIDTH, soft_wrap=_WIDTH is not None)
 
 
 class CliReporter:
@@ -239,3 +239,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 assert EXIT_USAGE == 2
+
+
+if __name__ == "__main__":
+    main()

@@ -190,8 +190,11 @@ def classify(stderr: str, conn: Conn) -> DatabaseError:
         for s in ("Connection refused", "could not connect", "No such file or directory", "timeout expired",
                   "could not translate host name", "Network is unreachable", "No route to host")
     ):  # fmt: skip
+        reason = next((r for r in ("Connection refused", "timeout expired", "could not translate host name",
+                                    "Network is unreachable", "No route to host", "No such file or directory")
+                       if r in text), _last_sentence(text))  # fmt: skip
         return DatabaseError(
-            f"cannot reach the database server at {where}: {_last_sentence(text)}",
+            f"cannot reach the database server at {where}: {reason}",
             hint="is the server running, and are host and port right?",
         )
     if "no pg_hba.conf entry" in text:
