@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -11,12 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import cli, write_config
+
 from deltadump.config import load
 from deltadump.jobs import sample
 from deltadump.jobs.backup import backup
-from deltadump.jobs.restore import restore
 from deltadump.pg.conn import psql
 from deltadump.pg.inspect import table_stats
 from deltadump.pg.server import LocalServer
@@ -50,7 +50,9 @@ def bigmail(pg: LocalServer) -> str:
 
 
 @pytest.mark.parametrize(("fmt", "compress"), [("custom", 6), ("directory", 0), ("plain", 0), ("tar", 0), ("plain", 6)])
-def test_round_trip_every_format(pg: LocalServer, pwfile: Path, bigmail: str, tmp: Path, fmt: str, compress: int) -> None:
+def test_round_trip_every_format(
+    pg: LocalServer, pwfile: Path, bigmail: str, tmp: Path, fmt: str, compress: int
+) -> None:
     d = tmp / "dest"
     d.mkdir()
     cfg = load(write_config(tmp / "c.toml", pg, pwfile, bigmail, d, format=fmt, compress=compress))
@@ -66,7 +68,9 @@ def test_round_trip_every_format(pg: LocalServer, pwfile: Path, bigmail: str, tm
     psql(pg.psql_bin(), pg.conn(), f"drop database {target}")
 
 
-def test_rotation_template_weekly_ring_and_counter(pg: LocalServer, pwfile: Path, maildb: str, dest: Path, tmp: Path) -> None:
+def test_rotation_template_weekly_ring_and_counter(
+    pg: LocalServer, pwfile: Path, maildb: str, dest: Path, tmp: Path
+) -> None:
     c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest, name="%y/DBBACK-%w.DMP")
     days = ["2026-11-23T02:00:00", "2026-11-24T02:00:00", "2026-11-30T02:00:00"]  # Mon, Tue, next Mon
     for when in days:
@@ -87,7 +91,9 @@ def test_rotation_template_weekly_ring_and_counter(pg: LocalServer, pwfile: Path
     assert ring == ["ring-1.dump", "ring-1.dump", "ring-0.dump", "ring-1.dump"]
 
 
-def test_after_command_runs_detached_with_quoted_path(pg: LocalServer, pwfile: Path, maildb: str, dest: Path, tmp: Path) -> None:
+def test_after_command_runs_detached_with_quoted_path(
+    pg: LocalServer, pwfile: Path, maildb: str, dest: Path, tmp: Path
+) -> None:
     marker = tmp / "after.out"
     c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest,
                      after=f"sleep 3; printf '%s\\n' %f > {marker}; echo done-output; exit 3")  # fmt: skip
@@ -152,7 +158,9 @@ def _assert_failed_cleanly(r: subprocess.CompletedProcess[str], dest: Path, good
         ({"db": "no_such_db"}, ('database "no_such_db" does not exist',)),
     ],
 )
-def test_preflight_failures(pg: LocalServer, pwfile: Path, maildb: str, dest: Path, tmp: Path, change: dict[str, str], words: tuple[str, ...]) -> None:
+def test_preflight_failures(
+    pg: LocalServer, pwfile: Path, maildb: str, dest: Path, tmp: Path, change: dict[str, str], words: tuple[str, ...]
+) -> None:
     c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest, name="DBBACK.DMP")
     good = _first_backup(c, dest)
     before = (dest / "DBBACK.DMP").read_bytes()
@@ -174,7 +182,9 @@ def test_pg_dump_killed_midway(pg: LocalServer, pwfile: Path, bigmail: str, dest
     c = write_config(tmp / "c.toml", pg, pwfile, bigmail, dest, name="DBBACK.DMP", compress=0)
     good = _first_backup(c, dest)
     before = (dest / "DBBACK.DMP").read_bytes()
-    proc = subprocess.Popen([*cli_argv(), "backup", "--config", str(c)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*cli_argv(), "backup", "--config", str(c)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     killed = False
     deadline = time.monotonic() + 60
     while proc.poll() is None and time.monotonic() < deadline and not killed:
@@ -185,14 +195,18 @@ def test_pg_dump_killed_midway(pg: LocalServer, pwfile: Path, bigmail: str, dest
         time.sleep(0.02)
     out, errtext = proc.communicate(timeout=60)
     assert killed
-    _assert_failed_cleanly(subprocess.CompletedProcess([], proc.returncode, out, errtext), dest, good, c, "pg_dump", "SIGKILL")
+    _assert_failed_cleanly(
+        subprocess.CompletedProcess([], proc.returncode, out, errtext), dest, good, c, "pg_dump", "SIGKILL"
+    )
     assert (dest / "DBBACK.DMP").read_bytes() == before
 
 
 def test_pg_dump_connection_terminated(pg: LocalServer, pwfile: Path, bigmail: str, dest: Path, tmp: Path) -> None:
     c = write_config(tmp / "c.toml", pg, pwfile, bigmail, dest, name="DBBACK.DMP", compress=0)
     good = _first_backup(c, dest)
-    proc = subprocess.Popen([*cli_argv(), "backup", "--config", str(c)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*cli_argv(), "backup", "--config", str(c)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     done = 0
     deadline = time.monotonic() + 60
     while proc.poll() is None and time.monotonic() < deadline and not done:
@@ -283,7 +297,9 @@ def test_bad_config(pg: LocalServer, pwfile: Path, maildb: str, dest: Path, tmp:
     assert list(dest.iterdir()) == []
 
 
-def test_verify_detects_corruption_and_truncation(pg: LocalServer, pwfile: Path, maildb: str, dest: Path, tmp: Path) -> None:
+def test_verify_detects_corruption_and_truncation(
+    pg: LocalServer, pwfile: Path, maildb: str, dest: Path, tmp: Path
+) -> None:
     c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest, format="directory", name="dir-%w")
     assert cli("backup", "--config", c).returncode == 0
     c2 = write_config(tmp / "c2.toml", pg, pwfile, maildb, dest, name="file-%w.dump")
@@ -311,7 +327,9 @@ def test_verify_detects_corruption_and_truncation(pg: LocalServer, pwfile: Path,
     assert r.returncode == 1 and "manifest" in r.stderr and "corrupt" in r.stderr
 
 
-def test_restore_refuses_non_empty_target_unless_clean(pg: LocalServer, pwfile: Path, maildb: str, dest: Path, tmp: Path) -> None:
+def test_restore_refuses_non_empty_target_unless_clean(
+    pg: LocalServer, pwfile: Path, maildb: str, dest: Path, tmp: Path
+) -> None:
     c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest)
     assert cli("backup", "--config", c).returncode == 0
     r = cli("restore", "latest", "--to-db", maildb, "--config", c)
@@ -330,15 +348,6 @@ def test_restore_refuses_non_empty_target_unless_clean(pg: LocalServer, pwfile: 
     assert r.returncode == 1 and "not empty" in r.stderr
 
 
-def test_restore_error_is_reported(pg: LocalServer, pwfile: Path, maildb: str, dest: Path, tmp: Path) -> None:
-    cfg = load(write_config(tmp / "c.toml", pg, pwfile, maildb, dest, format="plain", compress=0, name="p.sql"))
-    rec = backup(cfg)
-    # make the target reject the dump: a role the dump's ALTER ... OWNER cannot be run without
-    with pytest.raises(Exception) as e:
-        restore(cfg, rec.id, maildb)
-    assert "not empty" in str(e.value)
-
-
 def test_lock_refuses_second_backup(pg: LocalServer, pwfile: Path, maildb: str, dest: Path, tmp: Path) -> None:
     c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest)
     with RunLock(dest):
@@ -350,7 +359,9 @@ def test_lock_refuses_second_backup(pg: LocalServer, pwfile: Path, maildb: str, 
     assert waiter.wait(timeout=120) == 0
 
 
-def test_secrets_never_on_command_lines_or_in_files(pg: LocalServer, pwfile: Path, bigmail: str, dest: Path, tmp: Path) -> None:
+def test_secrets_never_on_command_lines_or_in_files(
+    pg: LocalServer, pwfile: Path, bigmail: str, dest: Path, tmp: Path
+) -> None:
     c = write_config(tmp / "c.toml", pg, pwfile, bigmail, dest, compress=0)
     seen: list[str] = []
     stop = threading.Event()
@@ -359,10 +370,8 @@ def test_secrets_never_on_command_lines_or_in_files(pg: LocalServer, pwfile: Pat
         while not stop.is_set():
             for d in Path("/proc").iterdir():
                 if d.name.isdigit():
-                    try:
+                    with contextlib.suppress(OSError):
                         seen.append((d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
-                    except OSError:
-                        pass
             time.sleep(0.01)
 
     t = threading.Thread(target=watch)
@@ -375,12 +384,14 @@ def test_secrets_never_on_command_lines_or_in_files(pg: LocalServer, pwfile: Pat
     assert not any(pg.password in s for s in seen)
     for f in dest.iterdir():
         if f.is_file():
-            assert pg.password.encode() not in f.read_bytes()[:10_000_000] or f.suffix == ".DMP"
+            assert pg.password.encode() not in f.read_bytes(), f
             assert stat.S_IMODE(f.stat().st_mode) & 0o077 == 0, f
     assert pg.password not in (dest / manifest.MANIFEST_NAME).read_text()
 
 
-def test_init_writes_private_config_and_refuses_overwrite(pg: LocalServer, pwfile: Path, maildb: str, dest: Path, tmp: Path) -> None:
+def test_init_writes_private_config_and_refuses_overwrite(
+    pg: LocalServer, pwfile: Path, maildb: str, dest: Path, tmp: Path
+) -> None:
     cfgp = tmp / "new.toml"
     r = cli("init", "--dsn", pg.dsn(maildb), "--dest", dest, "--password-file", pwfile, "--config", cfgp)
     assert r.returncode == 0, r.stderr
@@ -389,7 +400,17 @@ def test_init_writes_private_config_and_refuses_overwrite(pg: LocalServer, pwfil
     assert cfg.backup.name == "DBBACK-%w.DMP" and cfg.dest == dest.resolve()
     r = cli("init", "--dsn", pg.dsn(maildb), "--dest", dest, "--config", cfgp)
     assert r.returncode == 2 and "already exists" in r.stderr
-    r = cli("init", "--dsn", pg.dsn(maildb), "--dest", tmp / "nowhere", "--password-file", pwfile, "--config", tmp / "x.toml")
+    r = cli(
+        "init",
+        "--dsn",
+        pg.dsn(maildb),
+        "--dest",
+        tmp / "nowhere",
+        "--password-file",
+        pwfile,
+        "--config",
+        tmp / "x.toml",
+    )
     assert r.returncode == 1 and "does not exist" in r.stderr and not (tmp / "x.toml").exists()
     # with the config in $DELTADUMP_CONFIG, commands find it
     r = cli("backup", env={"DELTADUMP_CONFIG": str(cfgp)})

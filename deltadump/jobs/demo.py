@@ -41,6 +41,7 @@ def run_demo(
 ) -> DemoResult:
     work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="deltadump-demo-"))
     work.mkdir(parents=True, exist_ok=True)
+    work.chmod(0o711)  # the server may run as another (unprivileged) user: it must reach its folder
     server = LocalServer(work / "server")
     reporter.info(f"starting a private PostgreSQL {server.version} from {server.bin} on port {server.port}")
     old_now = os.environ.get("DELTADUMP_NOW")
