@@ -64,9 +64,9 @@ class DeltaStats:
 class Signature:
     """A loaded signature with the lookup structures the search needs."""
 
-    def __init__(self, params: SigParams, body: bytes) -> None:
+    def __init__(self, params: SigParams, body: bytes | memoryview) -> None:
         self.params = params
-        self.block_len = bl = params.block_len
+        self.block_len = params.block_len
         self.strong_len = sl = params.strong_len
         rl = 4 + sl
         nb = len(body) // rl
@@ -75,8 +75,7 @@ class Signature:
         self.nblocks = nb
         rec = np.frombuffer(body, dtype=np.uint8, count=nb * rl).reshape(nb, rl)
         self.weak = rec[:, :4].copy().view(">u4").ravel().astype(U32)
-        self.strong = np.ascontiguousarray(rec[:, 4:])
-        self.strong_bytes = self.strong.tobytes()
+        self.strong = rec[:, 4:]  # a view: the file's bytes are the only copy of the strong sums
         self.order = np.argsort(self.weak, kind="stable")
         self.sorted_weak = self.weak[self.order]
         bits = min(24, max(10, int(nb).bit_length() + 4))
@@ -85,7 +84,9 @@ class Signature:
         self.filter[self._mix(self.weak)] = True
         self.hasher = strong_hasher(params.strong)
         self._canon: np.ndarray | None = None
-        _ = bl
+
+    def strong_of(self, i: int) -> bytes:
+        return self.strong[i].tobytes()
 
     def _mix(self, h: np.ndarray) -> np.ndarray:
         return (h * _MIX) >> self.filter_shift
@@ -123,12 +124,9 @@ class Signature:
         hi = int(sw.searchsorted(w, "right"))
         if lo == hi:
             return -1
-        sl = self.strong_len
-        s = self.hasher(window)[:sl]
-        sb = self.strong_bytes
-        for i in self.order[lo:hi]:
-            i = int(i)
-            if sb[i * sl : i * sl + sl] == s:
+        s = self.hasher(window)[: self.strong_len]
+        for i in self.order[lo:hi].tolist():
+            if self.strong_of(i) == s:
                 return i
         return -1
 
@@ -137,7 +135,7 @@ def load_signature(sig: PathOrFile) -> Signature:
     with open_input(sig) as src:
         raw = src.f.read() if src.fd is not None else b"".join(src.chunks(16 << 20))
     params = parse_sig_header(raw[:12])
-    return Signature(params, raw[12:])
+    return Signature(params, memoryview(raw)[12:])
 
 
 class Encoder:
@@ -320,7 +318,7 @@ class _Matcher:
         last = sig.nblocks - 1
         h = suffix_weak(np.frombuffer(tail, dtype=np.uint8), self.kind)
         sl = sig.strong_len
-        want = sig.strong_bytes[last * sl : last * sl + sl]
+        want = sig.strong_of(last)
         for c in np.flatnonzero(h == sig.weak[last]).tolist():
             if sig.hasher(tail[c:])[:sl] == want:
                 return c
