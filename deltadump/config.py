@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import ConfigError
 
 DEFAULT_NAME = "deltadump.toml"
+# Block length for delta backups of dumps, chosen with bench/rsync_vs_librsync.py: rdiff's default
+# (sqrt of the size, ~20 KiB for 400 MB) turns each changed row into ~20 KiB of literal data.
+DUMP_BLOCK_LEN = 1024
 
 
 class _Model(BaseModel):
@@ -52,10 +55,49 @@ class BackupConfig(_Model):
         return v
 
 
+class DeltaConfig(_Model):
+    enabled: bool = False
+    mode: Literal["incremental", "differential"] = "incremental"
+    block_len: int = Field(0, ge=0, le=1 << 24)
+    rebase_ratio: float = Field(0.5, gt=0)
+    max_chain: int = Field(30, ge=1)
+
+    @property
+    def effective_block_len(self) -> int:
+        return self.block_len or DUMP_BLOCK_LEN
+
+
+class KeepConfig(_Model):
+    daily: int = Field(7, ge=0)
+    weekly: int = Field(4, ge=0)
+    monthly: int = Field(6, ge=0)
+
+
+class OffsiteConfig(_Model):
+    url: str = ""
+    endpoint_url: str = ""
+    encrypt: bool = False
+    recipients: list[str] = []
+    keep: KeepConfig = KeepConfig()
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        if v and not v.startswith(("s3://", "file://")):
+            raise ValueError("url must start with s3:// or file://")
+        return v
+
+
 class Config(_Model):
     database: DatabaseConfig
     backup: BackupConfig
+    delta: DeltaConfig = DeltaConfig()
+    offsite: OffsiteConfig = OffsiteConfig()
     path: Path | None = None
+
+    @property
+    def offsite_enabled(self) -> bool:
+        return bool(self.offsite.url)
 
     @property
     def dest(self) -> Path:
@@ -87,7 +129,12 @@ def load(explicit: str | os.PathLike[str] | None = None) -> Config:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-    return parse(data, path)
+    cfg = parse(data, path)
+    if cfg.offsite.encrypt and not cfg.offsite.recipients:
+        raise ConfigError(
+            f"[offsite] encrypt = true needs at least one age recipient in recipients{' in ' + str(path)}"
+        )
+    return cfg
 
 
 def parse(data: dict[str, object], path: Path | None = None) -> Config:

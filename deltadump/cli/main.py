@@ -94,7 +94,12 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
-    backups = list(reversed(manifest.load(cfg.dest).backups))
+    if args.offsite:
+        from ..jobs.offsite import Offsite
+
+        backups = list(reversed(Offsite(cfg, args.identity).manifest().backups))
+    else:
+        backups = list(reversed(manifest.load(cfg.dest).backups))
     if args.json:
         print(json.dumps([b.model_dump(mode="json") for b in backups], indent=1))
     else:
@@ -106,6 +111,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from ..jobs.verify import verify
 
     cfg = _cfg(args)
+    if args.offsite:
+        from ..jobs.offsite import Offsite
+
+        off = Offsite(cfg, args.identity)
+        m, problems = off.verify(CliReporter(args.quiet))
+        live = [b for b in m.backups if b.status == "ok" and not b.pruned and not b.offsite_pruned]
+        for b in live:
+            if b.id in problems:
+                for p in problems[b.id]:
+                    out.print(f"FAILED  {b.id}  {p}")
+            else:
+                out.print(f"ok      {b.id}  offsite ({b.kind})")
+        if problems:
+            err.print(f"deltadump: error: {len(problems)} of {len(live)} offsite backup(s) failed verification")
+            return EXIT_FAILED
+        return 0
     results = verify(cfg, None if args.all or not args.backup else args.backup)
     bad = 0
     for r in results:
@@ -127,9 +148,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from ..jobs.restore import restore
 
     cfg = _cfg(args)
-    res = restore(cfg, args.backup, args.to_db, dsn=args.dsn, clean=args.clean, jobs=args.jobs,
-                  reporter=CliReporter(args.quiet))  # fmt: skip
-    out.print(f'restored {res.backup.id} ({res.backup.path}) into "{res.database}" in {res.seconds:.1f} s')
+    ref = args.backup or args.at or "latest"
+    res = restore(cfg, ref, args.to_db, dsn=args.dsn, clean=args.clean, jobs=args.jobs,
+                  reporter=CliReporter(args.quiet), from_offsite=args.source == "offsite",
+                  identity=args.identity)  # fmt: skip
+    out.print(f'restored {res.backup.id} ({res.source}) into "{res.database}" in {res.seconds:.1f} s')
     return 0
 
 
@@ -184,15 +207,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("list", parents=[common], help="every recorded backup, newest first")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--offsite", action="store_true", help="list the offsite copy's backups")
+    s.add_argument("--identity", type=Path, help="age secret key file (encrypted offsite copies)")
     s.set_defaults(func=cmd_list)
 
     s = sub.add_parser("verify", parents=[common], help="re-check sizes, sha256 and structure")
     s.add_argument("backup", nargs="?", help="backup id, path, or 'latest' (default: all current backups)")
     s.add_argument("--all", action="store_true", help="every current backup (the default)")
+    s.add_argument("--offsite", action="store_true", help="check the offsite copy: presence, sha256, chains")
+    s.add_argument("--identity", type=Path, help="age secret key file (encrypted offsite copies)")
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("restore", parents=[common], help="restore a backup into a database")
-    s.add_argument("backup", help="backup id, path (relative to dest or absolute), or 'latest'")
+    s.add_argument("backup", nargs="?", help="backup id, path, date or 'latest' (default: latest)")
+    s.add_argument("--from", dest="source", choices=["local", "offsite"], default="local",
+                   help="where to take the backup from (offsite works with the local folder gone)")  # fmt: skip
+    s.add_argument("--at", metavar="latest|DATE", help="the newest backup on or before DATE (YYYY-MM-DD)")
+    s.add_argument("--identity", type=Path, help="age secret key file, to decrypt an encrypted offsite copy")
     s.add_argument("--to-db", required=True, metavar="NAME", help="target database (created if missing)")
     s.add_argument("--dsn", help="server to restore to (default: the config's)")
     s.add_argument("--clean", action="store_true", help="drop and recreate a non-empty target database")

@@ -18,10 +18,12 @@ from ..fsio import fsync_dir, remove_stale_temps, storage_error, tmp_name
 from ..naming import render
 from ..pg.dump import run_pg_dump, validate
 from ..store import manifest
+from ..store.chain import plan_retention
 from ..store.lock import RunLock
 from ..store.manifest import AfterRecord, BackupRecord, FileRecord
-from . import after
+from . import after, chain
 from .common import Reporter, SilentReporter, check_dest, server_for, tool
+from .offsite import Offsite
 
 
 def _fsync_tree(p: Path) -> None:
@@ -84,14 +86,15 @@ def _backup_locked(cfg: Config, rep: Reporter, dest: Path) -> BackupRecord:
     for p in remove_stale_temps(dest):
         rep.info(f"removed a temporary file left by an interrupted run: {p.name}")
     b = cfg.backup
+    fmt, compress = (b.format, b.compress) if not cfg.delta.enabled else ("custom", 0)  # deltas need raw dumps
     started = now()
     t0 = time.monotonic()
     rec = BackupRecord(
         id=started.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(2),
         started=started,
         status="failed",
-        format=b.format,
-        compress=b.compress,
+        format=fmt,
+        compress=compress,
     )
     tmp: Path | None = None
     try:
@@ -115,19 +118,21 @@ def _backup_locked(cfg: Config, rep: Reporter, dest: Path) -> BackupRecord:
             pg_dump.path,
             srv.conn,
             tmp,
-            fmt=b.format,
-            compress=b.compress,
+            fmt=fmt,
+            compress=compress,
             options=list(b.options),
             progress=lambda n: rep.progress("dump", n),
         )
         rep.done("dump")
-        validate(pg_restore, tmp, b.format)
+        validate(pg_restore, tmp, fmt)
         try:
             _fsync_tree(tmp)
             files = manifest.file_records(dest, tmp)
             prefix = tmp.relative_to(dest).as_posix()
             rec.files = [FileRecord(path=rel + f.path[len(prefix) :], size=f.size, sha256=f.sha256) for f in files]
             rec.size = sum(f.size for f in rec.files)
+            if cfg.delta.enabled:
+                chain.make_chain_objects(cfg, dest, rec, tmp, files[0].sha256, rep)
             _install(tmp, slot)
         except OSError as exc:
             raise storage_error(exc, slot, "saving") from exc
@@ -142,6 +147,8 @@ def _backup_locked(cfg: Config, rep: Reporter, dest: Path) -> BackupRecord:
     except (DeltadumpError, OSError, KeyboardInterrupt) as exc:
         if tmp is not None:
             _remove(tmp)
+        for p in (dest / chain.CHAIN_DIR).glob(f"{rec.id}.*"):
+            _remove(p)
         rec.status = "failed"
         rec.error = str(exc) if not isinstance(exc, KeyboardInterrupt) else "interrupted"
         rec.finished = now()
@@ -151,9 +158,46 @@ def _backup_locked(cfg: Config, rep: Reporter, dest: Path) -> BackupRecord:
         if isinstance(exc, OSError):
             raise storage_error(exc, dest, "backing up into") from exc
         raise
+    if cfg.delta.enabled:
+        chain.prune_signatures(dest, cfg.delta.mode, manifest.load(dest))
+    offsite_error: DeltadumpError | None = None
+    if cfg.offsite_enabled:
+        try:
+            off = Offsite(cfg)
+            st = off.sync(dest, rep)
+            rep.info(f"offsite: sent {st.objects} object(s), {st.uploaded / 1e6:.2f} MB to {off.target.describe()}")
+            for bid, why in off.prune(dest, rep).items():
+                rep.info(f"retention: removed {bid} ({why})")
+        except DeltadumpError as exc:
+            offsite_error = exc
+    elif cfg.delta.enabled:
+        prune_local(cfg, dest, rep)
     if b.after:
         try:
             after.start(dest, rec.id, dest / rec.path, b.after, b.after_timeout)
         except OSError as exc:  # never fails the backup
             rep.info(f"could not start the after-command: {exc}")
+    if offsite_error is not None:
+        raise type(offsite_error)(
+            f"backup {rec.id} is safe locally, but the offsite copy failed: {offsite_error.message}",
+            hint="the next backup sends what is missing",
+        ) from offsite_error
     return rec
+
+
+def prune_local(cfg: Config, dest: Path, rep: Reporter) -> None:
+    """Retention of chain objects when there is no offsite copy (references before data)."""
+    k = cfg.offsite.keep
+    m0 = manifest.load(dest)
+    plan = plan_retention(m0, k.daily, k.weekly, k.monthly)
+    doomed = [bid for bid in plan.delete if (r := m0.by_id(bid)) is not None and r.in_chain]
+    if not doomed:
+        return
+    with manifest.updating(dest) as m:
+        for b in m.backups:
+            if b.id in doomed:
+                b.pruned = True
+    for bid in doomed:
+        for p in (dest / chain.CHAIN_DIR).glob(f"{bid}.*"):
+            _remove(p)
+        rep.info(f"retention: removed {bid} ({plan.delete[bid]})")

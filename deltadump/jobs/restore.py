@@ -1,16 +1,24 @@
-"""The restore job: check the backup against its recorded checksums, prepare the target database
-(create it; refuse a non-empty one unless clean), then pg_restore or psql, failing on any error."""
+"""The restore job: find the backup (here or in the offsite copy), bring its dump into being (its
+slot file, or a reconstruction from its delta chain, every step checked against recorded sha256),
+prepare the target database (create it; refuse a non-empty one unless clean), then pg_restore or
+psql, failing on any error."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+import time
 from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
 
 from ..config import Config
 from ..errors import IntegrityError, RestoreError
 from ..pg.conn import psql
 from ..pg.dump import run_restore
 from ..store import manifest
-from ..store.manifest import BackupRecord
+from ..store.manifest import BackupRecord, Manifest
+from . import chain
 from .common import Reporter, SilentReporter, major_of, server_for, tool
 from .verify import check_record, select
 
@@ -27,6 +35,7 @@ class RestoreResult:
     database: str
     created: bool
     seconds: float
+    source: str  # "slot", "chain" or "offsite"
 
 
 def _ident(name: str) -> str:
@@ -35,6 +44,22 @@ def _ident(name: str) -> str:
 
 def _lit(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
+
+
+def pick(m: Manifest, ref: str) -> BackupRecord:
+    """A restorable backup by id, 'latest', path, or a date (the newest backup of that day or before)."""
+    rec = m.find(ref)
+    if rec is None:
+        try:
+            day = date.fromisoformat(ref[:10])
+        except ValueError:
+            day = None
+        if day is not None:
+            cands = [b for b in m.backups if b.restorable and b.started.date() <= day]
+            rec = max(cands, key=lambda b: b.started, default=None)
+    if rec is None:
+        raise RestoreError(f"no restorable backup {ref!r} is recorded")
+    return rec
 
 
 def restore(
@@ -46,26 +71,69 @@ def restore(
     clean: bool = False,
     jobs: int = 1,
     reporter: Reporter | None = None,
+    from_offsite: bool = False,
+    identity: Path | None = None,
 ) -> RestoreResult:
-    import time
-
     rep = reporter or SilentReporter()
     t0 = time.monotonic()
     dest = cfg.dest
-    (rec,) = select(manifest.load(dest), dest, ref)
-    if not rec.current:
-        why = f"failed: {rec.error}" if rec.status == "failed" else f"replaced by {rec.replaced_by}"
-        raise RestoreError(f"backup {rec.id} cannot be restored: it {why}")
-    rep.info(f"checking {rec.path} against its recorded checksums")
-    check = check_record(dest, rec, cfg.database.pg_bin, structure=False)
-    if not check.ok:
-        raise IntegrityError(f"backup {rec.id} is damaged: {check.problems[0]}", hint="restore another backup")
+    work = Path(tempfile.mkdtemp(prefix="deltadump-restore-", dir=dest if dest.is_dir() else None))
+    try:
+        if from_offsite:
+            from .offsite import Offsite, offsite_objects
+
+            off = Offsite(cfg, identity)
+            m = off.manifest()
+            rec = pick(m, ref)
+            rep.info(f"restoring backup {rec.id} from the offsite copy at {off.target.describe()}")
+            if rec.in_chain:
+                dump = chain.reconstruct(m, rec, off.fetcher(), work, rep)
+            else:
+                for obj in offsite_objects(rec):
+                    local = work / obj.path
+                    local.parent.mkdir(parents=True, exist_ok=True)
+                    off.fetch_to(obj.path, local)
+                    if chain.sha256_of(local) != obj.sha256:
+                        raise IntegrityError(f"{obj.path} is corrupt offsite: sha256 mismatch")
+                dump = work / "full" / rec.id / rec.path
+            source = "offsite"
+        else:
+            m = manifest.load(dest)
+            rec = select(m, dest, ref)[0] if m.find(ref) or not _is_date(ref) else pick(m, ref)
+            if not rec.restorable:
+                why = f"failed: {rec.error}" if rec.status == "failed" else f"replaced by {rec.replaced_by}"
+                raise RestoreError(f"backup {rec.id} cannot be restored: it {why}")
+            rep.info(f"checking {rec.path} against its recorded checksums")
+            if rec.current and check_record(dest, rec, cfg.database.pg_bin, structure=False).ok:
+                dump, source = dest / rec.path, "slot"
+            elif rec.in_chain:
+                rep.info(f"reconstructing backup {rec.id} from its delta chain")
+                dump, source = chain.reconstruct(m, rec, chain.local_fetch(dest), work, rep), "chain"
+            else:
+                problem = check_record(dest, rec, cfg.database.pg_bin, structure=False).problems[0]
+                raise IntegrityError(f"backup {rec.id} is damaged: {problem}", hint="restore another backup")
+        created = _prepare_db(cfg, dsn, to_db, clean, rep, rec)
+        srv = server_for(cfg, dsn)
+        pg_restore = tool("pg_restore", cfg, max(srv.major, major_of(rec.pg_dump_version))).path
+        rep.info(f'restoring {rec.id} into database "{to_db}"')
+        run_restore(pg_restore, srv.psql, srv.conn.with_db(to_db), dump, rec.format, jobs=jobs)
+        return RestoreResult(rec, to_db, created, time.monotonic() - t0, source)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _is_date(ref: str) -> bool:
+    try:
+        datetime.fromisoformat(ref)
+        return True
+    except ValueError:
+        return False
+
+
+def _prepare_db(cfg: Config, dsn: str | None, to_db: str, clean: bool, rep: Reporter, rec: BackupRecord) -> bool:
     srv = server_for(cfg, dsn)
-    need = max(srv.major, major_of(rec.pg_dump_version))
-    pg_restore = tool("pg_restore", cfg, need).path
     admin_db = "postgres" if to_db != "postgres" else "template1"
     exists = psql(srv.psql, srv.conn, f"select 1 from pg_database where datname = {_lit(to_db)}", db=admin_db)
-    created = False
     if exists:
         n = int(psql(srv.psql, srv.conn, NONEMPTY_SQL, db=to_db)[0][0])
         if n and not clean:
@@ -73,13 +141,9 @@ def restore(
                 f'database "{to_db}" on {srv.conn.where.split("/")[0]} is not empty ({n} relations)',
                 hint="restore into a new database name, or add --clean to drop and recreate it",
             )
-        if n:
-            rep.info(f'dropping and recreating database "{to_db}" (--clean)')
-            psql(srv.psql, srv.conn, f"drop database {_ident(to_db)} with (force)", db=admin_db)
-            exists = []
-    if not exists:
-        psql(srv.psql, srv.conn, f"create database {_ident(to_db)}", db=admin_db)
-        created = True
-    rep.info(f'restoring {rec.path} into database "{to_db}"')
-    run_restore(pg_restore, srv.psql, srv.conn.with_db(to_db), dest / rec.path, rec.format, jobs=jobs)
-    return RestoreResult(rec, to_db, created, time.monotonic() - t0)
+        if not n:
+            return False
+        rep.info(f'dropping and recreating database "{to_db}" (--clean)')
+        psql(srv.psql, srv.conn, f"drop database {_ident(to_db)} with (force)", db=admin_db)
+    psql(srv.psql, srv.conn, f"create database {_ident(to_db)}", db=admin_db)
+    return True

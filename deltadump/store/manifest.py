@@ -61,10 +61,30 @@ class BackupRecord(BaseModel):
     error: str = ""
     replaced_by: str | None = None  # a later backup wrote the same slot
     after: AfterRecord | None = None
+    # delta backups: the chain objects that reconstruct this backup's (uncompressed) dump
+    kind: Literal["full", "base", "delta"] = "full"
+    parent: str | None = None  # the backup whose dump this delta applies to
+    base: str | None = None  # the base of the chain
+    dump_sha256: str = ""  # of the whole uncompressed dump, checked after every reconstruction
+    dump_size: int = 0
+    objects: list[FileRecord] = []  # chain/<id>.base.zst or chain/<id>.delta.zst (plaintext sha256)
+    uploaded: int = 0  # bytes sent offsite for this backup
+    pruned: bool = False  # retention removed its chain objects (here and offsite)
+    offsite_pruned: bool = False  # retention removed its offsite copy (backups without delta)
+
+    @property
+    def in_chain(self) -> bool:
+        return self.kind in ("base", "delta") and self.status == "ok"
 
     @property
     def current(self) -> bool:
-        return self.status == "ok" and self.replaced_by is None
+        """Restorable from its slot file (the latest in its slot, not pruned)."""
+        return self.status == "ok" and self.replaced_by is None and not self.pruned
+
+    @property
+    def restorable(self) -> bool:
+        """Restorable from its slot file or by reconstruction from its chain."""
+        return self.current or (self.in_chain and not self.pruned)
 
 
 class Manifest(BaseModel):
@@ -73,7 +93,7 @@ class Manifest(BaseModel):
 
     def find(self, ref: str) -> BackupRecord | None:
         """A current backup by id, 'latest', or path (relative to dest)."""
-        cur = [b for b in self.backups if b.current]
+        cur = [b for b in self.backups if b.current or b.restorable]
         if ref == "latest":
             return max(cur, key=lambda b: b.started, default=None)
         for b in reversed(self.backups):
@@ -83,6 +103,9 @@ class Manifest(BaseModel):
             if b.path == ref:
                 return b
         return None
+
+    def by_id(self, bid: str) -> BackupRecord | None:
+        return next((b for b in self.backups if b.id == bid), None)
 
     def success_days(self) -> list[date]:
         return [b.started.date() for b in self.backups if b.status == "ok"]

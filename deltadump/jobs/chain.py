@@ -1,0 +1,165 @@
+"""Delta chains in the backup folder: after a dump, store it as a new base or as a delta against
+the previous backup (or the base), zstd-compressed; reconstruct any chained backup's dump, checking
+the sha256 of the basis before and of the result after every patch.
+
+Local layout under dest/chain/: <id>.base.zst, <id>.delta.zst (decompressed: a valid rdiff delta),
+<id>.sig (rdiff signature of that backup's dump, local only: the next delta is made against it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import zstandard
+
+from ..config import Config
+from ..errors import IntegrityError, RsyncError
+from ..fsio import atomic_write, tmp_name
+from ..rsync import delta as rs_delta
+from ..rsync import patch as rs_patch
+from ..rsync import signature as rs_signature
+from ..store import manifest
+from ..store.chain import Basis, chain_of, next_basis
+from ..store.manifest import BackupRecord, FileRecord
+from .common import Reporter
+
+CHAIN_DIR = "chain"
+ZSTD_LEVEL = 3
+
+
+def zstd_file(src: Path, dst: Path) -> FileRecord:
+    """Compress src into dst durably; returns dst's record (path relative to dst's grandparent)."""
+    cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1, write_checksum=True)
+    with atomic_write(dst) as out, open(src, "rb") as f:
+        writer = cctx.stream_writer(out, closefd=False)  # type: ignore[arg-type]
+        while chunk := f.read(4 << 20):
+            writer.write(chunk)
+        writer.flush(zstandard.FLUSH_FRAME)
+    return FileRecord(path=f"{CHAIN_DIR}/{dst.name}", size=out.size, sha256=out.sha256.hexdigest())
+
+
+def unzstd_file(src: Path, dst: Path) -> str:
+    """Decompress src into dst; returns the sha256 of the output."""
+    dctx = zstandard.ZstdDecompressor()
+    try:
+        with atomic_write(dst) as out, open(src, "rb") as f, dctx.stream_reader(f) as r:
+            while chunk := r.read(4 << 20):
+                out.write(chunk)
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"{src.name} is corrupt (zstd: {exc})") from exc
+    return out.sha256.hexdigest()
+
+
+def make_chain_objects(
+    cfg: Config, dest: Path, rec: BackupRecord, dump: Path, dump_sha256: str, rep: Reporter
+) -> Basis:
+    """Store `dump` (rec's uncompressed dump) as a base or a delta; fill rec's chain fields."""
+    d = cfg.delta
+    chain_dir = dest / CHAIN_DIR
+    chain_dir.mkdir(exist_ok=True)
+    m = manifest.load(dest)
+    basis = next_basis(m, d.mode, d.rebase_ratio, d.max_chain)
+    sig_of_basis = chain_dir / f"{basis.record.id}.sig" if basis.record else None
+    if sig_of_basis is not None and not sig_of_basis.exists():
+        basis = Basis(None, f"signature of {basis.record.id if basis.record else '?'} missing: a new base")
+        sig_of_basis = None
+    rec.dump_sha256 = dump_sha256
+    rec.dump_size = dump.stat().st_size
+    if basis.record is None or sig_of_basis is None:
+        rep.info(basis.reason)
+        rec.kind, rec.base, rec.parent = "base", rec.id, None
+        rec.objects = [zstd_file(dump, chain_dir / f"{rec.id}.base.zst")]
+    else:
+        b = basis.record
+        rec.kind, rec.base, rec.parent = "delta", b.base, b.id
+        raw = chain_dir / tmp_name(Path(f"{rec.id}.delta")).name
+        try:
+            st = rs_delta(sig_of_basis, dump, raw)
+            rep.info(f"delta against {b.id}: {st.literal_bytes / 1e6:.2f} MB new data, {st.copy_cmds} copies")
+            rec.objects = [zstd_file(raw, chain_dir / f"{rec.id}.delta.zst")]
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                raw.unlink()
+    # the signature the next delta is made against (incremental: this dump; differential: the base)
+    if rec.kind == "base" or d.mode == "incremental":
+        rs_signature(dump, chain_dir / f"{rec.id}.sig", block_len=d.effective_block_len)
+    return basis
+
+
+def prune_signatures(dest: Path, mode: str, m: manifest.Manifest) -> None:
+    """Keep only the signatures a future delta can be made against."""
+    chained = [b for b in m.backups if b.in_chain and not b.pruned]
+    keep = set()
+    if chained:
+        last = chained[-1]
+        keep.add(last.id if mode == "incremental" else (last.base or last.id))
+    for p in (dest / CHAIN_DIR).glob("*.sig"):
+        if p.stem not in keep:
+            p.unlink(missing_ok=True)
+
+
+Fetch = Callable[[FileRecord, Path], None]  # bring one object to a local path (checked by the caller)
+
+
+def reconstruct(m: manifest.Manifest, rec: BackupRecord, fetch: Fetch, work: Path, rep: Reporter) -> Path:
+    """Rebuild rec's dump in `work` from its chain; every step checked. Returns the dump's path."""
+    try:
+        chain = chain_of(m, rec)
+    except ValueError as exc:
+        raise IntegrityError(f"cannot reconstruct {rec.id}: {exc}") from exc
+    work.mkdir(parents=True, exist_ok=True)
+    current: Path | None = None
+    for i, b in enumerate(chain):
+        if not b.objects:
+            raise IntegrityError(f"backup {b.id} (needed by {rec.id}) has no stored objects")
+        obj = b.objects[0]
+        local = work / Path(obj.path).name
+        fetch(obj, local)
+        got = sha256_of(local)
+        if got != obj.sha256:
+            raise IntegrityError(f"{obj.path} is corrupt: sha256 mismatch (needed by backup {rec.id})")
+        out = work / f"dump-{i}"
+        if b.kind == "base":
+            if unzstd_file(local, out) != b.dump_sha256:
+                raise IntegrityError(f"{obj.path} decompresses to the wrong dump (needed by backup {rec.id})")
+        else:
+            assert current is not None
+            raw = work / f"delta-{i}"
+            unzstd_file(local, raw)
+            parent = chain[i - 1]
+            rep.info(f"applying delta of {b.id} to {parent.id}")
+            try:
+                rs_patch(current, raw, out, basis_sha256=parent.dump_sha256, result_sha256=b.dump_sha256)
+            except RsyncError as exc:
+                raise IntegrityError(f"{obj.path} does not apply: {exc} (needed by backup {rec.id})") from exc
+            raw.unlink()
+        local.unlink()
+        if current is not None:
+            current.unlink()
+        current = out
+    assert current is not None
+    return current
+
+
+def sha256_of(p: Path) -> str:
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        while chunk := f.read(4 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def local_fetch(dest: Path) -> Fetch:
+    def fetch(obj: FileRecord, to: Path) -> None:
+        src = dest / obj.path
+        if not src.exists():
+            raise IntegrityError(f"{src} is missing")
+        shutil.copyfile(src, to)
+        os.chmod(to, 0o600)
+
+    return fetch

@@ -1,0 +1,83 @@
+"""A folder target: any mounted folder (NFS, SMB, a second disk). Durable writes, sha256 checked."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from ..errors import TargetError
+from ..fsio import atomic_write, sha256_file
+
+
+class FolderTarget:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def describe(self) -> str:
+        return f"file://{self.root}"
+
+    def _path(self, key: str) -> Path:
+        p = self.root / key
+        if ".." in Path(key).parts:
+            raise TargetError(f"invalid key {key!r}")
+        return p
+
+    def _check_root(self) -> None:
+        if not self.root.is_dir():
+            raise TargetError(f"offsite folder {self.root} does not exist", hint="is the share mounted?")
+
+    def put(self, key: str, src: Path, sha256: str) -> None:
+        self._check_root()
+        dst = self._path(key)
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write(dst) as f, open(src, "rb") as s:
+                while chunk := s.read(4 << 20):
+                    f.write(chunk)
+                if f.sha256.hexdigest() != sha256:
+                    raise TargetError(f"{src} changed while being copied to {dst}")
+        except OSError as exc:
+            raise TargetError(f"cannot write {dst}: {exc.strerror or exc}") from exc
+
+    def get(self, key: str, dst: Path) -> None:
+        src = self._path(key)
+        try:
+            with atomic_write(dst) as f, open(src, "rb") as s:
+                while chunk := s.read(4 << 20):
+                    f.write(chunk)
+        except FileNotFoundError as exc:
+            raise TargetError(f"{src} is missing offsite") from exc
+        except OSError as exc:
+            raise TargetError(f"cannot read {src}: {exc.strerror or exc}") from exc
+
+    def stat(self, key: str) -> int | None:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def list(self, prefix: str = "") -> dict[str, int]:
+        self._check_root()
+        out = {}
+        for p in self.root.rglob("*"):
+            if p.is_file() and not p.name.startswith(".tmp-"):
+                k = p.relative_to(self.root).as_posix()
+                if k.startswith(prefix):
+                    out[k] = p.stat().st_size
+        return out
+
+    def delete(self, key: str) -> None:
+        p = self._path(key)
+        try:
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                os.unlink(p)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise TargetError(f"cannot delete {p}: {exc.strerror}") from exc
+
+    def sha256(self, key: str) -> str:
+        return sha256_file(self._path(key))[1]
