@@ -92,3 +92,47 @@ def cli(*args: str | Path, env: dict[str, str] | None = None, timeout: float = 3
         env={**os.environ, **(env or {})},
         timeout=timeout,
     )
+
+
+# --- a real S3 protocol over HTTP: moto's server, started by the tests ---------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    from deltadump.pg.server import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            break
+        except Exception:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("moto's S3 server did not start")
+            time.sleep(0.2)
+    os.environ.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+_buckets = iter(range(10**6))
+
+
+@pytest.fixture
+def bucket(s3_server: str) -> str:
+    import boto3
+
+    name = f"bucket{next(_buckets)}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
+    return name

@@ -93,9 +93,9 @@ class Manifest(BaseModel):
 
     def find(self, ref: str) -> BackupRecord | None:
         """A current backup by id, 'latest', or path (relative to dest)."""
-        cur = [b for b in self.backups if b.current or b.restorable]
-        if ref == "latest":
-            return max(cur, key=lambda b: b.started, default=None)
+        cur = [b for b in self.backups if b.restorable]
+        if ref == "latest":  # the last recorded, whatever the clock said (it may have gone back)
+            return cur[-1] if cur else None
         for b in reversed(self.backups):
             if b.id == ref:
                 return b

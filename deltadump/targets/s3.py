@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TargetError
-from ..fsio import tmp_name
+from ..fsio import sha256_file, tmp_name
 
 PART = 64 << 20
 ATTEMPTS = 6
@@ -42,6 +42,11 @@ class S3Target:
     def _error(self, exc: Exception, action: str, key: str) -> TargetError:
         from botocore.exceptions import ClientError, NoCredentialsError
 
+        inner: BaseException | None = exc  # boto3's transfer manager wraps the client's error
+        while inner is not None and not isinstance(inner, ClientError | NoCredentialsError):
+            inner = inner.__cause__ or inner.__context__
+        if inner is not None:
+            exc = inner  # type: ignore[assignment]
         if isinstance(exc, NoCredentialsError):
             return TargetError(
                 f"no S3 credentials for s3://{self.bucket} while {action}",
@@ -71,11 +76,13 @@ class S3Target:
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"])
 
     def put(self, key: str, src: Path, sha256: str) -> None:
-        size = src.stat().st_size
+        size, actual = sha256_file(src)
+        if actual != sha256:
+            raise TargetError(f"{src} does not match its expected sha256; not uploading it")
         self._abort_stale_uploads(key)  # parts of an upload killed mid-way are never completed
-        try:
-            self.client.upload_file(str(src), self.bucket, self._key(key), Config=self.transfer,
-                                    ExtraArgs={"Metadata": {"sha256": sha256}})  # fmt: skip
+        try:  # the store checks every part against a SHA-256 checksum sent with it
+            extra = {"Metadata": {"sha256": sha256}, "ChecksumAlgorithm": "SHA256"}
+            self.client.upload_file(str(src), self.bucket, self._key(key), Config=self.transfer, ExtraArgs=extra)
             head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
         except Exception as exc:
             if isinstance(exc, TargetError):

@@ -1,0 +1,332 @@
+"""Delta backups and offsite copies against a real PostgreSQL server, a real folder, and a real S3
+protocol over HTTP (moto's server), with faults injected by a proxy; manual recovery with the real
+age, zstd, rdiff and pg_restore."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+from conftest import cli, require_tool, write_config
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from s3proxy import FaultProxy
+
+from deltadump.jobs import sample
+from deltadump.pg.conn import psql
+from deltadump.pg.inspect import table_stats
+from deltadump.pg.server import LocalServer
+from deltadump.store import manifest
+from deltadump.store.chain import chain_of, plan_retention
+from deltadump.store.manifest import BackupRecord, FileRecord, Manifest
+
+DAYS = [f"2026-11-{d:02d}T02:00:00" for d in range(10, 30)]
+
+
+def add_sections(cfg: Path, **sections: dict[str, object]) -> Path:
+    text = cfg.read_text()
+    for name, kv in sections.items():
+        text += f"\n[{name}]\n" + "".join(f"{k} = {json.dumps(v) if not isinstance(v, dict) else inline(v)}\n"
+                                          for k, v in kv.items())  # fmt: skip
+    cfg.write_text(text)
+    return cfg
+
+
+def inline(d: dict[str, object]) -> str:
+    return "{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in d.items()) + " }"
+
+
+def stats(pg: LocalServer, db: str) -> dict[str, tuple[int, str]]:
+    return table_stats(pg.psql_bin(), pg.conn(), db)
+
+
+def run_days(
+    pg: LocalServer, db: str, c: Path, n: int, env: dict[str, str] | None = None, new: int = 60
+) -> list[dict[str, tuple[int, str]]]:
+    snaps = []
+    for day in range(n):
+        if day:
+            sample.mail_day(pg.psql_bin(), pg.conn(), db, day, new=new, words=20)
+        r = cli("backup", "--config", c, env={"DELTADUMP_NOW": DAYS[day], **(env or {})})
+        assert r.returncode == 0, r.stderr
+        snaps.append(stats(pg, db))
+    return snaps
+
+
+def drop(pg: LocalServer, db: str) -> None:
+    psql(pg.psql_bin(), pg.conn(), f"drop database if exists {db} with (force)")
+
+
+def test_chain_restores_every_day_and_ships_small_deltas(pg: LocalServer, pwfile: Path, maildb: str, tmp: Path) -> None:
+    dest, remote = tmp / "dest", tmp / "remote"
+    dest.mkdir()
+    remote.mkdir()
+    c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest, name="DBBACK.DMP")  # one slot: older days need the chain
+    add_sections(c, delta={"enabled": True, "mode": "incremental"}, offsite={"url": f"file://{remote}"})
+    snaps = run_days(pg, maildb, c, 5, new=10)
+    m = manifest.load(dest)
+    assert [b.kind for b in m.backups] == ["base", "delta", "delta", "delta", "delta"]
+    assert all(b.compress == 0 and b.format == "custom" for b in m.backups)
+    base = m.backups[0]
+    for b in m.backups[1:]:
+        assert b.parent is not None and b.uploaded < 0.25 * base.uploaded, (b.uploaded, base.uploaded)
+        assert chain_of(m, b)[0].id == base.id
+    # a decompressed delta is a valid rdiff delta
+    d = dest / m.backups[1].objects[0].path
+    raw = subprocess.run(["zstd", "-d", "-c", str(d)], capture_output=True, check=True).stdout
+    assert raw[:4] == b"rs\x026"
+    # every day restores, from its slot or by reconstruction, to exactly that day's data
+    for i, b in enumerate(m.backups):
+        r = cli("restore", b.id, "--to-db", f"day{i}", "--config", c)
+        assert r.returncode == 0, r.stderr
+        assert stats(pg, f"day{i}") == snaps[i], f"day {i}"
+        drop(pg, f"day{i}")
+    assert "(chain)" in cli("restore", m.backups[0].id, "--to-db", "again", "--config", c).stdout
+    drop(pg, "again")
+    # the offsite copy holds every object and the manifest; verify --offsite agrees
+    assert sorted(p.name for p in (remote / "chain").iterdir()) == sorted(
+        Path(o.path).name for b in m.backups for o in b.objects
+    )
+    v = cli("verify", "--offsite", "--config", c)
+    assert v.returncode == 0, v.stdout + v.stderr
+
+
+def test_rebase_after_max_chain_and_differential(pg: LocalServer, pwfile: Path, maildb: str, tmp: Path) -> None:
+    dest = tmp / "dest"
+    dest.mkdir()
+    c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest)
+    add_sections(c, delta={"enabled": True, "mode": "differential", "max_chain": 2})
+    run_days(pg, maildb, c, 5)
+    m = manifest.load(dest)
+    assert [b.kind for b in m.backups] == ["base", "delta", "delta", "base", "delta"]
+    assert m.backups[2].parent == m.backups[0].id  # differential: against the base
+    assert sorted(p.name for p in (dest / "chain").glob("*.sig")) == [f"{m.backups[3].id}.sig"]
+
+
+@pytest.fixture
+def age_key(tmp: Path) -> tuple[Path, str]:
+    import pyrage
+
+    ident = pyrage.x25519.Identity.generate()
+    key = tmp / "key.txt"
+    key.write_text(str(ident) + "\n")
+    key.chmod(0o600)
+    return key, str(ident.to_public())
+
+
+def test_restore_from_offsite_alone_encrypted_s3(pg: LocalServer, pwfile: Path, maildb: str, tmp: Path,
+                                                 s3_server: str, bucket: str, age_key: tuple[Path, str]) -> None:  # fmt: skip
+    key, recipient = age_key
+    dest = tmp / "dest"
+    dest.mkdir()
+    c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest)
+    add_sections(c, delta={"enabled": True}, offsite={"url": f"s3://{bucket}/mail", "endpoint_url": s3_server,
+                                                      "encrypt": True, "recipients": [recipient]})  # fmt: skip
+    snaps = run_days(pg, maildb, c, 3)
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert all(k.endswith(".age") or k.endswith("RECOVERY.txt") for k in keys), keys
+    shutil.rmtree(dest)  # the local folder is gone
+    dest.mkdir()
+    r = cli("restore", "--from", "offsite", "--to-db", "from_offsite", "--identity", key, "--config", c)
+    assert r.returncode == 0, r.stderr
+    assert stats(pg, "from_offsite") == snaps[2]
+    r = cli("restore", "--from", "offsite", "--at", DAYS[1][:10], "--to-db", "day1", "--identity", key, "--config", c)
+    assert r.returncode == 0, r.stderr
+    assert stats(pg, "day1") == snaps[1]
+    out = cli("list", "--offsite", "--json", "--identity", key, "--config", c)
+    assert out.returncode == 0 and len(json.loads(out.stdout)) == 3
+    # a wrong identity: a clear error, nothing restored
+    import pyrage
+
+    wrong = tmp / "wrong.txt"
+    wrong.write_text(str(pyrage.x25519.Identity.generate()) + "\n")
+    r = cli("restore", "--from", "offsite", "--to-db", "nope", "--identity", wrong, "--config", c)
+    assert r.returncode != 0 and "wrong age identity" in r.stderr
+    assert not psql(pg.psql_bin(), pg.conn(), "select 1 from pg_database where datname = 'nope'")
+    # a corrupted delta offsite: verify names it, restore refuses and never restores wrong data
+    m = manifest.load(dest) if (dest / manifest.MANIFEST_NAME).exists() else None
+    assert m is None
+    delta_key = next(k for k in keys if ".delta.zst" in k)
+    s3.put_object(Bucket=bucket, Key=delta_key, Body=b"garbage")
+    v = cli("verify", "--offsite", "--identity", key, "--config", c)
+    assert v.returncode == 1 and Path(delta_key).name.removesuffix(".age") in v.stdout
+    r = cli("restore", "--from", "offsite", "--to-db", "broken", "--identity", key, "--config", c)
+    assert r.returncode == 1 and ".delta.zst" in r.stderr
+    assert not psql(pg.psql_bin(), pg.conn(), "select 1 from pg_database where datname = 'broken'")
+    s3.delete_object(Bucket=bucket, Key=delta_key)
+    v = cli("verify", "--offsite", "--identity", key, "--config", c)
+    assert v.returncode == 1 and "missing" in v.stdout
+
+
+def test_manual_recovery_with_standard_tools(
+    pg: LocalServer, pwfile: Path, maildb: str, tmp: Path, age_key: tuple[Path, str]
+) -> None:
+    for tool in ("age", "zstd", "rdiff"):
+        require_tool(tool)
+    key, recipient = age_key
+    dest, remote = tmp / "dest", tmp / "remote"
+    dest.mkdir()
+    remote.mkdir()
+    c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest)
+    add_sections(
+        c, delta={"enabled": True}, offsite={"url": f"file://{remote}", "encrypt": True, "recipients": [recipient]}
+    )
+    snaps = run_days(pg, maildb, c, 3)
+    shutil.rmtree(dest)
+    assert "rdiff patch" in (remote / "RECOVERY.txt").read_text()
+    # by hand, following RECOVERY.txt
+    w = tmp / "by-hand"
+    w.mkdir()
+    sh = lambda *a: subprocess.run([*map(str, a)], check=True, capture_output=True)  # noqa: E731
+    sh("age", "-d", "-i", key, "-o", w / "m.json", remote / "deltadump-manifest.json.age")
+    m = json.loads((w / "m.json").read_text())["backups"]
+    last = m[-1]
+    chain = [last]
+    while chain[-1]["parent"]:
+        chain.append(next(b for b in m if b["id"] == chain[-1]["parent"]))
+    chain.reverse()
+    cur = None
+    for i, b in enumerate(chain):
+        obj = b["objects"][0]["path"]
+        sh("age", "-d", "-i", key, "-o", w / "obj.zst", remote / (obj + ".age"))
+        if b["kind"] == "base":
+            sh("zstd", "-q", "-d", w / "obj.zst", "-o", w / f"dump.{i}")
+        else:
+            sh("zstd", "-q", "-d", w / "obj.zst", "-o", w / f"d.{i}")
+            sh("rdiff", "patch", cur, w / f"d.{i}", w / f"dump.{i}")
+        (w / "obj.zst").unlink()
+        cur = w / f"dump.{i}"
+        assert (
+            subprocess.run(["sha256sum", str(cur)], capture_output=True, text=True).stdout.split()[0]
+            == b["dump_sha256"]
+        )
+    psql(pg.psql_bin(), pg.conn(), "create database by_hand")
+    with pg.conn("by_hand").env() as env:
+        subprocess.run(
+            [str(pg.bin / "pg_restore"), "--exit-on-error", "--dbname=by_hand", str(cur)], env=env, check=True
+        )
+    assert stats(pg, "by_hand") == snaps[-1]
+
+
+def test_s3_faults_retry_resume_and_kill(
+    pg: LocalServer, pwfile: Path, maildb: str, tmp: Path, s3_server: str, bucket: str
+) -> None:
+    proxy = FaultProxy(s3_server)
+    try:
+        dest = tmp / "dest"
+        dest.mkdir()
+        c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest)
+        add_sections(c, delta={"enabled": True}, offsite={"url": f"s3://{bucket}/p", "endpoint_url": proxy.url})
+        # transient 500s in the middle of uploads: retried with backoff, the backup succeeds
+        proxy.fail_writes = 3
+        r = cli("backup", "--config", c, env={"DELTADUMP_NOW": DAYS[0]})
+        assert r.returncode == 0, r.stderr
+        assert proxy.failed == 3
+        # the server "down" (every write fails): the local backup is safe, the command says so
+        sample.mail_day(pg.psql_bin(), pg.conn(), maildb, 1)
+        proxy.fail_writes = 10**6
+        r = cli("backup", "--config", c, env={"DELTADUMP_NOW": DAYS[1]})
+        assert r.returncode == 1 and "safe locally" in r.stderr and "attempts" in r.stderr, r.stderr
+        assert manifest.load(dest).backups[-1].status == "ok"
+        # back up again: the next backup sends what was missing
+        proxy.fail_writes = 0
+        sample.mail_day(pg.psql_bin(), pg.conn(), maildb, 2)
+        assert cli("backup", "--config", c, env={"DELTADUMP_NOW": DAYS[2]}).returncode == 0
+        assert cli("verify", "--offsite", "--config", c).returncode == 0
+        # SIGKILL during an upload: nothing partial becomes visible; the next run completes the copy
+        sample.mail_day(pg.psql_bin(), pg.conn(), maildb, 3)
+        proxy.hang_writes = 30
+        p = subprocess.Popen([*cli_argv(), "backup", "--config", str(c)], env={**os.environ, "DELTADUMP_NOW": DAYS[3]},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (dest / manifest.MANIFEST_NAME).read_text().count(
+            DAYS[3][:10].replace("-", "")
+        ):
+            time.sleep(0.1)
+        time.sleep(1)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        proxy.hang_writes = 0
+        s3 = boto3.client("s3", endpoint_url=s3_server)
+        listed = {o["Key"]: o["Size"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+        newest = manifest.load(dest).backups[-1]
+        for o in newest.objects:
+            assert f"p/{o.path}" not in listed or listed[f"p/{o.path}"] == o.size  # never partial
+        assert cli("backup", "--config", c, env={"DELTADUMP_NOW": DAYS[4]}).returncode == 0
+        assert cli("verify", "--offsite", "--config", c).returncode == 0
+    finally:
+        proxy.close()
+
+
+def cli_argv() -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "deltadump.cli.main"]
+
+
+def test_clock_going_backwards(pg: LocalServer, pwfile: Path, maildb: str, tmp: Path) -> None:
+    dest = tmp / "dest"
+    dest.mkdir()
+    c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest)
+    add_sections(c, delta={"enabled": True})
+    assert cli("backup", "--config", c, env={"DELTADUMP_NOW": DAYS[5]}).returncode == 0
+    sample.mail_day(pg.psql_bin(), pg.conn(), maildb, 1)
+    assert cli("backup", "--config", c, env={"DELTADUMP_NOW": DAYS[2]}).returncode == 0  # clock went back
+    want = stats(pg, maildb)
+    m = manifest.load(dest)
+    assert m.backups[1].parent == m.backups[0].id
+    assert cli("restore", "latest", "--to-db", "after_skew", "--config", c).returncode == 0
+    assert stats(pg, "after_skew") == want
+
+
+# --- retention: property-based ------------------------------------------------------------------
+
+
+def _history(draw_days: list[tuple[int, bool, bool]]) -> Manifest:
+    from datetime import datetime, timedelta
+
+    m = Manifest()
+    t = datetime(2026, 1, 1, 2, 0).astimezone()
+    last_ok: BackupRecord | None = None
+    base: BackupRecord | None = None
+    for i, (gap, ok, rebase) in enumerate(draw_days):
+        t += timedelta(hours=gap)
+        rec = BackupRecord(id=f"b{i:04d}", started=t, status="ok" if ok else "failed", format="custom")
+        if ok:
+            if base is None or rebase or last_ok is None:
+                rec.kind, rec.base = "base", rec.id
+                base = rec
+            else:
+                rec.kind, rec.parent, rec.base = "delta", last_ok.id, base.id
+            rec.objects = [FileRecord(path=f"chain/{rec.id}", size=1, sha256="0")]
+            last_ok = rec
+        m.add(rec)
+    return m
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    days=st.lists(st.tuples(st.integers(1, 24 * 20), st.booleans(), st.booleans()), min_size=1, max_size=60),
+    keep=st.tuples(st.integers(0, 8), st.integers(0, 5), st.integers(0, 7)),
+)
+def test_retention_never_breaks_a_kept_chain(days: list[tuple[int, bool, bool]], keep: tuple[int, int, int]) -> None:
+    m = _history(days)
+    plan = plan_retention(m, *keep)
+    good = [b for b in m.backups if b.status == "ok"]
+    if good:
+        assert good[-1].id in plan.keep  # the newest good backup is always kept
+    for bid in plan.keep:
+        rec = m.by_id(bid)
+        assert rec is not None
+        for need in chain_of(m, rec):
+            assert need.id in plan.keep and need.id not in plan.delete
+    assert set(plan.keep).isdisjoint(plan.delete)
+    assert {b.id for b in good} == set(plan.keep) | set(plan.delete)
