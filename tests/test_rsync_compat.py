@@ -161,3 +161,27 @@ def test_cli_pipes_and_option_forms(tmp: Path, rdiff_bin: str) -> None:
     assert (tmp / "o").read_bytes() == new
     help_out = subprocess.run([*RDIFF_CLI, "--help"], capture_output=True, check=True).stdout
     assert help_out == subprocess.run([rdiff_bin, "--help"], capture_output=True).stdout
+
+
+@pytest.mark.parametrize("parallel_on", [False, True])
+def test_basis_extension_shrinks_deltas_and_rdiff_patches_them(
+    tmp: Path, rdiff_bin: str, parallel_on: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows that move (as updated rows do in a dump) leave unaligned edges; with the basis at hand
+    matches grow over them. The delta stays a plain rdiff delta."""
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_BYTES", 1 << 20)
+    rng = random.Random(11)
+    rows = [text_like(rng, rng.randint(300, 1500)) + b"\n" for _ in range(3000)]
+    basis = b"".join(rows)
+    for _ in range(200):  # updated rows: removed, changed a little, appended at the end
+        row = rows.pop(rng.randrange(len(rows)))
+        rows.append(row[:10] + b"UPDATED" + row[17:])
+    new = b"".join(rows)
+    (tmp / "b").write_bytes(basis)
+    (tmp / "n").write_bytes(new)
+    signature(tmp / "b", tmp / "sig", block_len=512)
+    plain = delta(tmp / "sig", tmp / "n", tmp / "plain", parallel=parallel_on)
+    ext = delta(tmp / "sig", tmp / "n", tmp / "ext", basis=tmp / "b", parallel=parallel_on)
+    assert ext.literal_bytes < plain.literal_bytes / 5, (ext.literal_bytes, plain.literal_bytes)
+    run_rdiff(rdiff_bin, "patch", tmp / "b", tmp / "ext", tmp / "out")
+    assert (tmp / "out").read_bytes() == new

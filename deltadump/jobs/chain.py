@@ -29,12 +29,13 @@ from ..store.manifest import BackupRecord, FileRecord
 from .common import Reporter
 
 CHAIN_DIR = "chain"
-ZSTD_LEVEL = 3
+ZSTD_LEVEL = 3  # bases: fast, multi-threaded
+DELTA_ZSTD_LEVEL = 19  # deltas are small: squeeze them, they are what crosses the network every day
 
 
-def zstd_file(src: Path, dst: Path) -> FileRecord:
+def zstd_file(src: Path, dst: Path, level: int = ZSTD_LEVEL) -> FileRecord:
     """Compress src into dst durably; returns dst's record (path relative to dst's grandparent)."""
-    cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1, write_checksum=True)
+    cctx = zstandard.ZstdCompressor(level=level, threads=-1, write_checksum=True)
     with atomic_write(dst) as out, open(src, "rb") as f:
         writer = cctx.stream_writer(out, closefd=False)  # type: ignore[arg-type]
         while chunk := f.read(4 << 20):
@@ -78,10 +79,14 @@ def make_chain_objects(
         b = basis.record
         rec.kind, rec.base, rec.parent = "delta", b.base, b.id
         raw = chain_dir / tmp_name(Path(f"{rec.id}.delta")).name
+        basis_dump = dest / b.path if b.current else None
+        if basis_dump is not None and not (basis_dump.is_file() and sha256_of(basis_dump) == b.dump_sha256):
+            basis_dump = None  # only a basis proven to be the signature's own may lend its bytes
         try:
-            st = rs_delta(sig_of_basis, dump, raw)
+            st = rs_delta(sig_of_basis, dump, raw, basis=basis_dump)
             rep.info(f"delta against {b.id}: {st.literal_bytes / 1e6:.2f} MB new data, {st.copy_cmds} copies")
-            rec.objects = [zstd_file(raw, chain_dir / f"{rec.id}.delta.zst")]
+            level = DELTA_ZSTD_LEVEL if raw.stat().st_size < 64 << 20 else ZSTD_LEVEL
+            rec.objects = [zstd_file(raw, chain_dir / f"{rec.id}.delta.zst", level)]
         finally:
             with contextlib.suppress(FileNotFoundError):
                 raw.unlink()

@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""Benchmark: 14 days of delta backups with offsite copies, against the alternatives, on a real server.
+
+Builds a mail-like database of at least --size-mb on a private PostgreSQL server, then for each of
+--days days applies a day of mail traffic (new messages; some read, flagged, moved, deleted; a setting
+changes) and runs `deltadump backup` (delta enabled, offsite to a folder). It prints per day: bytes
+uploaded, bytes stored offsite, backup time; beside them a compressed full `pg_dump -Fc` (size and
+time), the by-hand recipe with rdiff's defaults (differential against day 1, default block length),
+and `zstd -3 --long=30 --patch-from=YESTERDAY TODAY`. Then it deletes the local backup folder,
+restores the last day from the offsite copy alone into a new database, compares it table by table
+with the source, and times `pg_restore` of that day's uncompressed dump for comparison.
+
+    python bench/offsite_days.py [--size-mb 400] [--days 14] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from deltadump.jobs import sample
+from deltadump.pg.conn import psql
+from deltadump.pg.inspect import table_stats
+from deltadump.pg.server import LocalServer
+from deltadump.store import manifest
+
+
+def sh(*argv: object, env: dict[str, str] | None = None) -> float:
+    t = time.perf_counter()
+    subprocess.run([str(a) for a in argv], check=True, env=env, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def folder_size(p: Path) -> int:
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-mb", type=int, default=400)
+    ap.add_argument("--days", type=int, default=14)
+    ap.add_argument("--workdir", type=Path)
+    args = ap.parse_args()
+    for tool in ("rdiff", "zstd"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is not installed")
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="ddoffsite-"))
+    work.mkdir(parents=True, exist_ok=True)
+    work.chmod(0o711)
+    server = LocalServer(work / "server")
+    server.start()
+    try:
+        run(server, work, args)
+    finally:
+        server.remove()
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run(server: LocalServer, work: Path, args: argparse.Namespace) -> None:
+    pb, conn = server.psql_bin(), server.conn()
+    psql(pb, conn, "create database mail")
+    messages = int(args.size_mb * 1e6 / 1450)
+    print(f"loading {messages} messages ...", file=sys.stderr)
+    sample.load(pb, conn, "mail", users=500, messages=messages, words=40)
+    dbsize = int(psql(pb, conn, "select pg_database_size('mail')")[0][0])
+    dest, remote, scratch = work / "dest", work / "remote", work / "scratch"
+    for d in (dest, remote, scratch):
+        d.mkdir(exist_ok=True)
+    pw = work / "pw"
+    pw.write_text(server.password + "\n")
+    cfgp = work / "deltadump.toml"
+    cfgp.write_text(
+        f'[database]\ndsn = "{server.dsn("mail")}"\npassword_file = "{pw}"\npg_bin = "{server.bin}"\n'
+        f'[backup]\ndest = "{dest}"\nname = "DBBACK.DMP"\n'
+        f'[delta]\nenabled = true\n[offsite]\nurl = "file://{remote}"\n'
+    )
+    env = {**os.environ}
+    pgenv = {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(server.port), "PGUSER": server.superuser,
+             "PGPASSWORD": server.password, "PGDATABASE": "mail"}  # fmt: skip
+    new_per_day = max(100, messages // 200)
+    print(f"database {dbsize / 1e6:.0f} MB, {args.days} days, ~{new_per_day} new messages a day\n")
+    print(f"{'day':>3} {'kind':>5} {'upload MB':>10} {'offsite MB':>11} {'backup s':>9} {'peak MB':>8} | "
+          f"{'pg_dump -Fc MB':>14} {'-Fc s':>6} | {'rdiff diff MB':>13} | {'zstd patch MB':>13}")  # fmt: skip
+    rows = []
+    prev_dump: Path | None = None
+    base_sig = work / "base.sig"
+    for day in range(1, args.days + 1):
+        if day > 1:
+            sample.mail_day(pb, conn, "mail", day, new=new_per_day, words=40)
+        env["DELTADUMP_NOW"] = f"2026-12-{day:02d}T02:00:00"
+        t = time.perf_counter()
+        res = subprocess.run([sys.executable, __file__, "--measure", "backup", "--config", str(cfgp), "-q"],
+                             env=env, capture_output=True, text=True)  # fmt: skip
+        bt = time.perf_counter() - t
+        if res.returncode != 0:
+            raise SystemExit(res.stderr)
+        peak = json.loads(res.stderr.strip().splitlines()[-1])
+        rec = manifest.load(dest).backups[-1]
+        mf = (remote / manifest.MANIFEST_NAME).stat().st_size
+        upload = rec.uploaded + mf
+        today = scratch / f"day{day}.dump"
+        shutil.copyfile(dest / rec.path, today)
+        fc = scratch / "fc.dump"
+        fct = sh(server.bin / "pg_dump", "-Fc", "-f", fc, env=pgenv)
+        fcs = fc.stat().st_size
+        if day == 1:
+            sh("rdiff", "-f", "signature", today, base_sig)
+            rd = zs = None
+        else:
+            sh("rdiff", "-f", "delta", base_sig, today, scratch / "rd.delta")
+            rd = (scratch / "rd.delta").stat().st_size
+            assert prev_dump is not None
+            sh("zstd", "-q", "-f", "-3", "--long=30", f"--patch-from={prev_dump}", today, "-o", scratch / "zs.zst")
+            zs = (scratch / "zs.zst").stat().st_size
+            prev_dump.unlink()
+        prev_dump = today
+        off = folder_size(remote)
+        rows.append(dict(day=day, kind=rec.kind, upload=upload, offsite=off, bt=bt, fcs=fcs, fct=fct, rd=rd, zs=zs,
+                         peak=peak["self"] + peak["workers"] * peak["children"]))  # fmt: skip
+        print(f"{day:>3} {rec.kind:>5} {upload / 1e6:10.2f} {off / 1e6:11.1f} {bt:9.1f} {rows[-1]['peak'] / 1024:8.0f} | "
+              f"{fcs / 1e6:14.1f} {fct:6.1f} | {'' if rd is None else f'{rd / 1e6:13.2f}':>13} | "
+              f"{'' if zs is None else f'{zs / 1e6:13.2f}':>13}", flush=True)  # fmt: skip
+    later = rows[1:]
+    avg_up = sum(r["upload"] for r in later) / len(later)
+    avg_fc = sum(r["fcs"] for r in later) / len(later)
+    avg_zs = sum(r["zs"] for r in later) / len(later)
+    avg_rd = sum(r["rd"] for r in later) / len(later)
+    delta_days = [r for r in later if r["kind"] == "delta"]
+    print(f"\naverage upload, days 2-{args.days}: {avg_up / 1e6:.2f} MB = {avg_up / avg_fc:.2%} of a compressed full dump "
+          f"({avg_fc / 1e6:.1f} MB); zstd --patch-from {avg_zs / 1e6:.2f} MB (ours {avg_up / avg_zs:.2f}x); "
+          f"rdiff by hand {avg_rd / 1e6:.2f} MB")  # fmt: skip
+    print(f"peak memory of deltadump backup (parent + workers): {max(r['peak'] for r in rows) / 1024:.0f} MB")
+    if delta_days:
+        ratio = max(r["bt"] / r["fct"] for r in delta_days)
+        print(f"backup time on delta days / pg_dump -Fc time: worst {ratio:.2f}")
+    # restore the last day from the offsite copy alone
+    last_dump = prev_dump
+    assert last_dump is not None
+    shutil.rmtree(dest)
+    dest.mkdir()
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "deltadump.cli.main", "restore", "--from", "offsite", "--to-db",
+                        "from_offsite", "--config", str(cfgp), "-q"], env=env, capture_output=True, text=True)  # fmt: skip
+    rt = time.perf_counter() - t
+    if r.returncode != 0:
+        raise SystemExit(r.stderr)
+    same = table_stats(pb, conn, "from_offsite") == table_stats(pb, conn, "mail")
+    psql(pb, conn, "create database plain_restore")
+    prt = sh(server.bin / "pg_restore", "--dbname=plain_restore", last_dump, env=pgenv)
+    print(f"restore of day {args.days} from offsite alone: {rt:.1f} s, pg_restore of that day's dump: {prt:.1f} s "
+          f"(ratio {rt / prt:.2f}); restored database identical to the source: {same}")  # fmt: skip
+
+
+def measure_main(argv: list[str]) -> None:
+    from deltadump.cli.main import main as cli_main
+    from deltadump.rsync.parallel import cpu_count
+
+    try:
+        cli_main(argv)
+    except SystemExit as exc:
+        me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        print(json.dumps({"self": me, "children": kids, "workers": cpu_count()}), file=sys.stderr)
+        raise SystemExit(exc.code) from None
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--measure":
+        measure_main(sys.argv[2:])
+    else:
+        main()
