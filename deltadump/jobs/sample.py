@@ -24,7 +24,7 @@ create index messages_folder on messages (folder_id, received);
 
 
 def body_sql(expr: str, words: int) -> str:
-    return f"(select string_agg(md5(({expr}) * 1000 + j || 'x'), ' ') from generate_series(1, {words}) j)"
+    return f"(select string_agg(md5(({expr})::bigint * 1000 + j || 'x'), ' ') from generate_series(1, {words}) j)"
 
 
 def load(psql_bin: Path, conn: Conn, db: str, *, users: int = 20, messages: int = 2000, words: int = 40) -> None:
@@ -39,7 +39,7 @@ insert into users (email, name, password_hash, quota_mb, created)
   from generate_series(1, {users}) i;
 insert into folders (user_id, name) select u.id, f from users u, unnest(array['INBOX','Sent','Archive','Trash']) f;
 insert into messages (folder_id, sender, subject, received, flags, size, body)
-  select 1 + (i * 7919) % ({users} * 4), 'sender' || (i % 97) || '@example.org', 'Subject number ' || i,
+  select 1 + (i::bigint * 7919) % ({users} * 4), 'sender' || (i % 97) || '@example.org', 'Subject number ' || i,
          '2025-06-01'::timestamptz + i * interval '3 minutes',
          case when i % 3 = 0 then '{{\\\\Seen}}'::text[] else '{{}}'::text[] end, {words} * 33, {body_sql("i", words)}
   from generate_series(1, {messages}) i;
