@@ -16,9 +16,7 @@ with the source, and times `pg_restore` of that day's uncompressed dump for comp
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -98,12 +96,12 @@ def run(server: LocalServer, work: Path, args: argparse.Namespace) -> None:
             sample.mail_day(pb, conn, "mail", day, new=new_per_day, words=40)
         env["DELTADUMP_NOW"] = f"2026-12-{day:02d}T02:00:00"
         t = time.perf_counter()
-        res = subprocess.run([sys.executable, __file__, "--measure", "backup", "--config", str(cfgp), "-q"],
-                             env=env, capture_output=True, text=True)  # fmt: skip
+        proc = subprocess.Popen([sys.executable, "-m", "deltadump.cli.main", "backup", "--config", str(cfgp), "-q"],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        peak_kb = sample_pss(proc)
         bt = time.perf_counter() - t
-        if res.returncode != 0:
-            raise SystemExit(res.stderr)
-        peak = json.loads(res.stderr.strip().splitlines()[-1])
+        if proc.returncode != 0:
+            raise SystemExit(proc.stderr.read() if proc.stderr else "backup failed")
         rec = manifest.load(dest).backups[-1]
         mf = (remote / manifest.MANIFEST_NAME).stat().st_size
         upload = rec.uploaded + mf
@@ -125,7 +123,7 @@ def run(server: LocalServer, work: Path, args: argparse.Namespace) -> None:
         prev_dump = today
         off = folder_size(remote)
         rows.append(dict(day=day, kind=rec.kind, upload=upload, offsite=off, bt=bt, fcs=fcs, fct=fct, rd=rd, zs=zs,
-                         peak=peak["self"] + peak["workers"] * peak["children"]))  # fmt: skip
+                         peak=peak_kb))  # fmt: skip
         print(f"{day:>3} {rec.kind:>5} {upload / 1e6:10.2f} {off / 1e6:11.1f} {bt:9.1f} {rows[-1]['peak'] / 1024:8.0f} | "
               f"{fcs / 1e6:14.1f} {fct:6.1f} | {'' if rd is None else f'{rd / 1e6:13.2f}':>13} | "
               f"{'' if zs is None else f'{zs / 1e6:13.2f}':>13}", flush=True)  # fmt: skip
@@ -138,7 +136,9 @@ def run(server: LocalServer, work: Path, args: argparse.Namespace) -> None:
     print(f"\naverage upload, days 2-{args.days}: {avg_up / 1e6:.2f} MB = {avg_up / avg_fc:.2%} of a compressed full dump "
           f"({avg_fc / 1e6:.1f} MB); zstd --patch-from {avg_zs / 1e6:.2f} MB (ours {avg_up / avg_zs:.2f}x); "
           f"rdiff by hand {avg_rd / 1e6:.2f} MB")  # fmt: skip
-    print(f"peak memory of deltadump backup (parent + workers): {max(r['peak'] for r in rows) / 1024:.0f} MB")
+    print(
+        f"peak memory of deltadump backup (PSS of its processes, pg_dump excluded): {max(r['peak'] for r in rows) / 1024:.0f} MB"
+    )
     if delta_days:
         ratio = max(r["bt"] / r["fct"] for r in delta_days)
         print(f"backup time on delta days / pg_dump -Fc time: worst {ratio:.2f}")
@@ -160,21 +160,50 @@ def run(server: LocalServer, work: Path, args: argparse.Namespace) -> None:
           f"(ratio {rt / prt:.2f}); restored database identical to the source: {same}")  # fmt: skip
 
 
-def measure_main(argv: list[str]) -> None:
-    from deltadump.cli.main import main as cli_main
-    from deltadump.rsync.parallel import cpu_count
+def _tree(root: int) -> list[int]:
+    kids: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            kids.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out
 
+
+def _pss_kb(pid: int) -> int:
     try:
-        cli_main(argv)
-    except SystemExit as exc:
-        me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        print(json.dumps({"self": me, "children": kids, "workers": cpu_count()}), file=sys.stderr)
-        raise SystemExit(exc.code) from None
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def sample_pss(proc: subprocess.Popen[str]) -> int:
+    """Peak over time of the summed PSS (shared pages counted once) of deltadump's process tree,
+    pg_dump excluded (it is PostgreSQL's), sampled every 50 ms until the process exits."""
+    peak = 0
+    while proc.poll() is None:
+        total = 0
+        for pid in _tree(proc.pid):
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "pg_dump":
+                    continue
+            except OSError:
+                continue
+            total += _pss_kb(pid)
+        peak = max(peak, total)
+        time.sleep(0.05)
+    return peak
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--measure":
-        measure_main(sys.argv[2:])
-    else:
-        main()
+    main()

@@ -90,11 +90,74 @@ class OffsiteConfig(_Model):
         return v
 
 
+def parse_duration(v: str) -> float:
+    """'26h', '7d', '90m', '3600s', '1d12h' -> seconds."""
+    import re
+
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smhdw])", v.strip().lower())
+    if not parts or "".join(f"{a}{b}" for a, b in parts) != re.sub(r"\s+", "", v.strip().lower()):
+        raise ValueError(f"invalid duration {v!r} (use e.g. 90m, 26h, 7d)")
+    unit = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    return sum(float(a) * unit[b] for a, b in parts)
+
+
+class DrillConfig(_Model):
+    checksums: bool = False
+    every: str = ""
+
+    @field_validator("every")
+    @classmethod
+    def _check_every(cls, v: str) -> str:
+        if v:
+            parse_duration(v)
+        return v
+
+
+class ScheduleConfig(_Model):
+    at: str = ""
+    cron: str = ""
+    timezone: str = ""
+    alert_after: str = "26h"
+
+    @field_validator("alert_after")
+    @classmethod
+    def _check_alert(cls, v: str) -> str:
+        parse_duration(v)
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_tz(cls, v: str) -> str:
+        if v:
+            from zoneinfo import ZoneInfo
+
+            try:
+                ZoneInfo(v)
+            except Exception:
+                raise ValueError(f"unknown timezone {v!r}") from None
+        return v
+
+
+class NotifyConfig(_Model):
+    email: list[str] = []
+    smtp: str = "localhost:25"
+    starttls: bool = False
+    username: str = ""
+    password_file: str = ""
+    sender: str = ""
+    webhook: str = ""
+    on: list[Literal["failure", "success", "drill"]] = ["failure"]
+    timeout: float = Field(20, gt=0)
+
+
 class Config(_Model):
     database: DatabaseConfig
     backup: BackupConfig
     delta: DeltaConfig = DeltaConfig()
     offsite: OffsiteConfig = OffsiteConfig()
+    drill: DrillConfig = DrillConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    notify: NotifyConfig = NotifyConfig()
     path: Path | None = None
 
     @property

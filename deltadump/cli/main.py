@@ -84,10 +84,10 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    from ..jobs.backup import backup
+    from ..jobs.backup import backup_and_report
 
     cfg = _cfg(args)
-    rec = backup(cfg, CliReporter(args.quiet), wait=args.wait)
+    rec = backup_and_report(cfg, CliReporter(args.quiet), wait=args.wait)
     out.print(f"backup {rec.id}: {cfg.dest / rec.path} ({_size(rec.size)}, {rec.duration:.1f} s)")
     return 0
 
@@ -176,6 +176,111 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_FAILED
 
 
+def cmd_drill(args: argparse.Namespace) -> int:
+    from ..jobs.drill import drill
+
+    cfg = _cfg(args)
+    res = drill(cfg, args.backup or "latest", offsite=args.offsite, identity=args.identity,
+                reporter=CliReporter(args.quiet))  # fmt: skip
+    t = Table(title=f"drill of backup {res.backup.id}: restored into a throwaway database, compared, dropped")
+    for col in ("table", "rows recorded", "rows restored", "result"):
+        t.add_column(col)
+    for name, want, got, verdict in res.rows:
+        t.add_row(name, "-" if want is None else str(want), "-" if got is None else str(got), verdict)
+    out.print(t)
+    if res.ok:
+        out.print(f"drill passed in {res.seconds:.1f} s")
+        return 0
+    err.print(f"deltadump: error: drill of {res.backup.id} found {len(res.differences)} difference(s): "
+              f"{res.differences[0]}")  # fmt: skip
+    return EXIT_FAILED
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from ..jobs.status import status
+
+    st = status(_cfg(args))
+    if args.json:
+        print(json.dumps(st.as_dict(), indent=1))
+    else:
+        age = "never" if st.last_good_age_hours is None else f"{st.last_good_age_hours:.1f} h ago"
+        out.print(f"last backup:      {st.last_id or 'none'} ({st.last_status or '-'}) {st.last_started or ''}")
+        if st.last_error:
+            out.print(f"last error:       {st.last_error}")
+        out.print(f"last good backup: {st.last_good_id or 'none'}, {age} (alert after {st.alert_after_hours:g} h)")
+        drill_s = (
+            "never" if st.last_drill_at is None else f"{st.last_drill_at} ({'ok' if st.last_drill_ok else 'FAILED'})"
+        )
+        out.print(f"last drill:       {drill_s}")
+        out.print(f"offsite:          {st.offsite}")
+    if st.stale:
+        err.print("deltadump: error: the last good backup is too old (or there is none)")
+        return EXIT_FAILED
+    return 0
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from .. import schedule
+
+    cfg = _cfg(args)
+    cfg_path = config_path(getattr(args, "config", None))
+    if args.action == "show":
+        s = schedule.parse(cfg.schedule)
+        out.print(f"schedule: {s.cron}" + (f" ({s.tz.key})" if s.tz else ""))
+        from ..clock import now
+
+        for t in s.next_runs(now(), 5):
+            out.print(f"  {t.isoformat(timespec='minutes')}")
+        return 0
+    name = args.name or cfg_path.stem
+    if args.cron:
+        target = Path(args.dir or "/etc/cron.d") / f"deltadump-{name}"
+        text = schedule.cron_line(cfg, cfg_path)
+        _write_unit(target, text, args.force)
+        out.print(f"wrote {target}:\n{text}cron picks it up by itself.")
+        return 0
+    units = schedule.systemd_units(cfg, cfg_path, name)
+    d = Path(args.dir or "/etc/systemd/system")
+    for fname, text in units.items():
+        _write_unit(d / fname, text, args.force)
+        out.print(f"wrote {d / fname}")
+    out.print(f"enable it with:\n  systemctl daemon-reload && systemctl enable --now deltadump-{name}.timer")
+    return 0
+
+
+def _write_unit(path: Path, text: str, force: bool) -> None:
+    from ..errors import ConfigError
+    from ..fsio import write_bytes_atomic
+
+    if path.exists() and not force:
+        raise ConfigError(f"{path} exists; add --force to replace it")
+    write_bytes_atomic(path, text.encode(), mode=0o644)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import signal
+
+    from .. import schedule
+    from ..jobs.backup import backup_and_report
+    from ..store.lock import RunLock
+
+    cfg = _cfg(args)
+    schedule.parse(cfg.schedule)
+    stopping = {"flag": False}
+
+    def on_term(signum: int, frame: object) -> None:
+        stopping["flag"] = True
+        err.print("deltadump: stopping after the current step (signal received)")
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    rep = CliReporter(args.quiet)
+    with RunLock(cfg.dest, name="deltadump-scheduler.lock"):
+        schedule.run_forever(cfg, lambda: backup_and_report(cfg, rep, wait=True), stop=lambda: stopping["flag"],
+                             log=lambda m: err.print(m, markup=False))  # fmt: skip
+    return 0
+
+
 def cmd_rdiff(args: argparse.Namespace) -> int:
     from .rdiff import run
 
@@ -233,6 +338,29 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", parents=[common], help="run the whole cycle on a private embedded server")
     s.add_argument("--keep", metavar="DIR", help="keep the demo's files (backups, config) in DIR")
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("drill", parents=[common], help="restore into a throwaway database and compare every table")
+    s.add_argument("backup", nargs="?", help="backup id, date or 'latest' (default)")
+    s.add_argument("--offsite", action="store_true", help="drill the offsite copy")
+    s.add_argument("--identity", type=Path, help="age secret key file (encrypted offsite copies)")
+    s.set_defaults(func=cmd_drill)
+
+    s = sub.add_parser("status", parents=[common], help="last backup, its age, last drill, offsite state")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("schedule", parents=[common], help="show the next runs, or install a systemd timer or cron line")
+    s.add_argument("action", choices=["show", "install"])
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--systemd", action="store_true", help="a service + timer pair (the default)")
+    g.add_argument("--cron", action="store_true", help="a line in /etc/cron.d")
+    s.add_argument("--dir", help="where to write (default /etc/systemd/system or /etc/cron.d)")
+    s.add_argument("--name", help="unit name suffix (default: the config file's name)")
+    s.add_argument("--force", action="store_true", help="replace existing files")
+    s.set_defaults(func=cmd_schedule)
+
+    s = sub.add_parser("run", parents=[common], help="stay in the foreground and back up on schedule")
+    s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("rdiff", help="librsync rdiff stand-in: signature | delta | patch (see --help)",
                        add_help=False, prefix_chars="\0")  # fmt: skip

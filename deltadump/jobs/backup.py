@@ -17,6 +17,7 @@ from ..errors import DeltadumpError
 from ..fsio import fsync_dir, remove_stale_temps, storage_error, tmp_name
 from ..naming import render
 from ..pg.dump import run_pg_dump, validate
+from ..pg.snapshot import SnapshotSession
 from ..store import manifest
 from ..store.chain import plan_retention
 from ..store.lock import RunLock
@@ -114,15 +115,18 @@ def _backup_locked(cfg: Config, rep: Reporter, dest: Path) -> BackupRecord:
             raise storage_error(exc, slot.parent, "creating") from exc
         tmp = tmp_name(slot)
         rep.info(f"dumping {srv.conn.where} (PostgreSQL {srv.version}) with pg_dump {pg_dump.version} to {slot}")
-        run_pg_dump(
-            pg_dump.path,
-            srv.conn,
-            tmp,
-            fmt=fmt,
-            compress=compress,
-            options=list(b.options),
-            progress=lambda n: rep.progress("dump", n),
-        )
+        with SnapshotSession(srv.conn) as snap:  # the drill record and the dump see the same data
+            rec.tables = snap.table_stats(cfg.drill.checksums)
+            run_pg_dump(
+                pg_dump.path,
+                srv.conn,
+                tmp,
+                fmt=fmt,
+                compress=compress,
+                options=list(b.options),
+                progress=lambda n: rep.progress("dump", n),
+                snapshot=snap.snapshot_id,
+            )
         rep.done("dump")
         validate(pg_restore, tmp, fmt)
         try:
@@ -201,3 +205,50 @@ def prune_local(cfg: Config, dest: Path, rep: Reporter) -> None:
         for p in (dest / chain.CHAIN_DIR).glob(f"{bid}.*"):
             _remove(p)
         rep.info(f"retention: removed {bid} ({plan.delete[bid]})")
+
+
+def notify_body(cfg: Config, job: str, status: str, rec: BackupRecord | None, error: str = "") -> dict[str, object]:
+    body: dict[str, object] = {"job": job, "status": status, "database": rec.database if rec else cfg.database.dsn,
+                               "error": error}  # fmt: skip
+    if rec is not None:
+        body.update(id=rec.id, size=rec.size, duration=rec.duration, path=str(cfg.dest / rec.path) if rec.path else "")
+        if rec.drill is not None:
+            body["drill"] = {"ok": rec.drill.ok, "differences": rec.drill.differences, "at": rec.drill.at.isoformat()}
+    return body
+
+
+def backup_and_report(cfg: Config, reporter: Reporter | None = None, *, wait: bool = False) -> BackupRecord:
+    """A backup as the scheduler and the CLI run it: then a drill when one is due, then the
+    notifications the config asks for. Notification failures are reported, never raised."""
+    from .. import notify
+    from ..config import parse_duration
+
+    rep = reporter or SilentReporter()
+    try:
+        rec = backup(cfg, rep, wait=wait)
+    except DeltadumpError as exc:
+        last = manifest.load(cfg.dest).backups[-1] if (cfg.dest / manifest.MANIFEST_NAME).exists() else None
+        failed = last if last is not None and last.status == "failed" else None
+        for e in notify.send(cfg.notify, "failure", notify_body(cfg, "backup", "failed", failed, exc.message)):
+            rep.info(f"notification failed: {e}")
+        raise
+    if cfg.drill.every:
+        from .drill import drill
+
+        m = manifest.load(cfg.dest)
+        drills = [b.drill.at for b in m.backups if b.drill is not None]
+        if not drills or (now() - max(drills)).total_seconds() >= parse_duration(cfg.drill.every):
+            try:
+                res = drill(cfg, rec.id, reporter=rep)
+                rep.info(f"drill of {rec.id}: {'passed' if res.ok else 'FAILED: ' + '; '.join(res.differences)}")
+            except DeltadumpError as exc:
+                rep.info(f"drill of {rec.id} could not run: {exc.message}")
+            rec = manifest.load(cfg.dest).by_id(rec.id) or rec
+            if rec.drill is not None:
+                event = "drill" if rec.drill.ok else "failure"
+                status = "drill passed" if rec.drill.ok else "drill failed"
+                for e in notify.send(cfg.notify, event, notify_body(cfg, "drill", status, rec)):
+                    rep.info(f"notification failed: {e}")
+    for e in notify.send(cfg.notify, "success", notify_body(cfg, "backup", "ok", rec)):
+        rep.info(f"notification failed: {e}")
+    return rec

@@ -35,9 +35,11 @@ DELTA_ZSTD_LEVEL = 19  # deltas are small: squeeze them, they are what crosses t
 
 def zstd_file(src: Path, dst: Path, level: int = ZSTD_LEVEL) -> FileRecord:
     """Compress src into dst durably; returns dst's record (path relative to dst's grandparent)."""
-    cctx = zstandard.ZstdCompressor(level=level, threads=-1, write_checksum=True)
+    size = src.stat().st_size
+    # threads only for big inputs (each thread has its own tables); the size lets zstd scale them
+    cctx = zstandard.ZstdCompressor(level=level, threads=-1 if size > 64 << 20 else 0, write_checksum=True)
     with atomic_write(dst) as out, open(src, "rb") as f:
-        writer = cctx.stream_writer(out, closefd=False)  # type: ignore[arg-type]
+        writer = cctx.stream_writer(out, size=size, closefd=False)  # type: ignore[arg-type]
         while chunk := f.read(4 << 20):
             writer.write(chunk)
         writer.flush(zstandard.FLUSH_FRAME)

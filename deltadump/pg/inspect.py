@@ -25,11 +25,9 @@ def table_stats(psql_bin: Path, conn: Conn, db: str | None = None) -> dict[str, 
     tables = user_tables(psql_bin, conn, db)
     if not tables:
         return {}
-    parts = [
-        f"select {_lit(t)}, count(*), coalesce(sum(('x' || substr(md5(t::text), 1, 15))::bit(60)::bigint::numeric), 0)"
-        f" from only {t} t"
-        for t in tables
-    ]
+    from .snapshot import CHECKSUM
+
+    parts = [f"select {_lit(t)}, count(*), {CHECKSUM} from only {t} t" for t in tables]
     rows = psql(psql_bin, conn, " union all ".join(parts), db=db, timeout=3600)
     return {r[0]: (int(r[1]), r[2]) for r in rows}
 

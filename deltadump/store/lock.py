@@ -20,8 +20,8 @@ LOCK_NAME = "deltadump.lock"
 
 
 class RunLock:
-    def __init__(self, dest: Path, *, wait: bool = False, timeout: float | None = None) -> None:
-        self.path = dest / LOCK_NAME
+    def __init__(self, dest: Path, *, wait: bool = False, timeout: float | None = None, name: str = LOCK_NAME) -> None:
+        self.path = dest / name
         self.wait = wait
         self.timeout = timeout
         self.fd: int | None = None

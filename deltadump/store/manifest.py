@@ -43,6 +43,16 @@ class AfterRecord(BaseModel):
     error: str = ""
 
 
+class DrillRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    at: datetime
+    ok: bool
+    tables: int = 0
+    differences: list[str] = []
+    seconds: float = 0.0
+    source: str = ""
+
+
 class BackupRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str
@@ -69,6 +79,9 @@ class BackupRecord(BaseModel):
     dump_size: int = 0
     objects: list[FileRecord] = []  # chain/<id>.base.zst or chain/<id>.delta.zst (plaintext sha256)
     uploaded: int = 0  # bytes sent offsite for this backup
+    # restore drills: per table [rows, content checksum or None], seen in the dump's own snapshot
+    tables: dict[str, tuple[int, str | None]] = {}
+    drill: DrillRecord | None = None
     pruned: bool = False  # retention removed its chain objects (here and offsite)
     offsite_pruned: bool = False  # retention removed its offsite copy (backups without delta)
 
