@@ -66,8 +66,10 @@ class Schedule:
             if day.month in self.months and self._day_ok(day):
                 for h in sorted(self.hours):
                     for m in sorted(self.minutes):
-                        t = datetime(day.year, day.month, day.day, h, m, tzinfo=tz)
-                        if t > start:
+                        # normalised: a time that a DST gap skips runs at the first moment after it
+                        t = datetime(day.year, day.month, day.day, h, m, tzinfo=tz).astimezone(ZoneInfo("UTC"))
+                        t = t.astimezone(tz)
+                        if t > start and (not out or t > out[-1]):
                             out.append(t)
                             if len(out) == n:
                                 return out

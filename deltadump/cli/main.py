@@ -254,6 +254,7 @@ def _write_unit(path: Path, text: str, force: bool) -> None:
 
     if path.exists() and not force:
         raise ConfigError(f"{path} exists; add --force to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(path, text.encode(), mode=0o644)
 
 
