@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -33,6 +33,7 @@ class DatabaseConfig(_Model):
 
 
 class BackupConfig(_Model):
+    kind: Literal["logical", "physical"] = "logical"
     dest: str
     name: str = "DBBACK-%w.DMP"
     format: Literal["custom", "directory", "plain", "tar"] = "custom"
@@ -159,6 +160,12 @@ class Config(_Model):
     schedule: ScheduleConfig = ScheduleConfig()
     notify: NotifyConfig = NotifyConfig()
     path: Path | None = None
+
+    @model_validator(mode="after")
+    def _check_combination(self) -> Config:
+        if self.backup.kind == "physical" and self.delta.enabled:
+            raise ValueError('[delta] works on logical dumps; it cannot be enabled with [backup] kind = "physical"')
+        return self
 
     @property
     def offsite_enabled(self) -> bool:

@@ -149,6 +149,18 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     cfg = _cfg(args)
     ref = args.backup or args.at or "latest"
+    if args.to_datadir:
+        from ..jobs.restore import restore_datadir
+
+        r2 = restore_datadir(cfg, ref, Path(args.to_datadir), start=args.start, port=args.port,
+                             reporter=CliReporter(args.quiet))  # fmt: skip
+        started = " and started it" if args.start else ""
+        out.print(f"laid out {r2.backup.id} in {r2.database}{started} in {r2.seconds:.1f} s")
+        return 0
+    if not args.to_db:
+        from ..errors import UsageError
+
+        raise UsageError("restore needs --to-db NAME (logical backups) or --to-datadir DIR (physical backups)")
     res = restore(cfg, ref, args.to_db, dsn=args.dsn, clean=args.clean, jobs=args.jobs,
                   reporter=CliReporter(args.quiet), from_offsite=args.source == "offsite",
                   identity=args.identity)  # fmt: skip
@@ -330,7 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to take the backup from (offsite works with the local folder gone)")  # fmt: skip
     s.add_argument("--at", metavar="latest|DATE", help="the newest backup on or before DATE (YYYY-MM-DD)")
     s.add_argument("--identity", type=Path, help="age secret key file, to decrypt an encrypted offsite copy")
-    s.add_argument("--to-db", required=True, metavar="NAME", help="target database (created if missing)")
+    s.add_argument("--to-db", metavar="NAME", help="target database (created if missing)")
+    s.add_argument("--to-datadir", metavar="DIR", help="physical backups: lay out a data directory (must be empty)")
+    s.add_argument("--start", action="store_true", help="with --to-datadir: start a server on it and wait")
+    s.add_argument("--port", type=int, help="with --start: the port (default: a free one)")
     s.add_argument("--dsn", help="server to restore to (default: the config's)")
     s.add_argument("--clean", action="store_true", help="drop and recreate a non-empty target database")
     s.add_argument("--jobs", type=int, default=1, help="parallel pg_restore jobs (custom and directory formats)")

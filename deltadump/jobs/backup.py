@@ -16,6 +16,7 @@ from ..config import Config
 from ..errors import DeltadumpError
 from ..fsio import fsync_dir, remove_stale_temps, storage_error, tmp_name
 from ..naming import render
+from ..pg.conn import Conn
 from ..pg.dump import run_pg_dump, validate
 from ..pg.snapshot import SnapshotSession
 from ..store import manifest
@@ -63,6 +64,21 @@ def _install(tmp: Path, slot: Path) -> None:
         fsync_dir(slot.parent)
 
 
+def _physical(cfg: Config, major: int, conn: Conn, tmp: Path, dest: Path, rep: Reporter) -> None:
+    from ..pg import physical
+
+    pg_basebackup = tool("pg_basebackup", cfg, major)
+    rep.info(f"snapshot backup of {conn.where} with pg_basebackup {pg_basebackup.version} (tar, WAL, manifest)")
+    physical.run_basebackup(pg_basebackup.path, conn, tmp, compress=cfg.backup.compress,
+                            progress=lambda n: rep.progress("snapshot", n))  # fmt: skip
+    verifier = pg_basebackup.sibling("pg_verifybackup") or tool("pg_verifybackup", cfg, major).path
+    scratch = tmp_name(dest / "verify")
+    try:
+        physical.verify(verifier, tmp, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def _remove(p: Path) -> None:
     with contextlib.suppress(OSError):
         if p.is_dir():
@@ -88,6 +104,8 @@ def _backup_locked(cfg: Config, rep: Reporter, dest: Path) -> BackupRecord:
         rep.info(f"removed a temporary file left by an interrupted run: {p.name}")
     b = cfg.backup
     fmt, compress = (b.format, b.compress) if not cfg.delta.enabled else ("custom", 0)  # deltas need raw dumps
+    if b.kind == "physical":
+        fmt = "physical"
     started = now()
     t0 = time.monotonic()
     rec = BackupRecord(
@@ -114,21 +132,24 @@ def _backup_locked(cfg: Config, rep: Reporter, dest: Path) -> BackupRecord:
         except OSError as exc:
             raise storage_error(exc, slot.parent, "creating") from exc
         tmp = tmp_name(slot)
-        rep.info(f"dumping {srv.conn.where} (PostgreSQL {srv.version}) with pg_dump {pg_dump.version} to {slot}")
-        with SnapshotSession(srv.conn) as snap:  # the drill record and the dump see the same data
-            rec.tables = snap.table_stats(cfg.drill.checksums)
-            run_pg_dump(
-                pg_dump.path,
-                srv.conn,
-                tmp,
-                fmt=fmt,
-                compress=compress,
-                options=list(b.options),
-                progress=lambda n: rep.progress("dump", n),
-                snapshot=snap.snapshot_id,
-            )
+        if b.kind == "physical":
+            _physical(cfg, srv.major, srv.conn, tmp, dest, rep)
+        else:
+            rep.info(f"dumping {srv.conn.where} (PostgreSQL {srv.version}) with pg_dump {pg_dump.version} to {slot}")
+            with SnapshotSession(srv.conn) as snap:  # the drill record and the dump see the same data
+                rec.tables = snap.table_stats(cfg.drill.checksums)
+                run_pg_dump(
+                    pg_dump.path,
+                    srv.conn,
+                    tmp,
+                    fmt=fmt,
+                    compress=compress,
+                    options=list(b.options),
+                    progress=lambda n: rep.progress("dump", n),
+                    snapshot=snap.snapshot_id,
+                )
+            validate(pg_restore, tmp, fmt)
         rep.done("dump")
-        validate(pg_restore, tmp, fmt)
         try:
             _fsync_tree(tmp)
             files = manifest.file_records(dest, tmp)
@@ -160,7 +181,7 @@ def _backup_locked(cfg: Config, rep: Reporter, dest: Path) -> BackupRecord:
         with contextlib.suppress(Exception), manifest.updating(dest) as m:
             m.add(rec)
         if isinstance(exc, OSError):
-            raise storage_error(exc, dest, "backing up into") from exc
+            raise storage_error(exc, Path(exc.filename) if exc.filename else dest, "backing up into") from exc
         raise
     if cfg.delta.enabled:
         chain.prune_signatures(dest, cfg.delta.mode, manifest.load(dest))

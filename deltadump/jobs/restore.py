@@ -147,3 +147,36 @@ def _prepare_db(cfg: Config, dsn: str | None, to_db: str, clean: bool, rep: Repo
         psql(srv.psql, srv.conn, f"drop database {_ident(to_db)} with (force)", db=admin_db)
     psql(srv.psql, srv.conn, f"create database {_ident(to_db)}", db=admin_db)
     return True
+
+
+def restore_datadir(
+    cfg: Config, ref: str, datadir: Path, *, start: bool = False, port: int | None = None,
+    reporter: Reporter | None = None,
+) -> RestoreResult:  # fmt: skip
+    """Lay out a physical backup as a data directory (refusing a non-empty one); with start, start a
+    server on it (PostgreSQL replays the WAL, as after a crash) and wait until it accepts connections."""
+    from ..pg import physical
+    from ..pg.server import free_port
+    from ..pg.tools import find
+
+    rep = reporter or SilentReporter()
+    t0 = time.monotonic()
+    m = manifest.load(cfg.dest)
+    rec = pick(m, ref)
+    if rec.format != "physical":
+        raise RestoreError(f"backup {rec.id} is a logical dump: restore it with --to-db")
+    if datadir.exists() and any(datadir.iterdir()):
+        raise RestoreError(f"{datadir} is not empty; a data directory is only laid out in an empty folder")
+    check = check_record(cfg.dest, rec, cfg.database.pg_bin, structure=False)
+    if not check.ok:
+        raise IntegrityError(f"backup {rec.id} is damaged: {check.problems[0]}")
+    rep.info(f"laying out {rec.id} in {datadir}")
+    physical.extract(cfg.dest / rec.path, datadir)
+    if start:
+        pg_ctl = find("pg_ctl", cfg.database.pg_bin, min_major=major_of(rec.server_version))
+        if pg_ctl.major != major_of(rec.server_version):
+            raise RestoreError(f"starting needs PostgreSQL {major_of(rec.server_version)}; found {pg_ctl.version}")
+        port = port or free_port()
+        rep.info(f"starting PostgreSQL {pg_ctl.version} on port {port}; it recovers like after a crash")
+        physical.start(pg_ctl.path, datadir, port)
+    return RestoreResult(rec, str(datadir), True, time.monotonic() - t0, "slot")

@@ -46,6 +46,13 @@ def check_record(dest: Path, rec: BackupRecord, pg_bin: str = "", structure: boo
                 res.problems.append(f"{extra}: not part of the backup")
     if structure and not res.problems:
         try:
+            if rec.format == "physical":
+                from ..fsio import tmp_name
+                from ..pg import physical
+
+                verifier = find("pg_verifybackup", pg_bin, min_major=major_of(rec.pg_dump_version)).path
+                physical.verify(verifier, slot, tmp_name(dest / "verify"))
+                return res
             pg_restore = find("pg_restore", pg_bin, min_major=major_of(rec.pg_dump_version)).path
             validate(pg_restore, slot, rec.format)
         except DeltadumpError as exc:
