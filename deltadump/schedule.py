@@ -120,6 +120,8 @@ def parse(cfg: ScheduleConfig) -> Schedule:
 class Clock:
     """Real time; tests pass one whose sleep() advances a fake now()."""
 
+    step = 1.0  # longest single wait, so that a stop request (SIGTERM) is seen within a second
+
     def now(self) -> datetime:
         return datetime.now().astimezone()
 
@@ -159,7 +161,7 @@ def run_forever(
             left = (nxt - clk.now()).total_seconds()
             if left <= 0:
                 break
-            clk.sleep(min(left, 30))
+            clk.sleep(min(left, clk.step))
         if stop():
             break
         _one(backup, log)

@@ -205,6 +205,8 @@ def load_cfg_stub(cron: str):  # type: ignore[no-untyped-def]
 
 
 class FakeClock(Clock):
+    step = float("inf")
+
     def __init__(self, t: datetime) -> None:
         self.t = t
         self.slept = 0.0
