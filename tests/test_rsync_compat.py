@@ -186,3 +186,38 @@ def test_basis_extension_shrinks_deltas_and_rdiff_patches_them(
     assert ext.literal_bytes < 200 * 40, ext.literal_bytes  # with it: about the 7 changed bytes per row
     run_rdiff(rdiff_bin, "patch", tmp / "b", tmp / "ext", tmp / "out")
     assert (tmp / "out").read_bytes() == new
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_composed_chain_equals_patching_step_by_step(tmp: Path, rdiff_bin: str, seed: int) -> None:
+    from deltadump.rsync.compose import compose, write
+
+    rng = random.Random(seed)
+    gens = [text_like(rng, rng.choice([0, 1, 5000, 200_000]))]
+    for _ in range(rng.randint(1, 6)):
+        gens.append(mutate(rng, gens[-1], rng.randint(0, 30)))
+    deltas = []
+    for i in range(1, len(gens)):
+        (tmp / f"g{i - 1}").write_bytes(gens[i - 1])
+        (tmp / f"g{i}").write_bytes(gens[i])
+        if i % 2:  # mix our deltas and rdiff's
+            signature(tmp / f"g{i - 1}", tmp / "s", block_len=rng.choice([0, 64, 512]))
+            delta(tmp / "s", tmp / f"g{i}", tmp / f"d{i}", basis=tmp / f"g{i - 1}")
+        else:
+            run_rdiff(rdiff_bin, "signature", tmp / f"g{i - 1}", tmp / "s")
+            run_rdiff(rdiff_bin, "delta", tmp / "s", tmp / f"g{i}", tmp / f"d{i}")
+        deltas.append(tmp / f"d{i}")
+    plan = compose(len(gens[0]), deltas)
+    assert plan.size == len(gens[-1])
+    write(plan, tmp / "g0", deltas, tmp / "out")
+    assert (tmp / "out").read_bytes() == gens[-1]
+
+
+def test_composition_rejects_a_copy_past_its_basis(tmp: Path) -> None:
+    from deltadump.errors import RsyncError
+    from deltadump.rsync.compose import compose
+    from deltadump.rsync.format import encode_copy
+
+    (tmp / "d").write_bytes(b"rs\x026" + encode_copy(90, 20) + b"\0")
+    with pytest.raises(RsyncError, match="beyond its basis"):
+        compose(100, [tmp / "d"])

@@ -21,7 +21,6 @@ from ..config import Config
 from ..errors import IntegrityError, RsyncError
 from ..fsio import atomic_write, tmp_name
 from ..rsync import delta as rs_delta
-from ..rsync import patch as rs_patch
 from ..rsync import signature as rs_signature
 from ..store import manifest
 from ..store.chain import Basis, chain_of, next_basis
@@ -114,43 +113,48 @@ Fetch = Callable[[FileRecord, Path], None]  # bring one object to a local path (
 
 
 def reconstruct(m: manifest.Manifest, rec: BackupRecord, fetch: Fetch, work: Path, rep: Reporter) -> Path:
-    """Rebuild rec's dump in `work` from its chain; every step checked. Returns the dump's path."""
+    """Rebuild rec's dump in `work` from its chain. Every object's sha256 is checked as it arrives,
+    the base's dump after decompression, and the result, written once from the composed deltas,
+    against rec's dump_sha256 before anything reads it. Returns the dump's path."""
+    from ..rsync.compose import compose, write
+
     try:
         chain = chain_of(m, rec)
     except ValueError as exc:
         raise IntegrityError(f"cannot reconstruct {rec.id}: {exc}") from exc
     work.mkdir(parents=True, exist_ok=True)
-    current: Path | None = None
+    raws: list[Path] = []
+    base_dump = work / "base.dump"
     for i, b in enumerate(chain):
         if not b.objects:
             raise IntegrityError(f"backup {b.id} (needed by {rec.id}) has no stored objects")
         obj = b.objects[0]
         local = work / Path(obj.path).name
         fetch(obj, local)
-        got = sha256_of(local)
-        if got != obj.sha256:
+        if sha256_of(local) != obj.sha256:
             raise IntegrityError(f"{obj.path} is corrupt: sha256 mismatch (needed by backup {rec.id})")
-        out = work / f"dump-{i}"
-        if b.kind == "base":
-            if unzstd_file(local, out) != b.dump_sha256:
-                raise IntegrityError(f"{obj.path} decompresses to the wrong dump (needed by backup {rec.id})")
+        if i == 0:
+            if b.kind != "base" or unzstd_file(local, base_dump) != b.dump_sha256:
+                raise IntegrityError(f"{obj.path} does not decompress to its recorded dump (needed by backup {rec.id})")
         else:
-            assert current is not None
             raw = work / f"delta-{i}"
             unzstd_file(local, raw)
-            parent = chain[i - 1]
-            rep.info(f"applying delta of {b.id} to {parent.id}")
-            try:
-                rs_patch(current, raw, out, basis_sha256=parent.dump_sha256, result_sha256=b.dump_sha256)
-            except RsyncError as exc:
-                raise IntegrityError(f"{obj.path} does not apply: {exc} (needed by backup {rec.id})") from exc
-            raw.unlink()
+            raws.append(raw)
         local.unlink()
-        if current is not None:
-            current.unlink()
-        current = out
-    assert current is not None
-    return current
+    if not raws:
+        return base_dump
+    rep.info(f"applying {len(raws)} delta(s) to base {chain[0].id}")
+    out = work / "dump"
+    try:
+        plan = compose(base_dump.stat().st_size, raws)
+        write(plan, base_dump, raws, out)
+    except RsyncError as exc:
+        raise IntegrityError(f"the delta chain of {rec.id} does not apply: {exc}") from exc
+    if sha256_of(out) != rec.dump_sha256:
+        raise IntegrityError(f"reconstructed dump of {rec.id} does not match its recorded sha256")
+    for p in [*raws, base_dump]:
+        p.unlink()
+    return out
 
 
 def sha256_of(p: Path) -> str:
