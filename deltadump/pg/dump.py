@@ -47,6 +47,27 @@ def _watch(proc: subprocess.Popen[bytes], out: Path, progress: Progress | None, 
     del proc
 
 
+def run_watched(argv: list[str], conn: Conn, out: Path, progress: Progress | None) -> tuple[int, str]:
+    """Run a PostgreSQL program with conn's environment while reporting the size of `out`;
+    killed if we are interrupted. Returns (exit code, negative for a signal; stderr)."""
+    with conn.env() as env:
+        stop = threading.Event()
+        with subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE) as proc:  # fmt: skip
+            t = threading.Thread(target=_watch, args=(proc, out, progress, stop), daemon=True)
+            t.start()
+            try:
+                _, err_b = proc.communicate()
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            finally:
+                stop.set()
+                t.join()
+    return proc.returncode, err_b.decode(errors="replace")
+
+
 def run_pg_dump(
     pg_dump: Path,
     conn: Conn,
@@ -63,27 +84,12 @@ def run_pg_dump(
     if snapshot:
         argv.append(f"--snapshot={snapshot}")
     argv.extend(options)
-    with conn.env() as env:
-        stop = threading.Event()
-        with subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE) as proc:  # fmt: skip
-            t = threading.Thread(target=_watch, args=(proc, out, progress, stop), daemon=True)
-            t.start()
-            try:
-                _, err_b = proc.communicate()
-            except BaseException:
-                proc.kill()
-                proc.wait()
-                raise
-            finally:
-                stop.set()
-                t.join()
-    err = err_b.decode(errors="replace")
-    if proc.returncode == 0:
+    rc, err = run_watched(argv, conn, out, progress)
+    if rc == 0:
         return
     text = " ".join(err.split())
-    if proc.returncode < 0:
-        raise DumpError(f"pg_dump of {conn.where} was killed by {_signame(proc.returncode)}", detail=err)
+    if rc < 0:
+        raise DumpError(f"pg_dump of {conn.where} was killed by {_signame(rc)}", detail=err)
     if "No space left on device" in text or ("could not write to output file" in text and "space" in text):
         raise DumpError(f"disk full while writing {out}: pg_dump stopped ({_free(out)})", detail=err)
     if "server version" in text and "aborting because of server version mismatch" in text:
@@ -92,7 +98,7 @@ def run_pg_dump(
         raise classify(err, conn)
     if "password authentication failed" in text or ("does not exist" in text and "database" in text):
         raise classify(err, conn)
-    last = next((ln for ln in reversed(err.splitlines()) if ln.strip()), f"exit code {proc.returncode}")
+    last = next((ln for ln in reversed(err.splitlines()) if ln.strip()), f"exit code {rc}")
     raise DumpError(f"pg_dump of {conn.where} failed: {last.strip()[:300]}", detail=err)
 
 

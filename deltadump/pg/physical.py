@@ -10,39 +10,27 @@ import pwd
 import shutil
 import subprocess
 import tarfile
-import threading
 from pathlib import Path
 
 from ..errors import DumpError, RestoreError
 from .conn import Conn, classify
-from .dump import Progress, _signame, _watch, path_size
+from .dump import Progress, _signame, path_size, run_watched
 
 
 def run_basebackup(pg_basebackup: Path, conn: Conn, out: Path, *, compress: int, progress: Progress | None) -> None:
     argv = [str(pg_basebackup), "-D", str(out), "-F", "t", "-X", "stream", "-c", "fast", "--no-password",
             "--manifest-checksums=SHA256"] + ([f"--compress={compress}"] if compress else [])  # fmt: skip
-    with conn.env() as env:
-        stop = threading.Event()
-        with subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE) as proc:  # fmt: skip
-            t = threading.Thread(target=_watch, args=(proc, out, progress, stop), daemon=True)
-            t.start()
-            try:
-                _, err_b = proc.communicate()
-            finally:
-                stop.set()
-                t.join()
-    err = err_b.decode(errors="replace")
-    if proc.returncode == 0:
+    rc, err = run_watched(argv, conn, out, progress)
+    if rc == 0:
         return
-    if proc.returncode < 0:
-        raise DumpError(f"pg_basebackup of {conn.where} was killed by {_signame(proc.returncode)}", detail=err)
+    if rc < 0:
+        raise DumpError(f"pg_basebackup of {conn.where} was killed by {_signame(rc)}", detail=err)
     text = " ".join(err.split())
     if "password authentication failed" in text or "could not connect" in text or "connection to server" in text:
         raise classify(err, conn)
     if "No space left" in text:
         raise DumpError(f"disk full while writing {out}: pg_basebackup stopped", detail=err)
-    last = next((ln for ln in reversed(err.splitlines()) if ln.strip()), f"exit code {proc.returncode}")
+    last = next((ln for ln in reversed(err.splitlines()) if ln.strip()), f"exit code {rc}")
     raise DumpError(f"pg_basebackup of {conn.where} failed: {last.strip()[:300]}", detail=err)
 
 

@@ -19,7 +19,7 @@ from typing import BinaryIO
 from ..errors import RsyncError
 from ..fsio import sha256_file
 from .format import DELTA_MAGIC, decode_opcode, librsync_job
-from .streams import PathOrFile, Sink, Source, open_input, open_output
+from .streams import PathOrFile, Sink, Source, open_error, open_input, open_output
 
 _FMT = {1: ">B", 2: ">H", 4: ">I", 8: ">Q"}
 BUF = 1 << 20
@@ -42,12 +42,7 @@ def _reader(delta: PathOrFile) -> Iterator[BinaryIO]:
         try:
             f = open(delta, "rb", buffering=BUF)  # noqa: SIM115
         except OSError as exc:
-            raise RsyncError(
-                RsyncError.RS_IO_ERROR,
-                f'(rs_file_open) Error opening "{delta}" for read: {exc.strerror}',
-                message=f"cannot open {delta} for read: {exc.strerror}",
-                tail=False,
-            ) from exc
+            raise open_error(delta, exc, "read") from exc
         with f:
             yield f
     else:

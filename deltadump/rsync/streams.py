@@ -21,7 +21,7 @@ PathOrFile = str | os.PathLike[str] | BinaryIO
 READ_SIZE = 4 << 20
 
 
-def _open_error(name: object, exc: OSError, how: str) -> RsyncError:
+def open_error(name: object, exc: OSError, how: str) -> RsyncError:
     return RsyncError(
         RsyncError.RS_IO_ERROR,
         f'(rs_file_open) Error opening "{name}" for {how}: {exc.strerror}',
@@ -117,7 +117,7 @@ def open_input(src: PathOrFile) -> Iterator[Source]:
         try:
             f = open(src, "rb", buffering=0)  # noqa: SIM115
         except OSError as exc:
-            raise _open_error(src, exc, "read") from exc
+            raise open_error(src, exc, "read") from exc
         with f:
             yield Source(f, str(src))
     else:
