@@ -98,9 +98,10 @@ class AtomicFile:
 
 
 @contextlib.contextmanager
-def atomic_write(final: Path, mode: int = 0o600) -> Iterator[AtomicFile]:
-    """Write `final` durably: all or nothing, never a half-written file under the final name."""
-    f = AtomicFile(final, mode)
+def atomic_write(final: Path, mode: int = 0o600, durable: bool = True) -> Iterator[AtomicFile]:
+    """Write `final` all or nothing, never a half-written file under the final name; durably
+    (fsync of the file and its folder) unless it is a scratch file."""
+    f = AtomicFile(final, mode, durable)
     try:
         yield f
     except BaseException:

@@ -14,6 +14,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import zstandard
 
@@ -45,13 +46,33 @@ def zstd_file(src: Path, dst: Path, level: int = ZSTD_LEVEL) -> FileRecord:
     return FileRecord(path=f"{CHAIN_DIR}/{dst.name}", size=out.size, sha256=out.sha256.hexdigest())
 
 
-def unzstd_file(src: Path, dst: Path) -> str:
-    """Decompress src into dst; returns the sha256 of the output."""
+class _HashingReader:
+    """A file wrapper that hashes what is read through it."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.sha256 = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.sha256.update(data)
+        return data
+
+
+def unzstd_file(src: Path, dst: Path, want_src_sha256: str | None = None) -> str:
+    """Decompress src into dst (a scratch file: not fsynced); returns the sha256 of the output. With
+    want_src_sha256, src is checked in the same read, and dst removed if it does not match."""
     dctx = zstandard.ZstdDecompressor()
     try:
-        with atomic_write(dst) as out, open(src, "rb") as f, dctx.stream_reader(f) as r:
-            while chunk := r.read(4 << 20):
-                out.write(chunk)
+        with atomic_write(dst, durable=False) as out, open(src, "rb") as f:
+            hr = _HashingReader(f)
+            with dctx.stream_reader(hr, read_across_frames=True) as r:  # type: ignore[arg-type]
+                while chunk := r.read(4 << 20):
+                    out.write(chunk)
+            while hr.read(1 << 20):  # hash any bytes after the last frame too
+                pass
+            if want_src_sha256 is not None and hr.sha256.hexdigest() != want_src_sha256:
+                raise IntegrityError(f"{src.name} is corrupt: sha256 mismatch")
     except zstandard.ZstdError as exc:
         raise IntegrityError(f"{src.name} is corrupt (zstd: {exc})") from exc
     return out.sha256.hexdigest()
@@ -131,15 +152,16 @@ def reconstruct(m: manifest.Manifest, rec: BackupRecord, fetch: Fetch, work: Pat
         obj = b.objects[0]
         local = work / Path(obj.path).name
         fetch(obj, local)
-        if sha256_of(local) != obj.sha256:
-            raise IntegrityError(f"{obj.path} is corrupt: sha256 mismatch (needed by backup {rec.id})")
-        if i == 0:
-            if b.kind != "base" or unzstd_file(local, base_dump) != b.dump_sha256:
-                raise IntegrityError(f"{obj.path} does not decompress to its recorded dump (needed by backup {rec.id})")
-        else:
-            raw = work / f"delta-{i}"
-            unzstd_file(local, raw)
-            raws.append(raw)
+        try:
+            if i == 0:
+                if b.kind != "base" or unzstd_file(local, base_dump, obj.sha256) != b.dump_sha256:
+                    raise IntegrityError(f"{obj.path} does not decompress to its recorded dump")
+            else:
+                raw = work / f"delta-{i}"
+                unzstd_file(local, raw, obj.sha256)
+                raws.append(raw)
+        except IntegrityError as exc:
+            raise IntegrityError(f"{obj.path} is corrupt: {exc.message} (needed by backup {rec.id})") from exc
         local.unlink()
     if not raws:
         return base_dump

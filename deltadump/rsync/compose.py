@@ -131,7 +131,6 @@ def write(m: Map, base: Path, deltas: list[Path], out: Path) -> None:
                     view = memoryview(os.pread(fds[src], ln, off))
                     while view:
                         view = view[os.write(ofd, view) :]
-            os.fsync(ofd)
     finally:
         for fd in [*fds, bfd]:
             os.close(fd)
