@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
-import json
-import os
 import random
-import resource
 import shutil
 import subprocess
 import sys
@@ -61,34 +58,52 @@ def make_files(base: Path, new: Path, size: int, seed: int = 1) -> None:
     new.write_bytes(b"".join(rows))
 
 
-def run_timed(argv: list[str], workers_file: Path | None = None) -> tuple[float, int]:
-    """Wall seconds and peak memory (KiB) of one command: for ours, the parent plus its workers."""
+def run_timed(argv: list[str]) -> float:
+    """Wall seconds of one command."""
     t = time.perf_counter()
-    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, ru = os.wait4(p.pid, 0)
+    res = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wall = time.perf_counter() - t
-    err = p.stderr.read().decode() if p.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"command failed: {' '.join(argv)}\n{err}")
-    peak = ru.ru_maxrss
-    if workers_file is not None and workers_file.exists():
-        m = json.loads(workers_file.read_text())
-        peak = m["self"] + m["workers"] * m["children"]
-    return wall, peak
+    if res.returncode != 0:
+        raise SystemExit(f"command failed: {' '.join(argv)}\n{res.stderr.decode()}")
+    return wall
 
 
-def measure_main(argv: list[str]) -> None:
-    """Run deltadump-rdiff in this process and record its memory and its workers' for the parent."""
-    from deltadump.cli.rdiff import run
-    from deltadump.rsync.parallel import cpu_count
+def _tree(root: int) -> list[int]:
+    kids: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            kids.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out
 
-    code = run(argv, sys.stdin.buffer, sys.stdout.buffer, sys.stderr)
-    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    Path(os.environ["DELTADUMP_BENCH_MEM"]).write_text(
-        json.dumps({"self": me, "children": kids, "workers": cpu_count() if kids else 0})
-    )
-    sys.exit(code)
+
+def _pss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def peak_pss(argv: list[str]) -> int:
+    """Peak of the summed PSS (KiB) of a command's process tree (shared pages counted once), sampled
+    every 10 ms in a run of its own, so that sampling never slows a timed run."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, sum(_pss_kb(p) for p in _tree(proc.pid)))
+        time.sleep(0.01)
+    return peak
 
 
 def main() -> None:
@@ -107,9 +122,9 @@ def main() -> None:
         print(f"generating {args.size_mb} MB base and new version in {work} ...", file=sys.stderr)
         # in a child process, so that its memory never counts in the children measured below
         subprocess.run([sys.executable, __file__, "--generate", str(base), str(new), str(args.size_mb)], check=True)
-    mem = work / "mem.json"
-    os.environ["DELTADUMP_BENCH_MEM"] = str(mem)
-    ours_cmd = [sys.executable, __file__, "--measure"]
+    ours_cmd = [str(Path(sys.executable).parent / "deltadump-rdiff")]
+    if not Path(ours_cmd[0]).exists():
+        ours_cmd = [sys.executable, "-m", "deltadump.cli.rdiff"]
     print(f"base {base.stat().st_size / 1e6:.0f} MB, new {new.stat().st_size / 1e6:.0f} MB; best of {args.repeat}")
     print(
         f"{'options':<9} {'step':<10} {'rdiff s':>8} {'ours s':>8} {'ratio':>6} {'rdiff MB':>9} {'ours MB':>8}  output sizes"
@@ -122,16 +137,20 @@ def main() -> None:
             ("patch", ["patch", str(base), "{delta}", "{out}"]),
         ]
         for step, tmpl in steps:
-            res: dict[str, tuple[float, int]] = {"rdiff": (float("inf"), 0), "ours": (float("inf"), 0)}
+            res: dict[str, tuple[float, int]] = {}
+            cmds = {}
+            for who in ("rdiff", "ours"):
+                names = {k: str(work / f"{who}.{k}") for k in ("sig", "delta", "out")}
+                argv = [a.format(**names) for a in tmpl]
+                cmds[who] = ([rdiff] if who == "rdiff" else ours_cmd) + argv
+            best = {"rdiff": float("inf"), "ours": float("inf")}
             for _ in range(args.repeat):  # interleaved, so that a slow spell of the machine hits both
-                for who in ("rdiff", "ours"):
-                    names = {k: str(work / f"{who}.{k}") for k in ("sig", "delta", "out")}
-                    argv = [a.format(**names) for a in tmpl]
-                    out_file = Path(argv[-1])
-                    out_file.unlink(missing_ok=True)
-                    mem.unlink(missing_ok=True)
-                    cmd = [rdiff, *argv] if who == "rdiff" else [*ours_cmd, *argv]
-                    res[who] = min(res[who], run_timed(cmd, None if who == "rdiff" else mem))
+                for who, cmd in cmds.items():
+                    Path(cmd[-1]).unlink(missing_ok=True)
+                    best[who] = min(best[who], run_timed(cmd))
+            for who, cmd in cmds.items():
+                Path(cmd[-1]).unlink(missing_ok=True)
+                res[who] = (best[who], peak_pss(cmd))
             sizes = ""
             if step in ("signature", "delta"):
                 key = "sig" if step == "signature" else "delta"
@@ -156,9 +175,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--measure":
-        measure_main(sys.argv[2:])
-    elif len(sys.argv) > 1 and sys.argv[1] == "--generate":
+    if len(sys.argv) > 1 and sys.argv[1] == "--generate":
         make_files(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]) * 10**6)
     else:
         main()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import BinaryIO, TextIO
 
 from ..errors import RsyncError
@@ -73,20 +72,13 @@ class Usage(Exception):
     pass
 
 
-@dataclass
 class Options:
-    verbose: bool = False
-    version: bool = False
-    help: bool = False
-    stats: bool = False
-    force: bool = False
-    block: int = 0
-    sum: int = 0
-    hash: str = "blake2"
-    rollsum: str = "rabinkarp"
-    isize: int = 0
-    osize: int = 0
-    args: list[str] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.verbose = self.version = self.help = self.stats = self.force = False
+        self.block = self.sum = self.isize = self.osize = 0
+        self.hash = "blake2"
+        self.rollsum = "rabinkarp"
+        self.args: list[str] = []
 
 
 def _set(opts: Options, name: str, value: str | None, shown: str) -> None:

@@ -9,9 +9,8 @@ import contextlib
 import functools
 import struct
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from math import isqrt
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from ..errors import RsyncError
 
@@ -53,8 +52,7 @@ def _log2(x: int) -> int:
     return x.bit_length() - 1
 
 
-@dataclass(frozen=True)
-class SigParams:
+class SigParams(NamedTuple):
     magic: int
     block_len: int
     strong_len: int

@@ -13,7 +13,6 @@ import os
 import struct
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import BinaryIO
 
 from ..errors import RsyncError
@@ -25,15 +24,17 @@ _FMT = {1: ">B", 2: ">H", 4: ">I", 8: ">Q"}
 BUF = 1 << 20
 
 
-@dataclass
 class PatchStats:
-    literal_cmds: int = 0
-    literal_bytes: int = 0
-    copy_cmds: int = 0
-    copy_bytes: int = 0
-    in_bytes: int = 0
-    out_bytes: int = 0
-    seconds: float = 0.0
+    """What a patch did (a plain class: this module stays free of heavy imports, for start-up)."""
+
+    def __init__(self) -> None:
+        self.literal_cmds = 0
+        self.literal_bytes = 0
+        self.copy_cmds = 0
+        self.copy_bytes = 0
+        self.in_bytes = 0
+        self.out_bytes = 0
+        self.seconds = 0.0
 
 
 @contextlib.contextmanager
