@@ -56,9 +56,10 @@ def storage_error(exc: OSError, path: Path, action: str) -> StorageError:
 class AtomicFile:
     """A file written under a temporary name and renamed into place on commit()."""
 
-    def __init__(self, final: Path, mode: int = 0o600, durable: bool = True) -> None:
+    def __init__(self, final: Path, mode: int = 0o600, durable: bool = True, hashing: bool = True) -> None:
         self.final = Path(final)
         self.durable = durable
+        self.hashing = hashing
         self.tmp = tmp_name(self.final)
         self.sha256 = hashlib.sha256()
         self.size = 0
@@ -73,7 +74,8 @@ class AtomicFile:
             n = self.file.write(data)
         except OSError as exc:
             raise storage_error(exc, self.final, "writing") from exc
-        self.sha256.update(data)
+        if self.hashing:
+            self.sha256.update(data)
         self.size += len(data)
         return n
 
@@ -98,10 +100,10 @@ class AtomicFile:
 
 
 @contextlib.contextmanager
-def atomic_write(final: Path, mode: int = 0o600, durable: bool = True) -> Iterator[AtomicFile]:
+def atomic_write(final: Path, mode: int = 0o600, durable: bool = True, hashing: bool = True) -> Iterator[AtomicFile]:
     """Write `final` all or nothing, never a half-written file under the final name; durably
     (fsync of the file and its folder) unless it is a scratch file."""
-    f = AtomicFile(final, mode, durable)
+    f = AtomicFile(final, mode, durable, hashing)
     try:
         yield f
     except BaseException:

@@ -59,12 +59,12 @@ class _HashingReader:
         return data
 
 
-def unzstd_file(src: Path, dst: Path, want_src_sha256: str | None = None) -> str:
+def unzstd_file(src: Path, dst: Path, want_src_sha256: str | None = None, hash_output: bool = True) -> str:
     """Decompress src into dst (a scratch file: not fsynced); returns the sha256 of the output. With
     want_src_sha256, src is checked in the same read, and dst removed if it does not match."""
     dctx = zstandard.ZstdDecompressor()
     try:
-        with atomic_write(dst, durable=False) as out, open(src, "rb") as f:
+        with atomic_write(dst, durable=False, hashing=hash_output) as out, open(src, "rb") as f:
             hr = _HashingReader(f)
             with dctx.stream_reader(hr, read_across_frames=True) as r:  # type: ignore[arg-type]
                 while chunk := r.read(4 << 20):
@@ -154,11 +154,15 @@ def reconstruct(m: manifest.Manifest, rec: BackupRecord, fetch: Fetch, work: Pat
         fetch(obj, local)
         try:
             if i == 0:
-                if b.kind != "base" or unzstd_file(local, base_dump, obj.sha256) != b.dump_sha256:
+                if b.kind != "base":
+                    raise IntegrityError(f"{b.id} is not a base")
+                got = unzstd_file(local, base_dump, obj.sha256, hash_output=len(chain) == 1)
+                # with deltas to follow, the final dump's sha256 (checked below) covers the base too
+                if len(chain) == 1 and got != b.dump_sha256:
                     raise IntegrityError(f"{obj.path} does not decompress to its recorded dump")
             else:
                 raw = work / f"delta-{i}"
-                unzstd_file(local, raw, obj.sha256)
+                unzstd_file(local, raw, obj.sha256, hash_output=False)
                 raws.append(raw)
         except IntegrityError as exc:
             raise IntegrityError(f"{obj.path} is corrupt: {exc.message} (needed by backup {rec.id})") from exc

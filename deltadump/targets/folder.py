@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import TargetError
-from ..fsio import atomic_write, sha256_file
+from ..fsio import atomic_write, sha256_file, tmp_name
 
 
 class FolderTarget:
@@ -42,13 +42,15 @@ class FolderTarget:
 
     def get(self, key: str, dst: Path) -> None:
         src = self._path(key)
-        try:  # a fetched copy is scratch, checked by its user: no fsync
-            with atomic_write(dst, durable=False) as f, open(src, "rb") as s:
-                while chunk := s.read(4 << 20):
-                    f.write(chunk)
+        tmp = tmp_name(dst)
+        try:  # a fetched copy is scratch, checked by its user: a kernel copy, no fsync
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
         except FileNotFoundError as exc:
+            tmp.unlink(missing_ok=True)
             raise TargetError(f"{src} is missing offsite") from exc
         except OSError as exc:
+            tmp.unlink(missing_ok=True)
             raise TargetError(f"cannot read {src}: {exc.strerror or exc}") from exc
 
     def stat(self, key: str) -> int | None:
