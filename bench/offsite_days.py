@@ -58,9 +58,11 @@ def main() -> None:
     try:
         run(server, work, args)
     finally:
-        server.remove()
         if args.workdir is None:
+            server.remove()
             shutil.rmtree(work, ignore_errors=True)
+        else:
+            server.stop()
 
 
 def run(server: LocalServer, work: Path, args: argparse.Namespace) -> None:

@@ -41,7 +41,7 @@ from .sums import U32, block_weak, rolling_weak, strong_blocks, strong_hasher, s
 
 SCAN_MIN = 256
 SCAN_MAX = 8 << 20
-CHAIN_MIN = 8  # blocks
+CHAIN_MIN = 128  # blocks: a run stops costing at its first weak mismatch, so start long
 CHAIN_MAX = 16 << 20
 _MIX = U32(0x9E3779B1)
 EXTEND_MAX = 1 << 16  # how far a match may grow into each neighbouring literal

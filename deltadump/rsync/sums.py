@@ -38,6 +38,23 @@ def rk_pow(n: int) -> int:
     return pow(RK_MULT, n, 1 << 32)
 
 
+_block_consts: dict[tuple[int, str], tuple[np.ndarray, np.uint32, np.uint32]] = {}
+
+
+def _consts(block_len: int, kind: str) -> tuple[np.ndarray, np.uint32, np.uint32]:
+    """Per block length: the weights of each byte in a block and the constant terms."""
+    key = (block_len, kind)
+    c = _block_consts.get(key)
+    if c is None:
+        if kind == "rabinkarp":
+            c = (_powers(RK_MULT, block_len)[::-1].copy(), U32(rk_pow(block_len)), U32(0))
+        else:
+            c = (np.arange(block_len, 0, -1, dtype=U32), U32(ROLL_OFFSET * block_len),
+                 U32(ROLL_OFFSET * block_len * (block_len + 1) // 2 & 0xFFFFFFFF))  # fmt: skip
+        _block_consts[key] = c
+    return c
+
+
 def block_weak(data: np.ndarray, block_len: int, kind: str) -> np.ndarray:
     """Weak sums of consecutive blocks of `data` (uint8); the last block may be short."""
     n = len(data)
@@ -50,14 +67,14 @@ def block_weak(data: np.ndarray, block_len: int, kind: str) -> np.ndarray:
         # process in slices of about 1 MiB so the uint32 temporaries stay in cache
         step = max(1, (1 << 20) // block_len)
         if kind == "rabinkarp":
-            pw = _powers(RK_MULT, block_len)[::-1].copy()
-            top = U32(rk_pow(block_len))
-            for s in range(0, nfull, step):
-                outf[s : s + step] = (full[s : s + step] * pw).sum(axis=1, dtype=U32) + top
+            pw, top, _ = _consts(block_len, kind)
+            if nfull <= step:
+                np.add((full * pw).sum(axis=1, dtype=U32), top, out=outf)
+            else:
+                for s in range(0, nfull, step):
+                    outf[s : s + step] = (full[s : s + step] * pw).sum(axis=1, dtype=U32) + top
         else:
-            wts = np.arange(block_len, 0, -1, dtype=U32)
-            c1 = U32(ROLL_OFFSET * block_len)
-            c2 = U32(ROLL_OFFSET * block_len * (block_len + 1) // 2 & 0xFFFFFFFF)
+            wts, c1, c2 = _consts(block_len, kind)
             for s in range(0, nfull, step):
                 blk = full[s : s + step]
                 s1 = blk.sum(axis=1, dtype=U32) + c1
