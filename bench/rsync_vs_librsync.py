@@ -168,7 +168,7 @@ def main() -> None:
             )
     sig_mb = (work / "ours.sig").stat().st_size / 1e6
     print(
-        f"(-b 512 signature is {sig_mb:.1f} MB; ours MB = parent + workers' peak RSS, interpreter and numpy included)"
+        f"(-b 512 signature is {sig_mb:.1f} MB; MB = peak PSS of each command's processes (shared pages counted once), interpreter and numpy included)"
     )
     if args.workdir is None:
         shutil.rmtree(work)

@@ -41,7 +41,7 @@ from .sums import U32, block_weak, rolling_weak, strong_blocks, strong_hasher, s
 
 SCAN_MIN = 256
 SCAN_MAX = 8 << 20
-CHAIN_MIN = 128  # blocks: a run stops costing at its first weak mismatch, so start long
+CHAIN_MIN = 1 << 16  # bytes of the first run after a break (a run stops costing at its first weak mismatch)
 CHAIN_MAX = 16 << 20
 _MIX = U32(0x9E3779B1)
 EXTEND_MAX = 1 << 16  # how far a match may grow into each neighbouring literal
@@ -246,7 +246,8 @@ class _Matcher:
         self.src = src
         self.bl = sig.block_len
         self.kind = sig.params.weak
-        self.chain_len = CHAIN_MIN
+        self.chain_min = max(2, CHAIN_MIN // self.bl)
+        self.chain_len = self.chain_min
 
     def events(self, pos: int = 0, stop: int | None = None) -> Iterator[tuple[int, int, int]]:
         """Events from `pos` until the input ends or an event ends at or after `stop`."""
@@ -281,7 +282,7 @@ class _Matcher:
         data = self.src.read_at(pos, m * bl)
         m = len(data) // bl
         got = _count_matching(sig, data, first)
-        self.chain_len = min(self.chain_len * 2, max(1, CHAIN_MAX // bl)) if got == m else CHAIN_MIN
+        self.chain_len = min(self.chain_len * 2, max(1, CHAIN_MAX // bl)) if got == m else self.chain_min
         return got
 
     def _scan(self, pos: int) -> Iterator[tuple[int, int, int]]:
