@@ -158,8 +158,11 @@ def run(server: LocalServer, work: Path, args: argparse.Namespace) -> None:
     same = table_stats(pb, conn, "from_offsite") == table_stats(pb, conn, "mail")
     psql(pb, conn, "create database plain_restore")
     prt = sh(server.bin / "pg_restore", "--dbname=plain_restore", last_dump, env=pgenv)
-    print(f"restore of day {args.days} from offsite alone: {rt:.1f} s, pg_restore of that day's dump: {prt:.1f} s "
-          f"(ratio {rt / prt:.2f}); restored database identical to the source: {same}")  # fmt: skip
+    psql(pb, conn, "create database plain_restore_j2")
+    prt2 = sh(server.bin / "pg_restore", "--jobs=2", "--dbname=plain_restore_j2", last_dump, env=pgenv)
+    print(f"restore of day {args.days} from offsite alone (deltadump's default: pg_restore --jobs=2 here): {rt:.1f} s; "
+          f"pg_restore of that day's dump: {prt:.1f} s serial (ratio {rt / prt:.2f}), {prt2:.1f} s with --jobs=2 "
+          f"(ratio {rt / prt2:.2f}); restored database identical to the source: {same}")  # fmt: skip
 
 
 def _tree(root: int) -> list[int]:

@@ -161,7 +161,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
         from ..errors import UsageError
 
         raise UsageError("restore needs --to-db NAME (logical backups) or --to-datadir DIR (physical backups)")
-    res = restore(cfg, ref, args.to_db, dsn=args.dsn, clean=args.clean, jobs=args.jobs,
+    from ..rsync.parallel import cpu_count
+
+    jobs = args.jobs if args.jobs is not None else min(4, cpu_count())
+    res = restore(cfg, ref, args.to_db, dsn=args.dsn, clean=args.clean, jobs=jobs,
                   reporter=CliReporter(args.quiet), from_offsite=args.source == "offsite",
                   identity=args.identity)  # fmt: skip
     out.print(f'restored {res.backup.id} ({res.source}) into "{res.database}" in {res.seconds:.1f} s')
@@ -348,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, help="with --start: the port (default: a free one)")
     s.add_argument("--dsn", help="server to restore to (default: the config's)")
     s.add_argument("--clean", action="store_true", help="drop and recreate a non-empty target database")
-    s.add_argument("--jobs", type=int, default=1, help="parallel pg_restore jobs (custom and directory formats)")
+    s.add_argument("--jobs", type=int, default=None,
+                   help="parallel pg_restore jobs (default: one per core, up to 4)")  # fmt: skip
     s.set_defaults(func=cmd_restore)
 
     s = sub.add_parser("demo", parents=[common], help="run the whole cycle on a private embedded server")

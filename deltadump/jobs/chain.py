@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import queue
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -46,16 +48,39 @@ def zstd_file(src: Path, dst: Path, level: int = ZSTD_LEVEL) -> FileRecord:
     return FileRecord(path=f"{CHAIN_DIR}/{dst.name}", size=out.size, sha256=out.sha256.hexdigest())
 
 
+class _BackgroundHash:
+    """sha256 computed on another core (hashlib releases the GIL for large buffers)."""
+
+    def __init__(self) -> None:
+        self.h = hashlib.sha256()
+        self.q: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self) -> None:
+        while (b := self.q.get()) is not None:
+            self.h.update(b)
+
+    def update(self, b: bytes) -> None:
+        self.q.put(b)
+
+    def hexdigest(self) -> str:
+        self.q.put(None)
+        self.t.join()
+        return self.h.hexdigest()
+
+
 class _HashingReader:
-    """A file wrapper that hashes what is read through it."""
+    """A file wrapper that hashes what is read through it, in the background."""
 
     def __init__(self, f: BinaryIO) -> None:
         self.f = f
-        self.sha256 = hashlib.sha256()
+        self.sha256 = _BackgroundHash()
 
     def read(self, n: int = -1) -> bytes:
         data = self.f.read(n)
-        self.sha256.update(data)
+        if data:
+            self.sha256.update(data)
         return data
 
 
