@@ -98,3 +98,21 @@ def test_damaged_physical_backup_fails_verification(pg: LocalServer, pwfile: Pat
     bad.write_text(bad.read_text() + "\n[delta]\nenabled = true\n")
     r = cli("backup", "--config", bad)
     assert r.returncode == 2 and "physical" in r.stderr
+
+
+def test_physical_drill_uses_a_throwaway_server(pg: LocalServer, pwfile: Path, maildb: str, tmp: Path) -> None:
+    dest = tmp / "dest"
+    dest.mkdir()
+    c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest, kind="physical", name="SNAP-%w", compress=0)
+    assert cli("backup", "--config", c).returncode == 0
+    r = cli("drill", "latest", "--config", c)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{maildb}: public.messages" in r.stdout and "300" in r.stdout
+    rec = manifest.load(dest).find("latest")
+    assert rec is not None and rec.drill is not None and rec.drill.ok
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert "deltadump-drill-" not in ps  # the throwaway server is gone
+    # without its WAL the backup cannot be recovered: the drill says so
+    (dest / rec.path / "pg_wal.tar").unlink()
+    r = cli("drill", "latest", "--config", c)
+    assert r.returncode == 1 and "did not start" in r.stderr

@@ -70,6 +70,13 @@ def drill(
         rec = pick(Offsite(cfg, identity).manifest(), ref)
     else:
         rec = pick(manifest.load(cfg.dest), ref)
+    if rec.format == "physical":
+        if offsite:
+            raise RestoreError("drills of physical backups run on the local copy")
+        res = _physical_drill(cfg, rec, rep)
+        res.seconds = time.monotonic() - t0
+        _record(cfg, rec, res, offsite)
+        return res
     if not rec.tables:
         raise RestoreError(f"backup {rec.id} has no drill record (row counts were not recorded at backup time)")
     db = f"deltadump_drill_{secrets.token_hex(4)}"
@@ -88,6 +95,11 @@ def drill(
             rep.info(f"could not drop the drill database {db}: {exc}")
     res.backup = rec
     res.seconds = time.monotonic() - t0
+    _record(cfg, rec, res, offsite)
+    return res
+
+
+def _record(cfg: Config, rec: BackupRecord, res: DrillResult, offsite: bool) -> None:
     if (cfg.dest / manifest.MANIFEST_NAME).exists():
         with manifest.updating(cfg.dest) as m:
             for b in m.backups:
@@ -100,6 +112,52 @@ def drill(
                         seconds=round(res.seconds, 3),
                         source="offsite" if offsite else "local",
                     )
+
+
+def _physical_drill(cfg: Config, rec: BackupRecord, rep: Reporter) -> DrillResult:
+    """A throwaway server: lay the backup out, start it (WAL replay), check that every database
+    answers and count its tables' rows, stop it, remove it."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    from ..pg.physical import run_as_user
+    from ..pg.server import free_port
+    from ..pg.tools import find
+    from .common import major_of
+    from .restore import restore_datadir
+
+    res = DrillResult(backup=rec)
+    work = Path(tempfile.mkdtemp(prefix="deltadump-drill-"))
+    work.chmod(0o711)  # the server may run as an unprivileged user
+    data = work / "data"
+    port = free_port()
+    srv = server_for(cfg)
+    conn = srv.conn.with_db("postgres")
+    conn.keywords.update(host="127.0.0.1", port=str(port))
+    try:
+        try:
+            restore_datadir(cfg, rec.id, data, start=True, port=port, reporter=rep)
+        except Exception as exc:
+            res.differences.append(f"the throwaway server did not start: {exc}")
+            return res
+        dbs = [r[0] for r in psql(srv.psql, conn, "select datname from pg_database where datallowconn "
+                                  "and not datistemplate order by 1")]  # fmt: skip
+        for db in dbs:
+            try:
+                for table, (rows, _) in sorted(_counts(srv.psql, conn, db).items()):
+                    res.rows.append((f"{db}: {table}", None, rows, "answers"))
+            except Exception as exc:
+                res.rows.append((db, None, None, "FAILED"))
+                res.differences.append(f"database {db} does not answer: {exc}")
+        if not dbs:
+            res.differences.append("the restored server has no database")
+    finally:
+        pg_ctl = find("pg_ctl", cfg.database.pg_bin, min_major=major_of(rec.server_version)).path
+        argv = [str(pg_ctl), "-D", str(data), "-m", "immediate", "-w", "stop"]
+        user = run_as_user()
+        subprocess.run(["runuser", "-u", user, "--", *argv] if user else argv, capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
     return res
 
 
