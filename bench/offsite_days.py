@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from procmem import sample_peak
+
 from deltadump.jobs import sample
 from deltadump.pg.conn import psql
 from deltadump.pg.inspect import table_stats
@@ -165,49 +167,9 @@ def run(server: LocalServer, work: Path, args: argparse.Namespace) -> None:
           f"(ratio {rt / prt2:.2f}); restored database identical to the source: {same}")  # fmt: skip
 
 
-def _tree(root: int) -> list[int]:
-    kids: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            kids.setdefault(ppid, []).append(int(d.name))
-    out, todo = [], [root]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(kids.get(p, []))
-    return out
-
-
-def _pss_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 def sample_pss(proc: subprocess.Popen[str]) -> int:
-    """Peak over time of the summed PSS (shared pages counted once) of deltadump's process tree,
-    pg_dump excluded (it is PostgreSQL's), sampled every 50 ms until the process exits."""
-    peak = 0
-    while proc.poll() is None:
-        total = 0
-        for pid in _tree(proc.pid):
-            try:
-                if Path(f"/proc/{pid}/comm").read_text().strip() == "pg_dump":
-                    continue
-            except OSError:
-                continue
-            total += _pss_kb(pid)
-        peak = max(peak, total)
-        time.sleep(0.05)
-    return peak
+    """Peak PSS of deltadump's process tree, pg_dump excluded (it is PostgreSQL's), every 50 ms."""
+    return sample_peak(proc, every=0.05, skip=lambda comm: comm == "pg_dump")
 
 
 if __name__ == "__main__":

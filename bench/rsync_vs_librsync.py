@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from procmem import sample_peak
+
 
 def make_files(base: Path, new: Path, size: int, seed: int = 1) -> None:
     rng = random.Random(seed)
@@ -68,42 +70,10 @@ def run_timed(argv: list[str]) -> float:
     return wall
 
 
-def _tree(root: int) -> list[int]:
-    kids: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            kids.setdefault(ppid, []).append(int(d.name))
-    out, todo = [], [root]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(kids.get(p, []))
-    return out
-
-
-def _pss_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 def peak_pss(argv: list[str]) -> int:
     """Peak of the summed PSS (KiB) of a command's process tree (shared pages counted once), sampled
     every 10 ms in a run of its own, so that sampling never slows a timed run."""
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    peak = 0
-    while proc.poll() is None:
-        peak = max(peak, sum(_pss_kb(p) for p in _tree(proc.pid)))
-        time.sleep(0.01)
-    return peak
+    return sample_peak(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
 
 def main() -> None:

@@ -11,9 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import queue
 import shutil
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -22,7 +20,7 @@ import zstandard
 
 from ..config import Config
 from ..errors import IntegrityError, RsyncError
-from ..fsio import atomic_write, tmp_name
+from ..fsio import BackgroundHash, atomic_write, tmp_name
 from ..rsync import delta as rs_delta
 from ..rsync import signature as rs_signature
 from ..store import manifest
@@ -48,34 +46,12 @@ def zstd_file(src: Path, dst: Path, level: int = ZSTD_LEVEL) -> FileRecord:
     return FileRecord(path=f"{CHAIN_DIR}/{dst.name}", size=out.size, sha256=out.sha256.hexdigest())
 
 
-class _BackgroundHash:
-    """sha256 computed on another core (hashlib releases the GIL for large buffers)."""
-
-    def __init__(self) -> None:
-        self.h = hashlib.sha256()
-        self.q: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
-        self.t = threading.Thread(target=self._run, daemon=True)
-        self.t.start()
-
-    def _run(self) -> None:
-        while (b := self.q.get()) is not None:
-            self.h.update(b)
-
-    def update(self, b: bytes) -> None:
-        self.q.put(b)
-
-    def hexdigest(self) -> str:
-        self.q.put(None)
-        self.t.join()
-        return self.h.hexdigest()
-
-
 class _HashingReader:
     """A file wrapper that hashes what is read through it, in the background."""
 
     def __init__(self, f: BinaryIO) -> None:
         self.f = f
-        self.sha256 = _BackgroundHash()
+        self.sha256 = BackgroundHash()
 
     def read(self, n: int = -1) -> bytes:
         data = self.f.read(n)
@@ -91,9 +67,12 @@ def unzstd_file(src: Path, dst: Path, want_src_sha256: str | None = None, hash_o
     try:
         with atomic_write(dst, durable=False, hashing=hash_output) as out, open(src, "rb") as f:
             hr = _HashingReader(f)
-            with dctx.stream_reader(hr, read_across_frames=True) as r:  # type: ignore[arg-type]
-                while chunk := r.read(4 << 20):
-                    out.write(chunk)
+            if hash_output:
+                with dctx.stream_reader(hr, read_across_frames=True) as r:  # type: ignore[arg-type]
+                    while chunk := r.read(4 << 20):
+                        out.write(chunk)
+            else:  # zstd's own copy loop, in C
+                dctx.copy_stream(hr, out.file, read_size=4 << 20, write_size=4 << 20)
             while hr.read(1 << 20):  # hash any bytes after the last frame too
                 pass
             if want_src_sha256 is not None and hr.sha256.hexdigest() != want_src_sha256:

@@ -19,7 +19,7 @@ from ..pg.dump import run_restore
 from ..store import manifest
 from ..store.manifest import BackupRecord, Manifest
 from . import chain
-from .common import Reporter, SilentReporter, major_of, server_for, tool
+from .common import Reporter, Server, SilentReporter, major_of, server_for, tool
 from .verify import check_record, select
 
 NONEMPTY_SQL = """
@@ -104,16 +104,17 @@ def restore(
                 why = f"failed: {rec.error}" if rec.status == "failed" else f"replaced by {rec.replaced_by}"
                 raise RestoreError(f"backup {rec.id} cannot be restored: it {why}")
             rep.info(f"checking {rec.path} against its recorded checksums")
-            if rec.current and check_record(dest, rec, cfg.database.pg_bin, structure=False).ok:
+            check = check_record(dest, rec, cfg.database.pg_bin, structure=False) if rec.current else None
+            if check is not None and check.ok:
                 dump, source = dest / rec.path, "slot"
             elif rec.in_chain:
                 rep.info(f"reconstructing backup {rec.id} from its delta chain")
                 dump, source = chain.reconstruct(m, rec, chain.local_fetch(dest), work, rep), "chain"
             else:
-                problem = check_record(dest, rec, cfg.database.pg_bin, structure=False).problems[0]
+                problem = check.problems[0] if check is not None else "its files were replaced or removed"
                 raise IntegrityError(f"backup {rec.id} is damaged: {problem}", hint="restore another backup")
-        created = _prepare_db(cfg, dsn, to_db, clean, rep, rec)
         srv = server_for(cfg, dsn)
+        created = _prepare_db(srv, to_db, clean, rep)
         pg_restore = tool("pg_restore", cfg, max(srv.major, major_of(rec.pg_dump_version))).path
         rep.info(f'restoring {rec.id} into database "{to_db}"')
         run_restore(pg_restore, srv.psql, srv.conn.with_db(to_db), dump, rec.format, jobs=jobs)
@@ -130,8 +131,7 @@ def _is_date(ref: str) -> bool:
         return False
 
 
-def _prepare_db(cfg: Config, dsn: str | None, to_db: str, clean: bool, rep: Reporter, rec: BackupRecord) -> bool:
-    srv = server_for(cfg, dsn)
+def _prepare_db(srv: Server, to_db: str, clean: bool, rep: Reporter) -> bool:
     admin_db = "postgres" if to_db != "postgres" else "template1"
     exists = psql(srv.psql, srv.conn, f"select 1 from pg_database where datname = {_lit(to_db)}", db=admin_db)
     if exists:

@@ -7,11 +7,11 @@ every intermediate file. Interval arithmetic on command lists: no byte is touche
 
 from __future__ import annotations
 
-import bisect
 import os
 import struct
-from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from ..errors import RsyncError
 from .format import DELTA_MAGIC, decode_opcode
@@ -20,27 +20,24 @@ _FMT = {1: ">B", 2: ">H", 4: ">I", 8: ">Q"}
 BASE = -1  # source id of the base file
 
 
-@dataclass
 class Map:
-    """An output described as segments: out offset, length, source (BASE or a delta's index), source offset."""
+    """An output described as segments (numpy int64 arrays): output start, length, source (BASE or
+    a delta's index) and offset in that source. Contiguous segments are always merged."""
 
-    starts: list[int]
-    lens: list[int]
-    srcs: list[int]
-    offs: list[int]
+    def __init__(self, lens: np.ndarray, srcs: np.ndarray, offs: np.ndarray) -> None:
+        keep = lens > 0
+        lens, srcs, offs = lens[keep], srcs[keep], offs[keep]
+        if len(lens) > 1:  # merge a segment into the previous one when it continues it
+            cont = (srcs[1:] == srcs[:-1]) & (offs[1:] == offs[:-1] + lens[:-1])
+            first = np.flatnonzero(np.concatenate(([True], ~cont)))
+            lens = np.add.reduceat(lens, first)
+            srcs, offs = srcs[first], offs[first]
+        self.lens, self.srcs, self.offs = lens, srcs, offs
+        self.starts = np.concatenate(([0], np.cumsum(lens)[:-1])).astype(np.int64) if len(lens) else lens
 
     @property
     def size(self) -> int:
-        return self.starts[-1] + self.lens[-1] if self.starts else 0
-
-    def add(self, length: int, src: int, off: int) -> None:
-        if self.lens and self.srcs[-1] == src and self.offs[-1] + self.lens[-1] == off:
-            self.lens[-1] += length  # merge with the previous segment when contiguous
-            return
-        self.starts.append(self.size)
-        self.lens.append(length)
-        self.srcs.append(src)
-        self.offs.append(off)
+        return int(self.lens.sum())
 
 
 def _commands(path: Path) -> list[tuple[int, int, int]]:
@@ -84,31 +81,42 @@ def _commands(path: Path) -> list[tuple[int, int, int]]:
 
 
 def compose(base_size: int, deltas: list[Path]) -> Map:
-    """The map of the output of applying deltas[0], deltas[1], ... in turn to a base of base_size bytes."""
-    prev = Map([0], [base_size], [BASE], [0]) if base_size else Map([], [], [], [])
+    """The map of the output of applying deltas[0], deltas[1], ... in turn to a base of base_size bytes.
+    Vectorised: every COPY of a delta is resolved through the previous map at once."""
+    i64 = np.int64
+    prev = Map(np.array([base_size], i64), np.array([BASE], i64), np.array([0], i64))
     for k, path in enumerate(deltas):
-        cur = Map([], [], [], [])
+        cmds = np.array(_commands(path), dtype=i64).reshape(-1, 3)
+        is_copy, ln, off = cmds[:, 0].astype(bool), cmds[:, 1], cmds[:, 2]
         size = prev.size
-        for is_copy, ln, off in _commands(path):
-            if not is_copy:
-                cur.add(ln, k, off)
-                continue
-            if off + ln > size:
-                raise RsyncError(
-                    RsyncError.RS_INPUT_ENDED,
-                    message=f"{path.name} copies bytes {off}..{off + ln} beyond its basis ({size} bytes)",
-                )
-            j = bisect.bisect_right(prev.starts, off) - 1
-            pos, left = off, ln
-            while left:
-                s0, l0 = prev.starts[j], prev.lens[j]
-                skip = pos - s0
-                take = min(l0 - skip, left)
-                cur.add(take, prev.srcs[j], prev.offs[j] + skip)
-                pos += take
-                left -= take
-                j += 1
-        prev = cur
+        bad = np.flatnonzero(is_copy & (off + ln > size))
+        if bad.size:
+            j = int(bad[0])
+            raise RsyncError(
+                RsyncError.RS_INPUT_ENDED,
+                message=f"{path.name} copies bytes {off[j]}..{off[j] + ln[j]} beyond its basis ({size} bytes)",
+            )
+        a, b = off, off + ln  # for copies: the range of the previous output
+        j0 = np.searchsorted(prev.starts, a, "right") - 1
+        j1 = np.searchsorted(prev.starts, b, "left")  # one past the last segment touched
+        n = np.where(is_copy, j1 - j0, 1)  # pieces per command
+        total = int(n.sum())
+        cmd = np.repeat(np.arange(len(cmds)), n)
+        first = np.repeat(np.cumsum(n) - n, n)
+        seg = np.repeat(j0, n) + (np.arange(total) - first)
+        cp = is_copy[cmd]
+        seg = np.where(cp, seg, 0)
+
+        def take(arr: np.ndarray, seg: np.ndarray = seg, total: int = total) -> np.ndarray:
+            return arr[seg] if len(arr) else np.zeros(total, i64)  # an empty basis: only literals
+
+        s0 = take(prev.starts)
+        lo = np.maximum(a[cmd], s0)
+        hi = np.minimum(b[cmd], s0 + take(prev.lens))
+        lens = np.where(cp, hi - lo, ln[cmd])
+        srcs = np.where(cp, take(prev.srcs), k)
+        offs = np.where(cp, take(prev.offs) + (lo - s0), off[cmd])
+        prev = Map(lens, srcs, offs)
     return prev
 
 
@@ -119,7 +127,7 @@ def write(m: Map, base: Path, deltas: list[Path], out: Path) -> None:
     try:
         with open(out, "wb") as f:
             ofd = f.fileno()
-            for ln, src, off in zip(m.lens, m.srcs, m.offs, strict=True):
+            for ln, src, off in zip(m.lens.tolist(), m.srcs.tolist(), m.offs.tolist(), strict=True):
                 if src == BASE:
                     done = 0
                     while done < ln:
