@@ -423,3 +423,30 @@ def test_demo_runs_and_leaves_no_server() -> None:
     assert "demo passed" in r.stdout
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert "deltadump-demo-" not in ps
+
+
+def test_sigterm_during_backup_aborts_cleanly(
+    pg: LocalServer, pwfile: Path, bigmail: str, dest: Path, tmp: Path
+) -> None:
+    import signal as sig
+
+    c = write_config(tmp / "c.toml", pg, pwfile, bigmail, dest, name="DBBACK.DMP", compress=0)
+    good = _first_backup(c, dest)
+    before = (dest / "DBBACK.DMP").read_bytes()
+    proc = subprocess.Popen(
+        [*cli_argv(), "backup", "--config", str(c)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline and not temps(dest):
+        time.sleep(0.02)
+    proc.send_signal(sig.SIGTERM)
+    _, errtext = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in errtext
+    assert temps(dest) == [] and (dest / "DBBACK.DMP").read_bytes() == before
+    m = manifest.load(dest)
+    assert m.backups[-1].status == "failed" and m.backups[-1].error == "interrupted"
+    assert m.find("latest").id == good  # type: ignore[union-attr]
+    time.sleep(0.5)
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(dest) not in ps  # pg_dump did not outlive it
+    assert cli("backup", "--config", c).returncode == 0  # the lock was released

@@ -394,6 +394,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     verbose = getattr(args, "verbose", False)
+    if args.func is not cmd_run:  # SIGTERM aborts cleanly: temp files removed, failure recorded, lock freed
+        import signal
+
+        def on_term(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, on_term)
     try:
         code = args.func(args)
     except DeltadumpError as exc:
