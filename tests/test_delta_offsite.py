@@ -330,3 +330,40 @@ def test_retention_never_breaks_a_kept_chain(days: list[tuple[int, bool, bool]],
             assert need.id in plan.keep and need.id not in plan.delete
     assert set(plan.keep).isdisjoint(plan.delete)
     assert {b.id for b in good} == set(plan.keep) | set(plan.delete)
+
+
+def test_full_disk_during_the_delta_step(pg: LocalServer, pwfile: Path, maildb: str, tmp: Path) -> None:
+    """The dump fits, the chain step (signature, delta) does not: clean failure, earlier backups restorable."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.fail("this test mounts a tmpfs and must run as root (as CI does)")
+    probe = tmp / "probe"
+    probe.mkdir()
+    cp = write_config(tmp / "p.toml", pg, pwfile, maildb, probe, name="DBBACK.DMP")
+    add_sections(cp, delta={"enabled": True})
+    assert cli("backup", "--config", cp).returncode == 0
+    files = [f for f in probe.rglob("*") if f.is_file()]
+    used = sum(-(-f.stat().st_size // 4096) * 4096 for f in files)  # tmpfs allocates whole pages
+    dump = -(-(probe / "DBBACK.DMP").stat().st_size // 4096) * 4096
+    small = tmp / "small"
+    small.mkdir()
+    # room for the first backup, plus the next dump, but not for the next chain step (signature ~7% of the dump)
+    size_kb = (used + dump) // 1024 + 16
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k,mode=0755", "tmpfs", str(small)], check=True)
+    try:
+        c = write_config(tmp / "c.toml", pg, pwfile, maildb, small, name="DBBACK.DMP")
+        add_sections(c, delta={"enabled": True})
+        assert cli("backup", "--config", c, env={"DELTADUMP_NOW": DAYS[0]}).returncode == 0
+        want = stats(pg, maildb)
+        sample.mail_day(pg.psql_bin(), pg.conn(), maildb, 1, new=3, words=20)
+        r = cli("backup", "--config", c, env={"DELTADUMP_NOW": DAYS[1]})
+        assert r.returncode == 1 and "disk full while" in r.stderr and str(small / "chain") in r.stderr, r.stderr
+        m = manifest.load(small)
+        assert [b.status for b in m.backups] == ["ok", "failed"]
+        failed = m.backups[-1].id
+        assert not list(small.rglob(f"*{failed}*")) and not list(small.rglob(".tmp-*"))
+        assert cli("restore", "latest", "--to-db", "after_full", "--config", c).returncode == 0
+        assert stats(pg, "after_full") == want
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)

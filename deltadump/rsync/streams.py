@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import RsyncError
-from ..fsio import AtomicFile
+from ..errors import RsyncError, StorageError
+from ..fsio import AtomicFile, storage_error
 
 PathOrFile = str | os.PathLike[str] | BinaryIO
 
@@ -156,7 +156,9 @@ class Sink:
         try:
             self.f.write(data)
         except OSError as exc:
-            raise RsyncError(RsyncError.RS_IO_ERROR, f"write failed: {exc.strerror}") from exc
+            where = self.atomic.final if self.atomic is not None else Path("output")
+            clear = storage_error(exc, where, "writing").message  # e.g. "disk full while writing X (N MB free)"
+            raise RsyncError(RsyncError.RS_IO_ERROR, f"write failed: {exc.strerror}", message=clear) from exc
         self.written += len(data)
 
     def fileno_for_copy(self) -> int | None:
@@ -174,7 +176,10 @@ class Sink:
 
     def commit(self) -> None:
         if self.atomic is not None:
-            self.atomic.commit()
+            try:
+                self.atomic.commit()
+            except StorageError as exc:  # e.g. the disk filled up on the last flush
+                raise RsyncError(RsyncError.RS_IO_ERROR, f"write failed: {exc.message}", message=exc.message) from exc
         else:
             with contextlib.suppress(OSError, ValueError):
                 self.f.flush()
