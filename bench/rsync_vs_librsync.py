@@ -70,6 +70,31 @@ def run_timed(argv: list[str]) -> float:
     return wall
 
 
+ENGINE = """
+import sys, time
+from deltadump.rsync import delta, patch, signature
+args = sys.argv[1:]
+step, files = args[0], args[1:]
+kw = {"durable": False}
+if step == "signature" and files[0] == "-b":
+    kw["block_len"] = int(files[1]); files = files[2:]
+fn = {"signature": signature, "delta": delta, "patch": patch}[step]
+t = time.perf_counter()
+fn(*files, **kw)
+print(time.perf_counter() - t)
+"""
+
+
+def engine_seconds(argv: list[str]) -> float:
+    """Seconds of the library call alone, in an interpreter already started (imports not timed)."""
+    opts = argv[: argv.index(next(a for a in argv if a in ("signature", "delta", "patch")))]
+    rest = argv[len(opts) :]
+    res = subprocess.run([sys.executable, "-c", ENGINE, rest[0], *opts, *rest[1:]], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(res.stderr)
+    return float(res.stdout.strip())
+
+
 def peak_pss(argv: list[str]) -> int:
     """Peak of the summed PSS (KiB) of a command's process tree (shared pages counted once), sampled
     every 10 ms in a run of its own, so that sampling never slows a timed run."""
@@ -113,11 +138,13 @@ def main() -> None:
                 names = {k: str(work / f"{who}.{k}") for k in ("sig", "delta", "out")}
                 argv = [a.format(**names) for a in tmpl]
                 cmds[who] = ([rdiff] if who == "rdiff" else ours_cmd) + argv
-            best = {"rdiff": float("inf"), "ours": float("inf")}
+            best = {"rdiff": float("inf"), "ours": float("inf"), "engine": float("inf")}
             for _ in range(args.repeat):  # interleaved, so that a slow spell of the machine hits both
                 for who, cmd in cmds.items():
                     Path(cmd[-1]).unlink(missing_ok=True)
                     best[who] = min(best[who], run_timed(cmd))
+                Path(cmds["ours"][-1]).unlink(missing_ok=True)
+                best["engine"] = min(best["engine"], engine_seconds(cmds["ours"][1:]))
             for who, cmd in cmds.items():
                 Path(cmd[-1]).unlink(missing_ok=True)
                 res[who] = (best[who], peak_pss(cmd))
