@@ -122,7 +122,8 @@ def main() -> None:
         ours_cmd = [sys.executable, "-m", "deltadump.cli.rdiff"]
     print(f"base {base.stat().st_size / 1e6:.0f} MB, new {new.stat().st_size / 1e6:.0f} MB; best of {args.repeat}")
     print(
-        f"{'options':<9} {'step':<10} {'rdiff s':>8} {'ours s':>8} {'ratio':>6} {'rdiff MB':>9} {'ours MB':>8}  output sizes"
+        f"{'options':<9} {'step':<10} {'rdiff s':>8} {'ours s':>8} {'ratio':>6} {'engine s':>9} {'ratio':>6}"
+        f" {'rdiff MB':>9} {'ours MB':>8}  output sizes"
     )
     for opts in ([], ["-b", "512"]):
         label = " ".join(opts) or "default"
@@ -160,8 +161,10 @@ def main() -> None:
                 )
                 sizes = "both outputs equal the new file" if ok else "OUTPUT MISMATCH"
             (rw, rm), (ow, om) = res["rdiff"], res["ours"]
+            ew = best["engine"]
             print(
-                f"{label:<9} {step:<10} {rw:8.2f} {ow:8.2f} {ow / rw:6.2f} {rm / 1024:9.1f} {om / 1024:8.1f}  {sizes}"
+                f"{label:<9} {step:<10} {rw:8.2f} {ow:8.2f} {ow / rw:6.2f} {ew:9.2f} {ew / rw:6.2f}"
+                f" {rm / 1024:9.1f} {om / 1024:8.1f}  {sizes}"
             )
     sig_mb = (work / "ours.sig").stat().st_size / 1e6
     print(
