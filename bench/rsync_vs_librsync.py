@@ -168,7 +168,9 @@ def main() -> None:
             )
     sig_mb = (work / "ours.sig").stat().st_size / 1e6
     print(
-        f"(-b 512 signature is {sig_mb:.1f} MB; MB = peak PSS of each command's processes (shared pages counted once), interpreter and numpy included)"
+        f"(-b 512 signature is {sig_mb:.1f} MB. ours s: the whole deltadump-rdiff command, like rdiff s; engine s: the"
+        " library call alone, in an interpreter already started. MB: peak PSS of each command's processes, shared"
+        " pages counted once)"
     )
     if args.workdir is None:
         shutil.rmtree(work)
