@@ -91,6 +91,16 @@ def test_rotation_template_weekly_ring_and_counter(
     assert ring == ["ring-1.dump", "ring-1.dump", "ring-0.dump", "ring-1.dump"]
 
 
+def wait_for_after_command(dest: Path):  # type: ignore[no-untyped-def]
+    """The latest backup's record once its detached after-command has finished (30 s at most)."""
+    deadline = time.monotonic() + 30
+    rec = manifest.load(dest).find("latest")
+    while time.monotonic() < deadline and not (rec and rec.after and rec.after.exit_code is not None):
+        time.sleep(0.2)
+        rec = manifest.load(dest).find("latest")
+    return rec
+
+
 def test_after_command_runs_detached_with_quoted_path(
     pg: LocalServer, pwfile: Path, maildb: str, dest: Path, tmp: Path
 ) -> None:
@@ -101,14 +111,7 @@ def test_after_command_runs_detached_with_quoted_path(
     r = cli("backup", "--config", c)
     assert r.returncode == 0, r.stderr
     assert time.monotonic() - t < 3, "the after-command blocked the backup"
-    rec = manifest.load(dest).find("latest")
-    assert rec is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        rec = manifest.load(dest).find("latest")
-        if rec and rec.after and rec.after.exit_code is not None:
-            break
-        time.sleep(0.2)
+    rec = wait_for_after_command(dest)
     assert rec is not None and rec.after is not None and rec.after.exit_code == 3
     assert marker.read_text() == f"{dest / rec.path}\n"  # one argument, spaces and all
     log = (dest / "deltadump-after.log").read_text()
@@ -116,12 +119,7 @@ def test_after_command_runs_detached_with_quoted_path(
     # the timeout kills a hanging command; the backup still succeeded
     c2 = write_config(tmp / "c2.toml", pg, pwfile, maildb, dest, after="sleep 60", after_timeout=1)
     assert cli("backup", "--config", c2).returncode == 0
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        rec = manifest.load(dest).find("latest")
-        if rec and rec.after and rec.after.exit_code is not None:
-            break
-        time.sleep(0.2)
+    rec = wait_for_after_command(dest)
     assert rec is not None and rec.after is not None and rec.after.exit_code != 0
     assert "killed after 1 s" in rec.after.error
 

@@ -367,3 +367,29 @@ def test_full_disk_during_the_delta_step(pg: LocalServer, pwfile: Path, maildb: 
         assert stats(pg, "after_full") == want
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_retention_removes_old_chains_here_and_offsite(pg: LocalServer, pwfile: Path, maildb: str, tmp: Path) -> None:
+    dest, remote = tmp / "dest", tmp / "remote"
+    dest.mkdir()
+    remote.mkdir()
+    c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest)
+    add_sections(c, delta={"enabled": True, "mode": "differential", "max_chain": 1},
+                 offsite={"url": f"file://{remote}", "keep": {"daily": 2, "weekly": 0, "monthly": 0}})  # fmt: skip
+    snaps = run_days(pg, maildb, c, 4, new=10)
+    m = manifest.load(dest)
+    assert [b.kind for b in m.backups] == ["base", "delta", "base", "delta"]
+    gone, kept = m.backups[:2], m.backups[2:]
+    assert all(b.pruned for b in gone) and not any(b.pruned for b in kept)
+    for b in gone:
+        for o in b.objects:
+            assert not (dest / o.path).exists() and not (remote / o.path).exists()
+    for b in kept:
+        for o in b.objects:
+            assert (dest / o.path).exists() and (remote / o.path).exists()
+    assert cli("verify", "--offsite", "--config", c).returncode == 0
+    shutil.rmtree(dest)
+    dest.mkdir()
+    r = cli("restore", "--from", "offsite", "--at", DAYS[2][:10], "--to-db", "kept_day", "--config", c)
+    assert r.returncode == 0, r.stderr
+    assert stats(pg, "kept_day") == snaps[2]

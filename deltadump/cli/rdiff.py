@@ -81,7 +81,7 @@ class Options:
         self.args: list[str] = []
 
 
-def _set(opts: Options, name: str, value: str | None, shown: str) -> None:
+def _set(opts: Options, name: str, value: str | None) -> None:
     if value is None:
         setattr(opts, name, True)
         return
@@ -118,15 +118,15 @@ def parse(argv: list[str]) -> Options:
                         raise Usage(f"missing argument: {a}")
                     val = argv[i]
                     i += 1
-                _set(opts, key, val, a)
+                _set(opts, key, val)
             else:
-                _set(opts, key, None, a)
+                _set(opts, key, None)
         elif a.startswith("-") and len(a) > 1:
             j = 1
             while j < len(a):
                 c = a[j]
                 if c in FLAGS:
-                    _set(opts, FLAGS[c], None, "-" + c)
+                    _set(opts, FLAGS[c], None)
                     j += 1
                 elif c in WITH_ARG:
                     val = a[j + 1 :]
@@ -135,7 +135,7 @@ def parse(argv: list[str]) -> Options:
                             raise Usage(f"missing argument: -{c}")
                         val = argv[i]
                         i += 1
-                    _set(opts, WITH_ARG[c], val, "-" + c)
+                    _set(opts, WITH_ARG[c], val)
                     break
                 else:
                     raise Usage(f"unknown option: -{c}")

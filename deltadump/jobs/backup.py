@@ -20,12 +20,11 @@ from ..pg.conn import Conn
 from ..pg.dump import run_pg_dump, validate
 from ..pg.snapshot import SnapshotSession
 from ..store import manifest
-from ..store.chain import plan_retention
 from ..store.lock import RunLock
 from ..store.manifest import AfterRecord, BackupRecord, FileRecord
 from . import after, chain
 from .common import Reporter, SilentReporter, check_dest, server_for, tool
-from .offsite import Offsite
+from .offsite import Offsite, apply_retention
 
 
 def _fsync_tree(p: Path) -> None:
@@ -191,12 +190,11 @@ def _backup_locked(cfg: Config, rep: Reporter, dest: Path) -> BackupRecord:
             off = Offsite(cfg)
             st = off.sync(dest, rep)
             rep.info(f"offsite: sent {st.objects} object(s), {st.uploaded / 1e6:.2f} MB to {off.target.describe()}")
-            for bid, why in off.prune(dest, rep).items():
-                rep.info(f"retention: removed {bid} ({why})")
+            apply_retention(cfg, dest, rep, off)
         except DeltadumpError as exc:
             offsite_error = exc
     elif cfg.delta.enabled:
-        prune_local(cfg, dest, rep)
+        apply_retention(cfg, dest, rep)
     if b.after:
         try:
             after.start(dest, rec.id, dest / rec.path, b.after, b.after_timeout)
@@ -208,24 +206,6 @@ def _backup_locked(cfg: Config, rep: Reporter, dest: Path) -> BackupRecord:
             hint="the next backup sends what is missing",
         ) from offsite_error
     return rec
-
-
-def prune_local(cfg: Config, dest: Path, rep: Reporter) -> None:
-    """Retention of chain objects when there is no offsite copy (references before data)."""
-    k = cfg.offsite.keep
-    m0 = manifest.load(dest)
-    plan = plan_retention(m0, k.daily, k.weekly, k.monthly)
-    doomed = [bid for bid in plan.delete if (r := m0.by_id(bid)) is not None and r.in_chain]
-    if not doomed:
-        return
-    with manifest.updating(dest) as m:
-        for b in m.backups:
-            if b.id in doomed:
-                b.pruned = True
-    for bid in doomed:
-        for p in (dest / chain.CHAIN_DIR).glob(f"{bid}.*"):
-            _remove(p)
-        rep.info(f"retention: removed {bid} ({plan.delete[bid]})")
 
 
 def notify_body(cfg: Config, job: str, status: str, rec: BackupRecord | None, error: str = "") -> dict[str, object]:

@@ -10,7 +10,6 @@ byte is age-encrypted to the configured recipients. RECOVERY.txt explains recove
 from __future__ import annotations
 
 import contextlib
-import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,33 +228,43 @@ class Offsite:
         return m, problems
 
     # -- retention ----------------------------------------------------------------------------------
-    def prune(self, dest: Path, rep: Reporter, *, apply: bool = True) -> dict[str, str]:
-        k = self.cfg.offsite.keep
-        m = manifest.load(dest)
-        plan = plan_retention(m, k.daily, k.weekly, k.monthly)
-        if not apply or not plan.delete:
-            return plan.delete
-        doomed = [m.by_id(i) for i in plan.delete]
-        with manifest.updating(dest) as mm:  # references first ...
-            for b in mm.backups:
-                if b.id in plan.delete:
-                    if b.in_chain:
-                        b.pruned = True
-                    else:
-                        b.offsite_pruned = True
+    def publish_manifest(self, dest: Path) -> None:
+        """Send the local manifest again (after retention changed it)."""
         with tempfile.TemporaryDirectory(prefix="deltadump-up-") as tmp:
             self._put_manifest(dest, Path(tmp), {"RECOVERY.txt": 0})
-        for rec in doomed:  # ... then data
-            if rec is None:
-                continue
-            for obj in offsite_objects(rec):
-                self.target.delete(_age(self.cfg, obj.path))
-                if rec.in_chain:
-                    with contextlib.suppress(FileNotFoundError):
-                        (dest / obj.path).unlink()
-            rep.info(f"pruned backup {rec.id} ({plan.delete[rec.id]})")
-        return plan.delete
+
+    def delete_objects(self, rec: BackupRecord) -> None:
+        for obj in offsite_objects(rec):
+            self.target.delete(_age(self.cfg, obj.path))
 
 
-def describe_problems(problems: dict[str, list[str]]) -> str:
-    return json.dumps(problems, indent=1)
+def apply_retention(cfg: Config, dest: Path, rep: Reporter, off: Offsite | None = None) -> dict[str, str]:
+    """Carry out the retention plan, locally and (with `off`) offsite; references before data: the
+    manifest (here, then offsite) marks what goes, then the objects are deleted. Without an offsite
+    copy only chain objects are local work (rotation slots are the name template's business).
+    Returns {backup id: why} of what was removed."""
+    k = cfg.offsite.keep
+    m = manifest.load(dest)
+    plan = plan_retention(m, k.daily, k.weekly, k.monthly)
+    doomed = [r for bid in plan.delete if (r := m.by_id(bid)) is not None and (off is not None or r.in_chain)]
+    if not doomed:
+        return {}
+    ids = {r.id for r in doomed}
+    with manifest.updating(dest) as mm:
+        for b in mm.backups:
+            if b.id in ids:
+                if b.in_chain:
+                    b.pruned = True
+                else:
+                    b.offsite_pruned = True
+    if off is not None:
+        off.publish_manifest(dest)
+    for rec in doomed:
+        if off is not None:
+            off.delete_objects(rec)
+        if rec.in_chain:
+            for obj in rec.objects:
+                with contextlib.suppress(FileNotFoundError):
+                    (dest / obj.path).unlink()
+        rep.info(f"retention: removed backup {rec.id} ({plan.delete[rec.id]})")
+    return {r.id: plan.delete[r.id] for r in doomed}

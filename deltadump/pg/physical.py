@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import DumpError, RestoreError
 from .conn import Conn, classify
-from .dump import Progress, _signame, path_size, run_watched
+from .dump import Progress, _signame, run_watched
 
 
 def run_basebackup(pg_basebackup: Path, conn: Conn, out: Path, *, compress: int, progress: Progress | None) -> None:
@@ -94,6 +94,3 @@ def start(pg_ctl: Path, datadir: Path, port: int) -> None:
     if res.returncode != 0:
         log = (datadir / "restore.log").read_text(errors="replace")[-400:] if (datadir / "restore.log").exists() else ""
         raise RestoreError(f"the restored server did not start: {(res.stderr or res.stdout).strip()[-200:]} {log}")
-
-
-__all__ = ["extract", "path_size", "run_basebackup", "start", "verify"]

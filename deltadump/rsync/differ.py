@@ -205,11 +205,6 @@ class Encoder:
             self._flush_copy()
             self.cpos, self.clen = pos, n
 
-    @property
-    def copy_end(self) -> int:
-        """Offset in the basis right after the pending COPY, or -1."""
-        return self.cpos + self.clen if self.cpos >= 0 else -1
-
     def finish(self) -> None:
         self._flush_literal()
         self._flush_copy()

@@ -44,9 +44,6 @@ class WorkerPool:
     def imap(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
         return self._pool.imap(fn, tasks)
 
-    def map(self, fn: Callable[[Any], Any], tasks: list[Any]) -> list[Any]:
-        return self._pool.map(fn, tasks, chunksize=1)
-
     def __enter__(self) -> WorkerPool:
         return self
 

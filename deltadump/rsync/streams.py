@@ -59,10 +59,6 @@ class Source:
         src._buf, src._buf_start, src._eof = bytearray(), 0, True
         return src
 
-    @property
-    def seekable(self) -> bool:
-        return self.fd is not None
-
     def read_at(self, off: int, n: int) -> bytes:
         """Up to n bytes at offset off (fewer only at end of input)."""
         if self.fd is not None:

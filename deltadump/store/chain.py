@@ -4,7 +4,6 @@ base, and what a retention policy keeps. No I/O: the jobs carry out what these f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date
 
 from .manifest import BackupRecord, Manifest
 
@@ -26,10 +25,6 @@ def chain_of(m: Manifest, rec: BackupRecord) -> list[BackupRecord]:
     if cur.kind != "base":
         raise ValueError(f"backup {cur.id} is not part of a delta chain")
     return list(reversed(out))
-
-
-def object_keys(chain: list[BackupRecord]) -> list[str]:
-    return [o.path for b in chain for o in b.objects]
 
 
 @dataclass(frozen=True)
@@ -103,7 +98,3 @@ def plan_retention(m: Manifest, daily: int, weekly: int, monthly: int) -> Retent
         if b.id not in plan.keep:
             plan.delete[b.id] = "outside the retention policy"
     return plan
-
-
-def days(records: list[BackupRecord]) -> list[date]:
-    return sorted({b.started.date() for b in records})

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import TargetError
-from ..fsio import atomic_write, sha256_file, tmp_name
+from ..fsio import atomic_write, tmp_name
 
 
 class FolderTarget:
@@ -80,6 +80,3 @@ class FolderTarget:
             pass
         except OSError as exc:
             raise TargetError(f"cannot delete {p}: {exc.strerror}") from exc
-
-    def sha256(self, key: str) -> str:
-        return sha256_file(self._path(key))[1]
