@@ -96,6 +96,14 @@ def test_chain_restores_every_day_and_ships_small_deltas(pg: LocalServer, pwfile
     )
     v = cli("verify", "--offsite", "--config", c)
     assert v.returncode == 0, v.stdout + v.stderr
+    # a damaged base offsite: named, and nothing restored (its bytes never reach the output)
+    base_obj = remote / base.objects[0].path
+    data = bytearray(base_obj.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    base_obj.write_bytes(bytes(data))
+    r = cli("restore", "--from", "offsite", "--to-db", "broken", "--config", c)
+    assert r.returncode == 1 and Path(base.objects[0].path).name in r.stderr and "corrupt" in r.stderr, r.stderr
+    assert not psql(pg.psql_bin(), pg.conn(), "select 1 from pg_database where datname = 'broken'")
 
 
 def test_rebase_after_max_chain_and_differential(pg: LocalServer, pwfile: Path, maildb: str, tmp: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 import subprocess
 import sys
@@ -190,7 +191,7 @@ def test_basis_extension_shrinks_deltas_and_rdiff_patches_them(
 
 @pytest.mark.parametrize("seed", range(6))
 def test_composed_chain_equals_patching_step_by_step(tmp: Path, rdiff_bin: str, seed: int) -> None:
-    from deltadump.rsync.compose import compose, write
+    from deltadump.rsync.compose import compose, read_chunks, write
 
     rng = random.Random(seed)
     gens = [text_like(rng, rng.choice([0, 1, 5000, 200_000]))]
@@ -209,8 +210,31 @@ def test_composed_chain_equals_patching_step_by_step(tmp: Path, rdiff_bin: str, 
         deltas.append(tmp / f"d{i}")
     plan = compose(len(gens[0]), deltas)
     assert plan.size == len(gens[-1])
-    write(plan, tmp / "g0", deltas, tmp / "out")
+    chunk = rng.choice([1, 7, 4096, 1 << 20])  # the base arrives in pieces of this size
+    written = write(plan, read_chunks(tmp / "g0", chunk), deltas, tmp / "out", chunk)
+    assert written.base_bytes == len(gens[0])
+    assert written.sha256 == hashlib.sha256(gens[-1]).hexdigest()
     assert (tmp / "out").read_bytes() == gens[-1]
+
+
+def test_composed_write_refuses_a_short_base(tmp: Path) -> None:
+    from deltadump.errors import RsyncError
+    from deltadump.rsync.compose import compose, read_chunks, write
+
+    rng = random.Random(7)
+    old = text_like(rng, 100_000)
+    new = mutate(rng, old, 10)
+    (tmp / "old").write_bytes(old)
+    (tmp / "new").write_bytes(new)
+    signature(tmp / "old", tmp / "s", block_len=512)
+    delta(tmp / "s", tmp / "new", tmp / "d")
+    plan = compose(len(old), [tmp / "d"])
+    (tmp / "short").write_bytes(old[:-3000])  # the last rows of the base are copied by the delta
+    with pytest.raises(RsyncError, match="the base ended"):
+        write(plan, read_chunks(tmp / "short", 4096), [tmp / "d"], tmp / "out", 4096)
+    (tmp / "long").write_bytes(old + b"more")  # extra bytes are read (and counted), never copied
+    written = write(plan, read_chunks(tmp / "long", 4096), [tmp / "d"], tmp / "out", 4096)
+    assert written.base_bytes == len(old) + 4 and (tmp / "out").read_bytes() == new
 
 
 def test_composition_rejects_a_copy_past_its_basis(tmp: Path) -> None:

@@ -9,10 +9,12 @@ Local layout under dest/chain/: <id>.base.zst, <id>.delta.zst (decompressed: a v
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
+import queue
 import shutil
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
@@ -20,7 +22,7 @@ import zstandard
 
 from ..config import Config
 from ..errors import IntegrityError, RsyncError
-from ..fsio import BackgroundHash, atomic_write, tmp_name
+from ..fsio import BackgroundHash, atomic_write, sha256_file, tmp_name
 from ..rsync import delta as rs_delta
 from ..rsync import signature as rs_signature
 from ..store import manifest
@@ -82,6 +84,50 @@ def unzstd_file(src: Path, dst: Path, want_src_sha256: str | None = None, hash_o
     return out.sha256.hexdigest()
 
 
+def unzstd_pieces(src: Path, chunk: int, depth: int = 3) -> Iterator[memoryview]:
+    """src decompressed, as consecutive pieces of `chunk` bytes (the last shorter): decompressed on
+    another core into a few reused buffers (bounded memory), each valid until the next is asked for.
+    IntegrityError if zstd finds it damaged (its sha256 is the caller's to check)."""
+    free: queue.Queue[bytearray] = queue.Queue()
+    full: queue.Queue[tuple[bytearray, int] | BaseException] = queue.Queue()
+    stop = threading.Event()
+    for _ in range(depth):
+        free.put(bytearray(chunk))
+
+    def produce() -> None:
+        try:
+            with open(src, "rb") as f, zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True) as r:
+                while not stop.is_set():
+                    buf = free.get()
+                    view, n = memoryview(buf), 0
+                    while n < chunk and (got := r.readinto(view[n:])):
+                        n += got
+                    full.put((buf, n))
+                    if n < chunk:
+                        return
+        except zstandard.ZstdError as exc:
+            full.put(IntegrityError(f"{src.name} is corrupt (zstd: {exc})"))
+        except BaseException as exc:  # handed to the consumer
+            full.put(exc)
+
+    t = threading.Thread(target=produce, name="unzstd", daemon=True)
+    t.start()
+    try:
+        while True:
+            item = full.get()
+            if isinstance(item, BaseException):
+                raise item
+            buf, n = item
+            yield memoryview(buf)[:n]
+            free.put(buf)
+            if n < chunk:
+                return
+    finally:
+        stop.set()
+        free.put(bytearray(chunk))  # wakes a producer waiting for a buffer
+        t.join()
+
+
 def make_chain_objects(
     cfg: Config, dest: Path, rec: BackupRecord, dump: Path, dump_sha256: str, rep: Reporter
 ) -> Basis:
@@ -106,7 +152,7 @@ def make_chain_objects(
         rec.kind, rec.base, rec.parent = "delta", b.base, b.id
         raw = chain_dir / tmp_name(Path(f"{rec.id}.delta")).name
         basis_dump = dest / b.path if b.current else None
-        if basis_dump is not None and not (basis_dump.is_file() and sha256_of(basis_dump) == b.dump_sha256):
+        if basis_dump is not None and not (basis_dump.is_file() and sha256_file(basis_dump)[1] == b.dump_sha256):
             basis_dump = None  # only a basis proven to be the signature's own may lend its bytes
         try:
             st = rs_delta(sig_of_basis, dump, raw, basis=basis_dump)
@@ -138,61 +184,79 @@ Fetch = Callable[[FileRecord, Path], None]  # bring one object to a local path (
 
 
 def reconstruct(m: manifest.Manifest, rec: BackupRecord, fetch: Fetch, work: Path, rep: Reporter) -> Path:
-    """Rebuild rec's dump in `work` from its chain. Every object's sha256 is checked as it arrives,
-    the base's dump after decompression, and the result, written once from the composed deltas,
-    against rec's dump_sha256 before anything reads it. Returns the dump's path."""
-    from ..rsync.compose import compose, write
+    """Rebuild rec's dump in `work` from its chain. Every object's sha256 is checked as it arrives;
+    the deltas are composed into one map first, then the base is decompressed on another core and
+    streamed straight into its places in the output (it never exists as a file), and the result is
+    checked against rec's dump_sha256 before anything reads it. Returns the dump's path."""
+    from ..rsync.compose import CHUNK, compose, write
 
     try:
         chain = chain_of(m, rec)
     except ValueError as exc:
         raise IntegrityError(f"cannot reconstruct {rec.id}: {exc}") from exc
     work.mkdir(parents=True, exist_ok=True)
-    raws: list[Path] = []
-    base_dump = work / "base.dump"
-    for i, b in enumerate(chain):
+    for b in chain:
         if not b.objects:
             raise IntegrityError(f"backup {b.id} (needed by {rec.id}) has no stored objects")
-        obj = b.objects[0]
-        local = work / Path(obj.path).name
-        fetch(obj, local)
-        try:
-            if i == 0:
-                if b.kind != "base":
-                    raise IntegrityError(f"{b.id} is not a base")
-                got = unzstd_file(local, base_dump, obj.sha256, hash_output=len(chain) == 1)
-                # with deltas to follow, the final dump's sha256 (checked below) covers the base too
-                if len(chain) == 1 and got != b.dump_sha256:
-                    raise IntegrityError(f"{obj.path} does not decompress to its recorded dump")
-            else:
-                raw = work / f"delta-{i}"
-                unzstd_file(local, raw, obj.sha256, hash_output=False)
-                raws.append(raw)
-        except IntegrityError as exc:
-            raise IntegrityError(f"{obj.path} is corrupt: {exc.message} (needed by backup {rec.id})") from exc
-        local.unlink()
-    if not raws:
-        return base_dump
-    rep.info(f"applying {len(raws)} delta(s) to base {chain[0].id}")
+    base, deltas = chain[0], chain[1:]
+    if base.kind != "base":
+        raise IntegrityError(f"{base.id} is not a base")
+    base_obj = base.objects[0]
+    base_zst = work / Path(base_obj.path).name
+    fetch(base_obj, base_zst)
     out = work / "dump"
+    if not deltas:
+        try:
+            got = unzstd_file(base_zst, out, base_obj.sha256)
+        except IntegrityError as exc:
+            raise IntegrityError(f"{base_obj.path} is corrupt: {exc.message} (needed by backup {rec.id})") from exc
+        if got != base.dump_sha256:
+            raise IntegrityError(f"{base_obj.path} does not decompress to its recorded dump")
+        base_zst.unlink()
+        return out
+    with ThreadPoolExecutor(1, thread_name_prefix="sha256") as pool:
+        # the base is checked on the other core while this one reads the deltas and composes them
+        base_sha = pool.submit(lambda: sha256_file(base_zst)[1])
+        raws: list[Path] = []
+        for i, b in enumerate(deltas, 1):
+            obj = b.objects[0]
+            local = work / Path(obj.path).name
+            fetch(obj, local)
+            raw = work / f"delta-{i}"
+            try:
+                unzstd_file(local, raw, obj.sha256, hash_output=False)
+            except IntegrityError as exc:
+                raise IntegrityError(f"{obj.path} is corrupt: {exc.message} (needed by backup {rec.id})") from exc
+            local.unlink()
+            raws.append(raw)
+        rep.info(f"applying {len(raws)} delta(s) to base {base.id}")
+        try:
+            plan = compose(base.dump_size or _content_size(base_zst), raws)
+        except RsyncError as exc:
+            raise IntegrityError(f"the delta chain of {rec.id} does not apply: {exc}") from exc
+        if base_sha.result() != base_obj.sha256:
+            raise IntegrityError(f"{base_obj.path} is corrupt: sha256 mismatch (needed by backup {rec.id})")
     try:
-        plan = compose(base_dump.stat().st_size, raws)
-        write(plan, base_dump, raws, out)
-    except RsyncError as exc:
-        raise IntegrityError(f"the delta chain of {rec.id} does not apply: {exc}") from exc
-    if sha256_of(out) != rec.dump_sha256:
+        written = write(plan, unzstd_pieces(base_zst, CHUNK), raws, out)
+    except (RsyncError, IntegrityError) as exc:
+        msg = exc.message if isinstance(exc, IntegrityError) else str(exc)
+        raise IntegrityError(f"{base_obj.path} does not decompress to its recorded dump: {msg}") from exc
+    if base.dump_size and written.base_bytes != base.dump_size:
+        raise IntegrityError(f"{base_obj.path} decompresses to {written.base_bytes} bytes, not {base.dump_size}")
+    if written.sha256 != rec.dump_sha256:
         raise IntegrityError(f"reconstructed dump of {rec.id} does not match its recorded sha256")
-    for p in [*raws, base_dump]:
+    for p in [*raws, base_zst]:
         p.unlink()
     return out
 
 
-def sha256_of(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        while chunk := f.read(4 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+def _content_size(zst: Path) -> int:
+    """The decompressed size of a base recorded without one (read from its zstd frame header)."""
+    with open(zst, "rb") as f:
+        size = zstandard.frame_content_size(f.read(18))
+    if size < 0:
+        raise IntegrityError(f"{zst.name} does not record its size")
+    return size
 
 
 def local_fetch(dest: Path) -> Fetch:

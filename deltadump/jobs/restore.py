@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..config import Config
 from ..errors import IntegrityError, RestoreError
+from ..fsio import sha256_file
 from ..pg.conn import psql
 from ..pg.dump import run_restore
 from ..store import manifest
@@ -93,7 +94,7 @@ def restore(
                     local = work / obj.path
                     local.parent.mkdir(parents=True, exist_ok=True)
                     off.fetch_to(obj.path, local)
-                    if chain.sha256_of(local) != obj.sha256:
+                    if sha256_file(local)[1] != obj.sha256:
                         raise IntegrityError(f"{obj.path} is corrupt offsite: sha256 mismatch")
                 dump = work / "full" / rec.id / rec.path
             source = "offsite"

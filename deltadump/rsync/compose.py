@@ -7,16 +7,21 @@ every intermediate file. Interval arithmetic on command lists: no byte is touche
 
 from __future__ import annotations
 
+import hashlib
+import mmap
 import os
+import queue
 import struct
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from ..errors import RsyncError
 from .format import DELTA_MAGIC, decode_opcode
 
-_FMT = {1: ">B", 2: ">H", 4: ">I", 8: ">Q"}
 BASE = -1  # source id of the base file
 
 
@@ -40,44 +45,53 @@ class Map:
         return int(self.lens.sum())
 
 
-def _commands(path: Path) -> list[tuple[int, int, int]]:
-    """(is_copy, length, offset): copy -> basis offset; literal -> offset of its bytes in the file."""
+_KIND = {"end": 0, "literal": 1, "copy": 3, "bogus": 4}
+# opcode -> (0 end | 1 literal of immediate length a | 2 literal with a length of b bytes | 3 copy | 4 bogus, a, b)
+_OPS = [(_KIND[kind] + (kind == "literal" and a == 0), a, b) for kind, a, b in map(decode_opcode, range(256))]
+
+
+def _commands(path: Path) -> np.ndarray:
+    """An (n, 3) int64 array of (is_copy, length, offset): copy -> basis offset; literal -> offset of
+    its bytes in the file. One tight pass over the opcodes; literal bytes are skipped, not read."""
     data = path.read_bytes()
     if len(data) < 4:
         raise RsyncError(RsyncError.RS_INPUT_ENDED, message=f"{path.name} is not a delta (too short)")
     if struct.unpack(">I", data[:4])[0] != DELTA_MAGIC:
         raise RsyncError(RsyncError.RS_BAD_MAGIC, message=f"{path.name} is not an rdiff delta")
-    out = []
-    i = 4
-    n = len(data)
-    while True:
-        if i >= n:
-            raise RsyncError(RsyncError.RS_INPUT_ENDED, message=f"{path.name} is truncated")
-        kind, a, b = decode_opcode(data[i])
+    flat: list[int] = []
+    add = flat.extend
+    ops, from_bytes = _OPS, int.from_bytes
+    i, n = 4, len(data)
+    while i < n:
+        code, a, b = ops[data[i]]
         i += 1
-        if kind == "end":
-            return out
-        if kind == "literal":
-            if a:
-                ln = a
-            else:
-                (ln,) = struct.unpack(_FMT[b], data[i : i + b])
-                i += b
-            if ln == 0 or i + ln > n:
-                raise RsyncError(RsyncError.RS_CORRUPT, message=f"{path.name}: bad literal")
-            out.append((0, ln, i))
-            i += ln
-        elif kind == "copy":
+        if code == 1:
+            if i + a > n:
+                break
+            add((0, a, i))
+            i += a
+        elif code == 3:
             if i + a + b > n:
-                raise RsyncError(RsyncError.RS_INPUT_ENDED, message=f"{path.name} is truncated")
-            (pos,) = struct.unpack(_FMT[a], data[i : i + a])
-            (ln,) = struct.unpack(_FMT[b], data[i + a : i + a + b])
-            i += a + b
+                break
+            ln = from_bytes(data[i + a : i + a + b], "big")
             if ln == 0:
                 raise RsyncError(RsyncError.RS_CORRUPT, message=f"{path.name}: zero-length copy")
-            out.append((1, ln, pos))
+            add((1, ln, from_bytes(data[i : i + a], "big")))
+            i += a + b
+        elif code == 2:
+            ln = from_bytes(data[i : i + b], "big")
+            i += b
+            if ln == 0:
+                raise RsyncError(RsyncError.RS_CORRUPT, message=f"{path.name}: zero-length literal")
+            if i + ln > n:
+                break
+            add((0, ln, i))
+            i += ln
+        elif code == 0:
+            return np.array(flat, dtype=np.int64).reshape(-1, 3)
         else:
             raise RsyncError(RsyncError.RS_CORRUPT, message=f"{path.name}: bogus command 0x{data[i - 1]:02x}")
+    raise RsyncError(RsyncError.RS_INPUT_ENDED, message=f"{path.name} is truncated")
 
 
 def compose(base_size: int, deltas: list[Path]) -> Map:
@@ -86,7 +100,7 @@ def compose(base_size: int, deltas: list[Path]) -> Map:
     i64 = np.int64
     prev = Map(np.array([base_size], i64), np.array([BASE], i64), np.array([0], i64))
     for k, path in enumerate(deltas):
-        cmds = np.array(_commands(path), dtype=i64).reshape(-1, 3)
+        cmds = _commands(path)
         is_copy, ln, off = cmds[:, 0].astype(bool), cmds[:, 1], cmds[:, 2]
         size = prev.size
         bad = np.flatnonzero(is_copy & (off + ln > size))
@@ -120,25 +134,174 @@ def compose(base_size: int, deltas: list[Path]) -> Map:
     return prev
 
 
-def write(m: Map, base: Path, deltas: list[Path], out: Path) -> None:
-    """Write the composed output: base ranges by kernel copy, literal bytes from the deltas."""
-    fds = [os.open(p, os.O_RDONLY) for p in deltas]
-    bfd = os.open(base, os.O_RDONLY)
+CHUNK = 4 << 20  # base bytes handled per step by write()
+
+
+def read_chunks(path: Path, chunk: int = CHUNK) -> Iterator[memoryview]:
+    """A file as consecutive pieces of `chunk` bytes (the last may be shorter), for write()."""
+    buf = bytearray(chunk)
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            n = 0
+            while n < chunk and (got := f.readinto(memoryview(buf)[n:])):
+                n += got
+            yield memoryview(buf)[:n]
+            if n < chunk:
+                return
+
+
+class Written(NamedTuple):
+    base_bytes: int  # the base's length (every piece is read)
+    sha256: str  # of the output
+
+
+def write(m: Map, base: Iterable[memoryview], deltas: list[Path], out: Path, chunk: int = CHUNK) -> Written:
+    """Write the composed output. The base arrives as consecutive pieces of exactly `chunk` bytes (the
+    last shorter, possibly empty), e.g. straight from a decompressor, so it need never exist as a file:
+    as each piece arrives, every range of the output that copies from it is written, together with the
+    literal bytes (from the deltas, mapped) that follow those ranges, in runs of adjacent ranges, one
+    pwritev per run. The output's sha256 is computed on another core, following the writes: every
+    prefix of the output is hashed as soon as it is complete. Raises RsyncError if the base ends before
+    the bytes the plan copies."""
+    is_base = m.srcs == BASE
+    # cut base segments at piece boundaries; a literal goes with the base range it follows
+    k0 = np.where(is_base, m.offs // chunk, 0)
+    n = np.where(is_base, (m.offs + m.lens - 1) // chunk - k0 + 1, 1)
+    seg = np.repeat(np.arange(len(n)), n)
+    k = k0[seg] + (np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n))
+    base_item = is_base[seg]
+    off, ln = m.offs[seg], m.lens[seg]
+    lo = np.where(base_item, np.maximum(off, k * chunk), off)
+    hi = np.where(base_item, np.minimum(off + ln, (k + 1) * chunk), off + ln)
+    at = m.starts[seg] + (lo - off)
+    src = m.srcs[seg]
+    need = int(hi[base_item].max()) if base_item.any() else 0  # bytes of the base the plan copies
+    last_base = np.maximum.accumulate(np.where(base_item, np.arange(len(k)), 0))
+    key = np.where(base_item, k, np.where(base_item[last_base], k[last_base], 0))
+    order = np.argsort(key, kind="stable")
+    key, src, lo, hi, at = key[order], src[order], lo[order], hi[order], at[order]
+    # runs: items adjacent in the output, within one group
+    brk = np.ones(len(key), bool)
+    brk[1:] = (key[1:] != key[:-1]) | (at[1:] != at[:-1] + (hi[:-1] - lo[:-1]))
+    run_starts = [*np.flatnonzero(brk).tolist(), len(key)]
+    run_key = key[np.asarray(run_starts[:-1], np.int64)]
+    groups = np.searchsorted(run_key, np.arange(int(key.max(initial=0)) + 2)).tolist()  # group g: its runs
+    srcs_l, lo_l, hi_l, at_l = src.tolist(), lo.tolist(), hi.tolist(), at.tolist()
+    # after group g is written, the output is complete up to the lowest start of any later item
+    n_groups = len(groups) - 1
+    item_groups = np.searchsorted(key, np.arange(n_groups + 1))
+    gmin = np.full(n_groups + 1, m.size, np.int64)
+    filled = item_groups[:-1] < item_groups[1:]
+    gmin[:-1][filled] = np.minimum.reduceat(at, item_groups[:-1][filled]) if filled.any() else []
+    complete = np.minimum.accumulate(gmin[::-1])[::-1][1:].tolist()  # complete[g]: prefix done after g
+    maps = [_map(p) for p in deltas]
+    views = [memoryview(mm) if mm is not None else memoryview(b"") for mm in maps]
+    pos = 0
     try:
-        with open(out, "wb") as f:
+        with open(out, "w+b") as f:
             ofd = f.fileno()
-            for ln, src, off in zip(m.lens.tolist(), m.srcs.tolist(), m.offs.tolist(), strict=True):
-                if src == BASE:
-                    done = 0
-                    while done < ln:
-                        got = os.copy_file_range(bfd, ofd, ln - done, off + done)
-                        if got <= 0:
-                            raise RsyncError(RsyncError.RS_INPUT_ENDED, message=f"{base.name} ended early")
-                        done += got
-                else:
-                    view = memoryview(os.pread(fds[src], ln, off))
-                    while view:
-                        view = view[os.write(ofd, view) :]
+            os.ftruncate(ofd, m.size)
+            hasher = _FollowingHash(ofd)
+            try:
+
+                def emit(g: int, piece: memoryview) -> None:
+                    c0 = g * chunk
+                    for r in range(groups[g], groups[g + 1]):
+                        a, b = run_starts[r], run_starts[r + 1]
+                        bufs = [
+                            piece[lo_l[j] - c0 : hi_l[j] - c0]
+                            if srcs_l[j] == BASE
+                            else views[srcs_l[j]][lo_l[j] : hi_l[j]]
+                            for j in range(a, b)
+                        ]
+                        _pwritev_all(ofd, bufs, at_l[a])
+                    hasher.advance(complete[g])
+
+                i = -1
+                for i, piece in enumerate(base):
+                    if pos != i * chunk:
+                        raise ValueError("only the last piece of the base may be shorter than `chunk`")
+                    pos += len(piece)
+                    if pos < need and len(piece) < chunk:
+                        break
+                    if i < n_groups:
+                        emit(i, piece)
+                if pos < need:
+                    raise RsyncError(RsyncError.RS_INPUT_ENDED, message=f"the base ended at {pos} bytes, {need} needed")
+                for g in range(i + 1, n_groups):  # groups of literals only, past a short or empty base
+                    emit(g, memoryview(b""))
+            except BaseException:
+                hasher.abort()
+                raise
+            digest = hasher.finish(m.size)
     finally:
-        for fd in [*fds, bfd]:
-            os.close(fd)
+        for v in views:
+            v.release()
+        for mm in maps:
+            if mm is not None:
+                mm.close()
+    return Written(pos, digest)
+
+
+class _FollowingHash:
+    """sha256 of a file written out of order, on another core (hashlib releases the GIL): each
+    advance(n) says the first n bytes are final; they are read back from the page cache and hashed."""
+
+    def __init__(self, fd: int, buf_size: int = 4 << 20) -> None:
+        self.fd, self.h, self.done = fd, hashlib.sha256(), 0
+        self.buf = bytearray(buf_size)
+        self.q: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self.error: BaseException | None = None
+        self.t = threading.Thread(target=self._run, name="sha256", daemon=True)
+        self.t.start()
+
+    def advance(self, upto: int) -> None:
+        self.q.put(upto)
+
+    def abort(self) -> None:
+        self.q.put(None)
+        self.t.join()
+
+    def finish(self, size: int) -> str:
+        self.q.put(size)
+        self.q.put(None)
+        self.t.join()
+        if self.error is not None:
+            raise self.error
+        return self.h.hexdigest()
+
+    def _run(self) -> None:
+        view = memoryview(self.buf)
+        try:
+            while (upto := self.q.get()) is not None:
+                while self.done < upto:
+                    got = os.preadv(self.fd, [view[: min(len(view), upto - self.done)]], self.done)
+                    if got <= 0:
+                        raise OSError(f"the output ended at {self.done} bytes while being hashed")
+                    self.h.update(view[:got])
+                    self.done += got
+        except BaseException as exc:  # raised again by finish()
+            self.error = exc
+            while self.q.get() is not None:  # drain, so finish() never waits on a dead thread
+                pass
+
+
+def _map(p: Path) -> mmap.mmap | None:
+    with open(p, "rb") as f:
+        return mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) if os.fstat(f.fileno()).st_size else None
+
+
+def _pwritev_all(fd: int, bufs: list[memoryview], at: int) -> None:
+    """Write bufs one after another at `at`, in as few system calls as the kernel allows."""
+    i = 0
+    while i < len(bufs):
+        got = os.pwritev(fd, bufs[i : i + IOV_MAX], at)
+        at += got
+        while i < len(bufs) and got >= len(bufs[i]):
+            got -= len(bufs[i])
+            i += 1
+        if got:  # stopped inside a buffer
+            bufs[i] = bufs[i][got:]
+
+
+IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
