@@ -39,12 +39,17 @@ def test_put_get_stat_list_delete(target: Target, tmp: Path) -> None:
     assert target.list("chain/") == {"chain/x.base.zst": len(data)}
     target.get("chain/x.base.zst", tmp / "back")
     assert (tmp / "back").read_bytes() == data
+    in_place = target.local_path("chain/x.base.zst")  # None, or a file that is the object
+    assert in_place is None or in_place.read_bytes() == data
     target.delete("chain/x.base.zst")
     target.delete("chain/x.base.zst")  # idempotent
     assert target.stat("chain/x.base.zst") is None
     with pytest.raises(TargetError, match="missing"):
         target.get("chain/x.base.zst", tmp / "never")
     assert not (tmp / "never").exists()
+    if in_place is not None:
+        with pytest.raises(TargetError, match="missing"):
+            target.local_path("chain/x.base.zst")
 
 
 def test_overwrite_replaces_whole_object(target: Target, tmp: Path) -> None:

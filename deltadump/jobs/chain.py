@@ -9,9 +9,7 @@ Local layout under dest/chain/: <id>.base.zst, <id>.delta.zst (decompressed: a v
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
-import shutil
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -180,7 +178,9 @@ def prune_signatures(dest: Path, mode: str, m: manifest.Manifest) -> None:
             p.unlink(missing_ok=True)
 
 
-Fetch = Callable[[FileRecord, Path], None]  # bring one object to a local path (checked by the caller)
+# one object as a readable local file (checked by the caller): written to the scratch path given, or,
+# when the object already is a local file, that file, read in place (never to be removed)
+Fetch = Callable[[FileRecord, Path], Path]
 
 
 def reconstruct(m: manifest.Manifest, rec: BackupRecord, fetch: Fetch, work: Path, rep: Reporter) -> Path:
@@ -202,8 +202,7 @@ def reconstruct(m: manifest.Manifest, rec: BackupRecord, fetch: Fetch, work: Pat
     if base.kind != "base":
         raise IntegrityError(f"{base.id} is not a base")
     base_obj = base.objects[0]
-    base_zst = work / Path(base_obj.path).name
-    fetch(base_obj, base_zst)
+    base_zst = fetch(base_obj, work / Path(base_obj.path).name)
     out = work / "dump"
     if not deltas:
         try:
@@ -212,28 +211,32 @@ def reconstruct(m: manifest.Manifest, rec: BackupRecord, fetch: Fetch, work: Pat
             raise IntegrityError(f"{base_obj.path} is corrupt: {exc.message} (needed by backup {rec.id})") from exc
         if got != base.dump_sha256:
             raise IntegrityError(f"{base_obj.path} does not decompress to its recorded dump")
-        base_zst.unlink()
+        _remove_scratch(base_zst, work)
         return out
-    with ThreadPoolExecutor(1, thread_name_prefix="sha256") as pool:
-        # the base is checked on the other core while this one reads the deltas and composes them
-        base_sha = pool.submit(lambda: sha256_file(base_zst)[1])
-        raws: list[Path] = []
-        for i, b in enumerate(deltas, 1):
-            obj = b.objects[0]
-            local = work / Path(obj.path).name
-            fetch(obj, local)
-            raw = work / f"delta-{i}"
-            try:
-                unzstd_file(local, raw, obj.sha256, hash_output=False)
-            except IntegrityError as exc:
-                raise IntegrityError(f"{obj.path} is corrupt: {exc.message} (needed by backup {rec.id})") from exc
-            local.unlink()
-            raws.append(raw)
-        rep.info(f"applying {len(raws)} delta(s) to base {base.id}")
+    raws = [work / f"delta-{i}" for i in range(1, len(deltas) + 1)]
+
+    def unpack(obj: FileRecord, raw: Path) -> Path:
+        local = fetch(obj, work / Path(obj.path).name)
         try:
-            plan = compose(base.dump_size or _content_size(base_zst), raws)
+            unzstd_file(local, raw, obj.sha256, hash_output=False)
+        except IntegrityError as exc:
+            raise IntegrityError(f"{obj.path} is corrupt: {exc.message} (needed by backup {rec.id})") from exc
+        _remove_scratch(local, work)
+        return raw
+
+    rep.info(f"applying {len(raws)} delta(s) to base {base.id}")
+    with ThreadPoolExecutor(2, thread_name_prefix="fetch") as pool:
+        # on the other core: check the base, bring and unpack the deltas, while this one composes
+        # each delta as soon as it is there
+        base_sha = pool.submit(lambda: sha256_file(base_zst)[1])
+        ready = [pool.submit(unpack, b.objects[0], raw) for b, raw in zip(deltas, raws, strict=True)]
+        try:
+            plan = compose(base.dump_size or _content_size(base_zst), (f.result() for f in ready))
         except RsyncError as exc:
             raise IntegrityError(f"the delta chain of {rec.id} does not apply: {exc}") from exc
+        finally:
+            for f in ready:
+                f.cancel()
         if base_sha.result() != base_obj.sha256:
             raise IntegrityError(f"{base_obj.path} is corrupt: sha256 mismatch (needed by backup {rec.id})")
     try:
@@ -246,8 +249,13 @@ def reconstruct(m: manifest.Manifest, rec: BackupRecord, fetch: Fetch, work: Pat
     if written.sha256 != rec.dump_sha256:
         raise IntegrityError(f"reconstructed dump of {rec.id} does not match its recorded sha256")
     for p in [*raws, base_zst]:
-        p.unlink()
+        _remove_scratch(p, work)
     return out
+
+
+def _remove_scratch(p: Path, work: Path) -> None:
+    if p.is_relative_to(work):  # not an object read in place
+        p.unlink()
 
 
 def _content_size(zst: Path) -> int:
@@ -260,11 +268,10 @@ def _content_size(zst: Path) -> int:
 
 
 def local_fetch(dest: Path) -> Fetch:
-    def fetch(obj: FileRecord, to: Path) -> None:
+    def fetch(obj: FileRecord, scratch: Path) -> Path:
         src = dest / obj.path
-        if not src.exists():
+        if not src.is_file():
             raise IntegrityError(f"{src} is missing")
-        shutil.copyfile(src, to)
-        os.chmod(to, 0o600)
+        return src
 
     return fetch

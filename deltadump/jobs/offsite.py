@@ -184,8 +184,11 @@ class Offsite:
             return manifest.load(Path(tmp))
 
     def fetcher(self) -> Fetch:
-        def fetch(obj: FileRecord, to: Path) -> None:
-            self.fetch_to(obj.path, to)
+        def fetch(obj: FileRecord, scratch: Path) -> Path:
+            if not self.cfg.offsite.encrypt and (p := self.target.local_path(obj.path)) is not None:
+                return p  # a folder target: read in place
+            self.fetch_to(obj.path, scratch)
+            return scratch
 
         return fetch
 

@@ -18,6 +18,9 @@ class Target(Protocol):
     def get(self, key: str, dst: Path) -> None:
         """Write the object to dst (a complete file or an error)."""
 
+    def local_path(self, key: str) -> Path | None:
+        """A local file that is the object, to read in place instead of copying it, or None (then get)."""
+
     def stat(self, key: str) -> int | None:
         """The object's size, or None when missing."""
 

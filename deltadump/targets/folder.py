@@ -53,6 +53,12 @@ class FolderTarget:
             tmp.unlink(missing_ok=True)
             raise TargetError(f"cannot read {src}: {exc.strerror or exc}") from exc
 
+    def local_path(self, key: str) -> Path | None:
+        p = self._path(key)
+        if not p.is_file():
+            raise TargetError(f"{p} is missing offsite")
+        return p
+
     def stat(self, key: str) -> int | None:
         try:
             return self._path(key).stat().st_size

@@ -105,6 +105,9 @@ class S3Target:
                 raise TargetError(f"s3://{self.bucket}/{self._key(key)} is missing offsite") from exc
             raise self._error(exc, "downloading", key) from exc
 
+    def local_path(self, key: str) -> Path | None:
+        return None  # objects are downloaded
+
     def stat(self, key: str) -> int | None:
         from botocore.exceptions import ClientError
 
