@@ -123,6 +123,44 @@ def test_parallel_search_equals_sequential_and_rdiff(
     assert (tmp / "out").read_bytes() == new
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_parallel_patch_equals_sequential_and_rdiff(
+    tmp: Path, rdiff_bin: str, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files on disk take the two-thread path (batches of adjacent output written from windows of
+    the basis and delta); tiny batch and window sizes make every cut, split and window change happen
+    on a small input. Its output must equal the sequential path's (delta from a pipe) and rdiff's."""
+    from deltadump.rsync import patcher
+
+    monkeypatch.setattr(patcher, "_BATCH", [4096, 10_000, 65536, 1 << 20][seed])
+    monkeypatch.setattr(patcher, "_WINDOW", [8192, 20_000, 1 << 17, 1 << 21][seed])
+    monkeypatch.setattr(patcher, "_IOV_MAX", [3, 1024, 7, 1024][seed])
+    rng = random.Random(500 + seed)
+    basis = text_like(rng, 600_000)
+    new = mutate(rng, basis, 60)
+    new = new[300_000:] + rng.randbytes(50_000) + new[:300_000]  # far jumps back and forth, a long literal
+    (tmp / "b").write_bytes(basis)
+    (tmp / "n").write_bytes(new)
+    run_rdiff(rdiff_bin, "-b", [64, 512, 2048, 0][seed], "signature", tmp / "b", tmp / "sig")
+    run_rdiff(rdiff_bin, "delta", tmp / "sig", tmp / "n", tmp / "d")
+    st = patch(tmp / "b", tmp / "d", tmp / "fast")
+    assert (tmp / "fast").read_bytes() == new
+    assert st.out_bytes == len(new) and st.copy_bytes + st.literal_bytes == len(new)
+    with open(tmp / "d", "rb") as d:
+        r = subprocess.run([*RDIFF_CLI, "patch", tmp / "b", "-", tmp / "seq"], stdin=d, capture_output=True)
+    assert r.returncode == 0, r.stderr
+    assert (tmp / "seq").read_bytes() == new
+    run_rdiff(rdiff_bin, "patch", tmp / "b", tmp / "d", tmp / "theirs")
+    assert (tmp / "theirs").read_bytes() == new
+    # a copy past the end of the basis is refused on this path too, and nothing is left behind
+    (tmp / "short").write_bytes(basis[:-5000])
+    from deltadump.errors import RsyncError
+
+    with pytest.raises(RsyncError, match="beyond the end of the basis"):
+        patch(tmp / "short", tmp / "d", tmp / "never")
+    assert not any(p.name.startswith(".") or p.name == "never" for p in tmp.iterdir()), list(tmp.iterdir())
+
+
 def test_duplicate_blocks_merge_into_fewer_copies(tmp: Path, rdiff_bin: str) -> None:
     """Where identical blocks repeat, our default delta extends the running COPY (never larger)."""
     unit = random.Random(5).randbytes(256)
