@@ -5,8 +5,9 @@ sums are in the signature), but never walks byte by byte in Python:
 
 * After a match, the next windows are most likely the next basis blocks (most of a dump does not
   change), so a whole run of aligned windows is checked at once against the blocks that follow
-  (`_chain`): weak sums vectorised, strong sums only where the weak ones agree, and in worker
-  processes when the run is large.
+  (`_chain`): by strong sums, a group of blocks per comparison, stopping at the first group with a
+  difference (weak sums would only repeat what the strong ones prove), in worker processes when
+  the input is large.
 * Otherwise the weak sums of every offset of a region are computed at once (prefix-sum form), a
   bitmap filter and a sorted table pick the candidates, and only those get a strong sum (`_scan`).
 
@@ -37,11 +38,11 @@ from .format import (
 )
 from .parallel import WorkerPool, want_workers, worker_state
 from .streams import PathOrFile, Sink, Source, open_input, open_output
-from .sums import U32, block_weak, rolling_weak, strong_blocks, strong_hasher, suffix_weak
+from .sums import U32, rolling_weak, strong_blocks, strong_hasher, suffix_weak
 
 SCAN_MIN = 256
 SCAN_MAX = 8 << 20
-CHAIN_MIN = 1 << 16  # bytes of the first run after a break (a run stops costing at its first weak mismatch)
+CHAIN_MIN = 1 << 16  # bytes read for the first run after a break (doubling while runs continue)
 CHAIN_MAX = 16 << 20
 _MIX = U32(0x9E3779B1)
 EXTEND_MAX = 1 << 16  # how far a match may grow into each neighbouring literal
@@ -77,7 +78,8 @@ class Signature:
         self.nblocks = nb
         rec = np.frombuffer(body, dtype=np.uint8, count=nb * rl).reshape(nb, rl)
         self.weak = rec[:, :4].copy().view(">u4").ravel().astype(U32)
-        self.strong = rec[:, 4:]  # a view: the file's bytes are the only copy of the strong sums
+        self.strong = rec[:, 4:]  # a view into the file's bytes
+        self.strong_bytes = np.ascontiguousarray(self.strong).tobytes()  # all of them, to compare runs at once
         self.order = np.argsort(self.weak, kind="stable")
         self.sorted_weak = self.weak[self.order]
         bits = min(24, max(10, int(nb).bit_length() + 4))
@@ -213,20 +215,30 @@ class Encoder:
 
 
 def _count_matching(sig: Signature, data: bytes, first: int) -> int:
-    """How many leading blocks of `data` equal signature blocks first, first+1, ... (weak and strong)."""
-    bl = sig.block_len
+    """How many leading blocks of `data` equal signature blocks first, first+1, ... Checked by strong
+    sum alone, GROUP blocks at a time (one bytes comparison per group), stopping at the first group
+    with a difference: where a run continues, the weak sums would only repeat what the strong ones
+    prove (a valid signature's weak sum is a function of the same bytes)."""
+    bl, sl = sig.block_len, sig.strong_len
     m = len(data) // bl
-    if m == 0:
-        return 0
-    arr = np.frombuffer(data, dtype=np.uint8, count=m * bl)
-    eq = block_weak(arr, bl, sig.params.weak) == sig.weak[first : first + m]
-    j = m if eq.all() else int(np.argmin(eq))
-    if j == 0:
-        return 0
-    sl = sig.strong_len
-    ours = np.frombuffer(strong_blocks(memoryview(data)[: j * bl], bl, sig.params.strong, sl), dtype=np.uint8)
-    neq = (ours.reshape(j, sl) != sig.strong[first : first + j]).any(axis=1)
-    return j if not neq.any() else int(np.argmax(neq))
+    mv = memoryview(data)
+    kind = sig.params.strong
+    strong = sig.strong_bytes
+    done = 0
+    while done < m:
+        n = min(GROUP, m - done)
+        ours = strong_blocks(mv[done * bl : (done + n) * bl], bl, kind, sl)
+        theirs = strong[(first + done) * sl : (first + done + n) * sl]
+        if ours != theirs:
+            i = 0
+            while ours[i * sl : (i + 1) * sl] == theirs[i * sl : (i + 1) * sl]:
+                i += 1
+            return done + i
+        done += n
+    return m
+
+
+GROUP = 32  # blocks checked per comparison while a run continues
 
 
 class _Matcher:
