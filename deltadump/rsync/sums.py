@@ -182,11 +182,17 @@ def strong_blocks(buf: bytes | memoryview, block_len: int, kind: str, strong_len
     mv = memoryview(buf)
     n = len(mv)
     if kind == "blake2":
-        b2 = hashlib.blake2b
-        if strong_len == 32:
-            return b"".join([b2(mv[i : i + block_len], digest_size=32).digest() for i in range(0, n, block_len)])
-        return b"".join(
-            [b2(mv[i : i + block_len], digest_size=32).digest()[:strong_len] for i in range(0, n, block_len)]
-        )
+        # copying a fresh hasher is cheaper than constructing one (no parameter parsing): beside the
+        # hashing itself, this loop's cost is its per-block Python work
+        fresh = hashlib.blake2b(digest_size=32).copy
+        out: list[bytes] = []
+        add = out.append
+        for i in range(0, n, block_len):
+            h = fresh()
+            h.update(mv[i : i + block_len])
+            add(h.digest())
+        if strong_len < 32:
+            return b"".join([d[:strong_len] for d in out])
+        return b"".join(out)
     h = strong_hasher(kind)
     return b"".join([h(mv[i : i + block_len])[:strong_len] for i in range(0, n, block_len)])
