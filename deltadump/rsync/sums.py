@@ -63,26 +63,24 @@ def block_weak(data: np.ndarray, block_len: int, kind: str) -> np.ndarray:
     out = np.empty(nfull + (1 if rem else 0), dtype=U32)
     if nfull:
         full = data[: nfull * block_len].reshape(nfull, block_len)
-        outf = out[:nfull]
-        # process in slices of about 1 MiB so the uint32 temporaries stay in cache
-        step = max(1, (1 << 20) // block_len)
+        # einsum's sum of products runs in uint32 (wrapping, as the sums are defined) without the
+        # uint32 copy of every byte that `full * weights` would make
         if kind == "rabinkarp":
             pw, top, _ = _consts(block_len, kind)
-            if nfull <= step:
-                np.add((full * pw).sum(axis=1, dtype=U32), top, out=outf)
-            else:
-                for s in range(0, nfull, step):
-                    outf[s : s + step] = (full[s : s + step] * pw).sum(axis=1, dtype=U32) + top
+            np.add(_dot(full, pw), top, out=out[:nfull])
         else:
             wts, c1, c2 = _consts(block_len, kind)
-            for s in range(0, nfull, step):
-                blk = full[s : s + step]
-                s1 = blk.sum(axis=1, dtype=U32) + c1
-                s2 = (blk * wts).sum(axis=1, dtype=U32) + c2
-                outf[s : s + step] = ((s2 & 0xFFFF) << 16) | (s1 & 0xFFFF)
+            s1 = full.sum(axis=1, dtype=U32) + c1
+            s2 = _dot(full, wts) + c2
+            out[:nfull] = ((s2 & 0xFFFF) << 16) | (s1 & 0xFFFF)
     if rem:
         out[-1] = weak_one(data[nfull * block_len :], kind)
     return out
+
+
+def _dot(rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Each row (uint8) times the weights (uint32), summed modulo 2**32."""
+    return np.einsum("ij,j->i", rows, weights, dtype=U32, casting="unsafe")
 
 
 def weak_one(data: np.ndarray | bytes, kind: str) -> int:
