@@ -224,9 +224,10 @@ def _count_matching(sig: Signature, data: bytes, first: int) -> int:
     mv = memoryview(data)
     kind = sig.params.strong
     strong = sig.strong_bytes
-    done = 0
+    done, group = 0, 2  # groups grow: a run that ends at once (often, after a scan's match) costs little
     while done < m:
-        n = min(GROUP, m - done)
+        n = min(group, m - done)
+        group = min(group * 2, GROUP)
         ours = strong_blocks(mv[done * bl : (done + n) * bl], bl, kind, sl)
         theirs = strong[(first + done) * sl : (first + done + n) * sl]
         if ours != theirs:
@@ -238,7 +239,7 @@ def _count_matching(sig: Signature, data: bytes, first: int) -> int:
     return m
 
 
-GROUP = 32  # blocks checked per comparison while a run continues
+GROUP = 32  # most blocks checked per comparison while a run continues
 
 
 class _Matcher:
