@@ -8,9 +8,11 @@ uploaded, bytes stored offsite, backup time; beside them a compressed full `pg_d
 time), the by-hand recipe with rdiff's defaults (differential against day 1, default block length),
 and `zstd -3 --long=30 --patch-from=YESTERDAY TODAY`. Then it deletes the local backup folder,
 restores the last day from the offsite copy alone into a new database, compares it table by table
-with the source, and times `pg_restore` of that day's uncompressed dump for comparison.
+with the source, and times `pg_restore` of that day's uncompressed dump for comparison (interleaved,
+best of --restores runs each).
 
-    python bench/offsite_days.py [--size-mb 400] [--days 14] [--workdir DIR]
+    python bench/offsite_days.py [--size-mb 400] [--days 14] [--workdir DIR] [--restores 3]
+    python bench/offsite_days.py --workdir DIR --restore-only      # the restore measurement again
 """
 
 from __future__ import annotations
@@ -48,7 +50,15 @@ def main() -> None:
     ap.add_argument("--size-mb", type=int, default=400)
     ap.add_argument("--days", type=int, default=14)
     ap.add_argument("--workdir", type=Path)
+    ap.add_argument("--restores", type=int, default=3, help="restore measurements (best counts)")
+    ap.add_argument("--restore-only", action="store_true",
+                    help="only measure the restore, in the --workdir of an earlier run")  # fmt: skip
     args = ap.parse_args()
+    if args.restore_only:
+        if args.workdir is None:
+            raise SystemExit("--restore-only needs the --workdir of an earlier run")
+        restore_again(args.workdir, args.days, args.restores)
+        return
     for tool in ("rdiff", "zstd"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is not installed")
@@ -65,6 +75,21 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
         else:
             server.stop()
+
+
+def restore_again(work: Path, day: int, times: int) -> None:
+    """The restore measurement alone, on the server and offsite copy an earlier run left in `work`."""
+    import re
+
+    cfgp = work / "deltadump.toml"
+    server = LocalServer(work / "server")
+    server.port = int(re.search(r":(\d+)/", cfgp.read_text()).group(1))  # type: ignore[union-attr]
+    server.password = (work / "pw").read_text().strip()
+    server.start()
+    try:
+        measure_restore(server, cfgp, work / "scratch" / f"day{day}.dump", day, times)
+    finally:
+        server.stop()
 
 
 def run(server: LocalServer, work: Path, args: argparse.Namespace) -> None:
@@ -147,24 +172,39 @@ def run(server: LocalServer, work: Path, args: argparse.Namespace) -> None:
         ratio = max(r["bt"] / r["fct"] for r in delta_days)
         print(f"backup time on delta days / pg_dump -Fc time: worst {ratio:.2f}")
     # restore the last day from the offsite copy alone
-    last_dump = prev_dump
-    assert last_dump is not None
+    assert prev_dump is not None
     shutil.rmtree(dest)
     dest.mkdir()
-    t = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "deltadump.cli.main", "restore", "--from", "offsite", "--to-db",
-                        "from_offsite", "--config", str(cfgp), "-q"], env=env, capture_output=True, text=True)  # fmt: skip
-    rt = time.perf_counter() - t
-    if r.returncode != 0:
-        raise SystemExit(r.stderr)
-    same = table_stats(pb, conn, "from_offsite") == table_stats(pb, conn, "mail")
-    psql(pb, conn, "create database plain_restore")
-    prt = sh(server.bin / "pg_restore", "--dbname=plain_restore", last_dump, env=pgenv)
-    psql(pb, conn, "create database plain_restore_j2")
-    prt2 = sh(server.bin / "pg_restore", "--jobs=2", "--dbname=plain_restore_j2", last_dump, env=pgenv)
-    print(f"restore of day {args.days} from offsite alone (deltadump's default: pg_restore --jobs=2 here): {rt:.1f} s; "
-          f"pg_restore of that day's dump: {prt:.1f} s serial (ratio {rt / prt:.2f}), {prt2:.1f} s with --jobs=2 "
-          f"(ratio {rt / prt2:.2f}); restored database identical to the source: {same}")  # fmt: skip
+    measure_restore(server, cfgp, prev_dump, args.days, args.restores)
+
+
+def measure_restore(server: LocalServer, cfgp: Path, last_dump: Path, day: int, times: int) -> None:
+    """Restore from the offsite copy alone (the local folder is gone) and pg_restore of that day's
+    dump, interleaved, `times` times each; best of each (the machine is shared and noisy)."""
+    pb, conn = server.psql_bin(), server.conn()
+    pgenv = {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(server.port), "PGUSER": server.superuser,
+             "PGPASSWORD": server.password}  # fmt: skip
+    ours, serial, jobs2, same = [], [], [], True
+    for _ in range(times):
+        for db in ("from_offsite", "plain_restore", "plain_restore_j2"):
+            psql(pb, conn, f"drop database if exists {db}")
+        t = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "deltadump.cli.main", "restore", "--from", "offsite", "--to-db",
+                            "from_offsite", "--config", str(cfgp), "-q"], capture_output=True, text=True)  # fmt: skip
+        ours.append(time.perf_counter() - t)
+        if r.returncode != 0:
+            raise SystemExit(r.stderr)
+        same = same and table_stats(pb, conn, "from_offsite") == table_stats(pb, conn, "mail")
+        psql(pb, conn, "create database plain_restore")
+        serial.append(sh(server.bin / "pg_restore", "--dbname=plain_restore", last_dump, env=pgenv))
+        psql(pb, conn, "create database plain_restore_j2")
+        jobs2.append(sh(server.bin / "pg_restore", "--jobs=2", "--dbname=plain_restore_j2", last_dump, env=pgenv))
+    rt, prt, prt2 = min(ours), min(serial), min(jobs2)
+    print(f"restore of day {day} from offsite alone, best of {times} (deltadump's default: pg_restore --jobs=2 here): "
+          f"{rt:.2f} s; pg_restore of that day's dump: {prt:.2f} s serial (ratio {rt / prt:.2f}), {prt2:.2f} s with "
+          f"--jobs=2 (ratio {rt / prt2:.2f}); restored database identical to the source: {same}")  # fmt: skip
+    print("  every run: ours " + ", ".join(f"{x:.2f}" for x in ours) + "; pg_restore " +
+          ", ".join(f"{x:.2f}" for x in serial) + "; with --jobs=2 " + ", ".join(f"{x:.2f}" for x in jobs2))  # fmt: skip
 
 
 def sample_pss(proc: subprocess.Popen[str]) -> int:
