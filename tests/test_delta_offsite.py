@@ -377,6 +377,35 @@ def test_full_disk_during_the_delta_step(pg: LocalServer, pwfile: Path, maildb: 
         subprocess.run(["umount", "-l", str(small)], check=False)
 
 
+def test_full_disk_while_restoring_a_chain(pg: LocalServer, pwfile: Path, maildb: str, tmp: Path) -> None:
+    """Reconstructing a dump on a full disk: one clear error, no database, nothing left behind."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.fail("this test mounts a tmpfs and must run as root (as CI does)")
+    small, remote = tmp / "small", tmp / "remote"
+    small.mkdir()
+    remote.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0755", "tmpfs", str(small)], check=True)
+    try:
+        c = write_config(tmp / "c.toml", pg, pwfile, maildb, small, name="DBBACK.DMP")
+        add_sections(c, delta={"enabled": True}, offsite={"url": f"file://{remote}"})
+        run_days(pg, maildb, c, 2, new=3)
+        dump = (small / "DBBACK.DMP").stat().st_size
+        free = os.statvfs(small).f_bavail * os.statvfs(small).f_frsize
+        (small / "filler").write_bytes(b"\0" * (free - dump // 2))  # room for half a dump
+        before = sorted(p.name for p in small.iterdir())
+        r = cli("restore", "--from", "offsite", "--to-db", "no_room", "--config", c, "-q")
+        assert r.returncode == 1 and "disk full while writing" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert not psql(pg.psql_bin(), pg.conn(), "select 1 from pg_database where datname = 'no_room'")
+        assert sorted(p.name for p in small.iterdir()) == before  # no work folder left
+        (small / "filler").unlink()
+        r = cli("restore", "--from", "offsite", "--to-db", "with_room", "--config", c)
+        assert r.returncode == 0, r.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
 def test_retention_removes_old_chains_here_and_offsite(pg: LocalServer, pwfile: Path, maildb: str, tmp: Path) -> None:
     dest, remote = tmp / "dest", tmp / "remote"
     dest.mkdir()

@@ -283,3 +283,29 @@ def test_composition_rejects_a_copy_past_its_basis(tmp: Path) -> None:
     (tmp / "d").write_bytes(b"rs\x026" + encode_copy(90, 20) + b"\0")
     with pytest.raises(RsyncError, match="beyond its basis"):
         compose(100, [tmp / "d"])
+
+
+def test_worker_processes_end_quietly_under_the_cli_signal_handler(tmp: Path) -> None:
+    """The CLI turns SIGTERM into KeyboardInterrupt; forked search workers must not inherit that: the
+    pool's terminate() would make them unwind inside its queue locks (tracebacks, and a deadlock
+    seen once in a 14-day benchmark). Many parallel deltas in a row, under the CLI's handler."""
+    rng = random.Random(3)
+    basis = rng.randbytes(20 << 20)  # above MIN_PARALLEL_BYTES: the search runs in worker processes
+    new = mutate(rng, basis, 50)
+    (tmp / "b").write_bytes(basis)
+    (tmp / "n").write_bytes(new)
+    signature(tmp / "b", tmp / "sig", block_len=512)
+    script = (
+        "import signal, sys\n"
+        "def on_term(*a):\n    raise KeyboardInterrupt\n"
+        "signal.signal(signal.SIGTERM, on_term)\n"
+        "from deltadump.rsync import delta\n"
+        "for i in range(25):\n"
+        f"    delta({str(tmp / 'sig')!r}, {str(tmp / 'n')!r}, {str(tmp / 'd')!r}, parallel=2)\n"
+        "print('done')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "done", r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and "KeyboardInterrupt" not in r.stderr, r.stderr[-2000:]
+    patch(tmp / "b", tmp / "d", tmp / "out")
+    assert (tmp / "out").read_bytes() == new

@@ -20,7 +20,7 @@ import zstandard
 
 from ..config import Config
 from ..errors import IntegrityError, RsyncError
-from ..fsio import BackgroundHash, atomic_write, sha256_file, tmp_name
+from ..fsio import BackgroundHash, atomic_write, sha256_file, storage_error, tmp_name
 from ..rsync import delta as rs_delta
 from ..rsync import signature as rs_signature
 from ..store import manifest
@@ -239,11 +239,16 @@ def reconstruct(m: manifest.Manifest, rec: BackupRecord, fetch: Fetch, work: Pat
                 f.cancel()
         if base_sha.result() != base_obj.sha256:
             raise IntegrityError(f"{base_obj.path} is corrupt: sha256 mismatch (needed by backup {rec.id})")
+    pieces = unzstd_pieces(base_zst, CHUNK)
     try:
-        written = write(plan, unzstd_pieces(base_zst, CHUNK), raws, out)
+        written = write(plan, pieces, raws, out)
     except (RsyncError, IntegrityError) as exc:
         msg = exc.message if isinstance(exc, IntegrityError) else str(exc)
         raise IntegrityError(f"{base_obj.path} does not decompress to its recorded dump: {msg}") from exc
+    except OSError as exc:  # e.g. the disk holding the work folder is full
+        raise storage_error(exc, out, "writing") from exc
+    finally:
+        pieces.close()  # stops the decompressing thread at once if the write stopped early
     if base.dump_size and written.base_bytes != base.dump_size:
         raise IntegrityError(f"{base_obj.path} decompresses to {written.base_bytes} bytes, not {base.dump_size}")
     if written.sha256 != rec.dump_sha256:

@@ -214,7 +214,10 @@ def write(m: Map, base: Iterable[memoryview], deltas: list[Path], out: Path, chu
                             else views[srcs_l[j]][lo_l[j] : hi_l[j]]
                             for j in range(a, b)
                         ]
-                        _pwritev_all(ofd, bufs, at_l[a])
+                        try:
+                            _pwritev_all(ofd, bufs, at_l[a])
+                        finally:
+                            bufs.clear()  # no view of a mapping may outlive this (even in a traceback)
                     hasher.advance(complete[g])
 
                 i = -1
@@ -300,6 +303,8 @@ def _pwritev_all(fd: int, bufs: list[memoryview], at: int) -> None:
     i = 0
     while i < len(bufs):
         got = os.pwritev(fd, bufs[i : i + IOV_MAX], at)
+        if got <= 0:
+            raise OSError(f"no progress writing at byte {at}")
         at += got
         while i < len(bufs) and got >= len(bufs[i]):
             got -= len(bufs[i])

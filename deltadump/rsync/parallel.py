@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -25,8 +26,14 @@ def cpu_count() -> int:
 
 
 def _init(state: Any) -> None:
+    """In each worker: the engine's state, and the default signal dispositions. A worker inherits the
+    parent's Python handlers (the CLI turns SIGTERM into KeyboardInterrupt); terminate() must kill it
+    at once instead, never let it unwind inside the pool's queue locks (a deadlock, and tracebacks),
+    and Ctrl-C is the parent's to handle."""
     global _STATE
     _STATE = state
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def worker_state() -> Any:

@@ -409,6 +409,8 @@ class _Parallel:
                     where = self.sink.atomic.final if self.sink.atomic is not None else "output"
                     clear = storage_error(exc, where, "writing").message
                     raise RsyncError(RsyncError.RS_IO_ERROR, f"write failed: {exc.strerror}", message=clear) from exc
+                if got <= 0:
+                    raise RsyncError(RsyncError.RS_IO_ERROR, "write failed", message="the output accepts no more data")
                 at += got
                 while i < len(bufs) and got >= len(bufs[i]):
                     got -= len(bufs[i])
