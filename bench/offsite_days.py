@@ -200,7 +200,8 @@ def measure_restore(server: LocalServer, cfgp: Path, last_dump: Path, day: int, 
         psql(pb, conn, "create database plain_restore_j2")
         jobs2.append(sh(server.bin / "pg_restore", "--jobs=2", "--dbname=plain_restore_j2", last_dump, env=pgenv))
     rt, prt, prt2 = min(ours), min(serial), min(jobs2)
-    print(f"restore of day {day} from offsite alone, best of {times} (deltadump's default: pg_restore --jobs=2 here): "
+    jobs = max(1, min(4, len(os.sched_getaffinity(0)) // 2))
+    print(f"restore of day {day} from offsite alone, best of {times} (deltadump's default here: pg_restore --jobs={jobs}): "
           f"{rt:.2f} s; pg_restore of that day's dump: {prt:.2f} s serial (ratio {rt / prt:.2f}), {prt2:.2f} s with "
           f"--jobs=2 (ratio {rt / prt2:.2f}); restored database identical to the source: {same}")  # fmt: skip
     print("  every run: ours " + ", ".join(f"{x:.2f}" for x in ours) + "; pg_restore " +

@@ -221,6 +221,8 @@ def reconstruct(m: manifest.Manifest, rec: BackupRecord, fetch: Fetch, work: Pat
             unzstd_file(local, raw, obj.sha256, hash_output=False)
         except IntegrityError as exc:
             raise IntegrityError(f"{obj.path} is corrupt: {exc.message} (needed by backup {rec.id})") from exc
+        except FileNotFoundError as exc:
+            raise IntegrityError(f"{local} is missing (needed by backup {rec.id})") from exc
         _remove_scratch(local, work)
         return raw
 
@@ -232,13 +234,15 @@ def reconstruct(m: manifest.Manifest, rec: BackupRecord, fetch: Fetch, work: Pat
         ready = [pool.submit(unpack, b.objects[0], raw) for b, raw in zip(deltas, raws, strict=True)]
         try:
             plan = compose(base.dump_size or _content_size(base_zst), (f.result() for f in ready))
+            if base_sha.result() != base_obj.sha256:
+                raise IntegrityError(f"{base_obj.path} is corrupt: sha256 mismatch (needed by backup {rec.id})")
         except RsyncError as exc:
             raise IntegrityError(f"the delta chain of {rec.id} does not apply: {exc}") from exc
+        except OSError as exc:  # an object that cannot be read, a full disk for the unpacked deltas
+            raise storage_error(exc, Path(exc.filename or work), "reading or unpacking") from exc
         finally:
             for f in ready:
                 f.cancel()
-        if base_sha.result() != base_obj.sha256:
-            raise IntegrityError(f"{base_obj.path} is corrupt: sha256 mismatch (needed by backup {rec.id})")
     pieces = unzstd_pieces(base_zst, CHUNK)
     try:
         written = write(plan, pieces, raws, out)

@@ -207,15 +207,17 @@ class Offsite:
                     if key not in have:
                         bad_objects[obj.path] = "missing"
                         continue
-                    p = Path(tmp) / "obj"
+                    scratch = Path(tmp) / "obj"
                     try:
-                        self.fetch_to(obj.path, p)
+                        p = self.fetcher()(obj, scratch)  # a folder target's objects are hashed in place
                         if sha256_file(p)[1] != obj.sha256:
                             bad_objects[obj.path] = "sha256 mismatch"
                     except (IntegrityError, TargetError) as exc:
                         bad_objects[obj.path] = str(exc)
+                    except OSError as exc:
+                        bad_objects[obj.path] = f"cannot read it: {exc.strerror or exc}"
                     finally:
-                        p.unlink(missing_ok=True)
+                        scratch.unlink(missing_ok=True)
         for rec in m.backups:
             if rec.status != "ok" or rec.pruned or rec.offsite_pruned:
                 continue
