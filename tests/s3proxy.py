@@ -6,17 +6,21 @@ import http.client
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 
 class FaultProxy:
-    """fail_writes: answer the next N PUT/POST requests with 500; hang_writes: hold them (seconds)."""
+    """fail_writes: answer the next N PUT/POST requests with 500; hang_writes: hold them (seconds);
+    refuse_parts_from: answer 403 to every upload of a part numbered that or higher; writes: the
+    (method, path) of every PUT/POST that reached the server."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = urlsplit(upstream)
         self.fail_writes = 0
         self.hang_writes = 0.0
         self.failed = 0
+        self.refuse_parts_from: int | None = None
+        self.writes: list[tuple[str, str]] = []
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -27,6 +31,16 @@ class FaultProxy:
                 n = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(n) if n else b""
                 if self.command in ("PUT", "POST"):
+                    q = parse_qs(urlsplit(self.path).query)
+                    part = int(q["partNumber"][0]) if "partNumber" in q else None
+                    if proxy.refuse_parts_from is not None and part is not None and part >= proxy.refuse_parts_from:
+                        msg = b"<Error><Code>AccessDenied</Code><Message>injected</Message></Error>"
+                        self.send_response(403)
+                        self.send_header("Content-Length", str(len(msg)))
+                        self.end_headers()
+                        self.wfile.write(msg)
+                        return
+                    proxy.writes.append((self.command, self.path))
                     if proxy.hang_writes:
                         time.sleep(proxy.hang_writes)
                     if proxy.fail_writes > 0:

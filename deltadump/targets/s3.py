@@ -1,19 +1,26 @@
 """An S3 target: any S3-compatible object store, through boto3 (credentials from the standard AWS
-environment variables and files). Large objects go in parts (multipart); botocore's standard retry
-mode retries transient failures (resets, 500, 503, throttling) with capped, jittered backoff; a
-permanent failure (403, missing bucket, bad credentials) is reported at once with a hint."""
+environment variables and files). Every request carries a SHA-256 checksum of its bytes. Large
+objects go in parts (multipart), two at a time, and an upload interrupted by anything (a failure, a
+kill) is resumed by the next put of the same key: the parts the store already holds and that match
+the file (same size and checksum, or MD5 ETag) are kept, only the others are sent. botocore's standard
+retry mode retries transient failures (resets, 500, 503, throttling) with capped, jittered backoff;
+a permanent failure (403, missing bucket, bad credentials) is reported at once with a hint."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from ..errors import TargetError
 from ..fsio import sha256_file, tmp_name
 
-PART = 64 << 20
+PART = 16 << 20  # bytes per part (S3: at least 5 MiB but the last, at most 10,000 parts)
+MAX_PARTS = 10_000
 ATTEMPTS = 6
 PERMANENT = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket", "403", "404",
              "AllAccessDisabled", "InvalidBucketName", "AuthorizationHeaderMalformed"}  # fmt: skip
@@ -31,6 +38,7 @@ class S3Target:
         cfg = Config(retries={"max_attempts": ATTEMPTS, "mode": "standard"}, connect_timeout=10, read_timeout=120)
         self.client: Any = boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=cfg)
         self.transfer = TransferConfig(multipart_threshold=PART, multipart_chunksize=PART, max_concurrency=2)
+        self.part_size = PART
 
     def describe(self) -> str:
         where = f" at {self.endpoint_url}" if self.endpoint_url else ""
@@ -69,32 +77,99 @@ class S3Target:
         err.transient = True
         return err
 
-    def _abort_stale_uploads(self, key: str) -> None:
-        with contextlib.suppress(Exception):
-            res = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=self._key(key))
-            for up in res.get("Uploads", []):
-                self.client.abort_multipart_upload(Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"])
-
     def put(self, key: str, src: Path, sha256: str) -> None:
         size, actual = sha256_file(src)
         if actual != sha256:
             raise TargetError(f"{src} does not match its expected sha256; not uploading it")
-        self._abort_stale_uploads(key)  # parts of an upload killed mid-way are never completed
-        try:  # the store checks every part against a SHA-256 checksum sent with it
-            extra = {"Metadata": {"sha256": sha256}, "ChecksumAlgorithm": "SHA256"}
-            self.client.upload_file(str(src), self.bucket, self._key(key), Config=self.transfer, ExtraArgs=extra)
-            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        k = self._key(key)
+        try:
+            if size <= self.part_size:
+                self.client.put_object(Bucket=self.bucket, Key=k, Body=src.read_bytes(), Metadata={"sha256": sha256},
+                                       ChecksumSHA256=_b64(bytes.fromhex(sha256)))  # fmt: skip
+            else:
+                self._put_parts(k, src, size, sha256)
+            head = self.client.head_object(Bucket=self.bucket, Key=k)
         except Exception as exc:
             if isinstance(exc, TargetError):
                 raise
             raise self._error(exc, "uploading to", key) from exc
         if head["ContentLength"] != size or head.get("Metadata", {}).get("sha256") != sha256:
-            raise TargetError(f"s3://{self.bucket}/{self._key(key)} does not match what was uploaded")
+            with contextlib.suppress(Exception):
+                self.client.delete_object(Bucket=self.bucket, Key=k)
+            raise TargetError(f"s3://{self.bucket}/{k} does not match what was uploaded; removed, to be sent again")
+
+    def _put_parts(self, k: str, src: Path, size: int, sha256: str) -> None:
+        part = max(self.part_size, -(-size // MAX_PARTS))
+        count = -(-size // part)
+        fd = os.open(src, os.O_RDONLY)
+        try:
+
+            def read(number: int) -> tuple[bytes, str]:
+                data = os.pread(fd, part, (number - 1) * part)
+                return data, _b64(hashlib.sha256(data).digest())
+
+            upload_id, held = self._resumable(k)
+            kept: dict[int, dict[str, Any]] = {}  # parts the store holds with exactly this file's bytes
+            for number, have in held.items():
+                if number <= count:
+                    data, checksum = read(number)
+                    if have.get("Size") == len(data) and (
+                        have.get("ChecksumSHA256") == checksum
+                        or (not have.get("ChecksumSHA256") and have.get("ETag", "").strip('"') == _md5(data))
+                    ):
+                        kept[number] = {"PartNumber": number, "ETag": have["ETag"], "ChecksumSHA256": checksum}
+            if upload_id is not None and not kept:  # nothing of ours in it: start afresh (with our metadata)
+                self._abort(k, upload_id)
+                upload_id = None
+            if upload_id is None:
+                upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=k, Metadata={"sha256": sha256},
+                                                                ChecksumAlgorithm="SHA256")["UploadId"]  # fmt: skip
+
+            def send(number: int) -> dict[str, Any]:
+                if number in kept:
+                    return kept[number]
+                data, checksum = read(number)
+                etag = self.client.upload_part(Bucket=self.bucket, Key=k, UploadId=upload_id, PartNumber=number,
+                                               Body=data, ChecksumSHA256=checksum)["ETag"]  # fmt: skip
+                return {"PartNumber": number, "ETag": etag, "ChecksumSHA256": checksum}
+
+            with ThreadPoolExecutor(2, thread_name_prefix="s3-part") as pool:
+                parts = list(pool.map(send, range(1, count + 1)))
+        finally:
+            os.close(fd)
+        self.client.complete_multipart_upload(Bucket=self.bucket, Key=k, UploadId=upload_id,
+                                              MultipartUpload={"Parts": parts})  # fmt: skip
+
+    def _resumable(self, k: str) -> tuple[str | None, dict[int, dict[str, Any]]]:
+        """The unfinished upload of k that holds the most parts, with them; other ones are aborted."""
+        best: tuple[str | None, dict[int, dict[str, Any]]] = (None, {})
+        uploads = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=k).get("Uploads", [])
+        for up in [u for u in uploads if u["Key"] == k]:
+            held: dict[int, dict[str, Any]] = {}
+            marker = 0
+            while True:
+                res = self.client.list_parts(Bucket=self.bucket, Key=k, UploadId=up["UploadId"],
+                                             PartNumberMarker=marker)  # fmt: skip
+                held.update({p["PartNumber"]: p for p in res.get("Parts", [])})
+                if not res.get("IsTruncated"):
+                    break
+                marker = res["NextPartNumberMarker"]
+            if best[0] is None or len(held) > len(best[1]):
+                if best[0] is not None:
+                    self._abort(k, best[0])
+                best = (up["UploadId"], held)
+            else:
+                self._abort(k, up["UploadId"])
+        return best
+
+    def _abort(self, k: str, upload_id: str) -> None:
+        with contextlib.suppress(Exception):
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=k, UploadId=upload_id)
 
     def get(self, key: str, dst: Path) -> None:
         tmp = tmp_name(dst)
         try:
-            self.client.download_file(self.bucket, self._key(key), str(tmp))
+            self.client.download_file(self.bucket, self._key(key), str(tmp), Config=self.transfer)
             os.replace(tmp, dst)
         except Exception as exc:
             with contextlib.suppress(OSError):
@@ -137,3 +212,11 @@ class S3Target:
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
         except Exception as exc:
             raise self._error(exc, "deleting", key) from exc
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()  # S3's ETag of a part (not a security check)
