@@ -201,7 +201,7 @@ def write(m: Map, base: Iterable[memoryview], deltas: list[Path], out: Path, chu
         with open(out, "w+b") as f:
             ofd = f.fileno()
             os.ftruncate(ofd, m.size)
-            hasher = _FollowingHash(ofd, m.size)
+            hasher = _FollowingHash(ofd)
             try:
 
                 def emit(g: int, piece: memoryview) -> None:
@@ -249,11 +249,10 @@ def write(m: Map, base: Iterable[memoryview], deltas: list[Path], out: Path, chu
 class _FollowingHash:
     """sha256 of a file written out of order, on another core (hashlib releases the GIL): each
     advance(n) says the first n bytes are final; they are hashed where they lie in the page cache,
-    through a read-only mapping of the file (no copy)."""
+    through read-only mappings of a window at a time (no copy, and memory stays bounded)."""
 
-    def __init__(self, fd: int, size: int, step: int = 8 << 20) -> None:
-        self.h, self.done, self.step = hashlib.sha256(), 0, step
-        self.mm = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else None
+    def __init__(self, fd: int, step: int = 16 << 20) -> None:
+        self.fd, self.h, self.done, self.step = fd, hashlib.sha256(), 0, step
         self.q: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         self.error: BaseException | None = None
         self.t = threading.Thread(target=self._run, name="sha256", daemon=True)
@@ -264,29 +263,26 @@ class _FollowingHash:
 
     def abort(self) -> None:
         self.q.put(None)
-        self._close()
+        self.t.join()
 
     def finish(self, size: int) -> str:
         self.q.put(size)
         self.q.put(None)
-        self._close()
+        self.t.join()
         if self.error is not None:
             raise self.error
         return self.h.hexdigest()
 
-    def _close(self) -> None:
-        self.t.join()
-        if self.mm is not None:
-            self.mm.close()
-
     def _run(self) -> None:
         try:
-            with memoryview(self.mm if self.mm is not None else b"") as view:
-                while (upto := self.q.get()) is not None:
-                    while self.done < upto:
-                        end = min(upto, self.done + self.step)
-                        self.h.update(view[self.done : end])
-                        self.done = end
+            while (upto := self.q.get()) is not None:
+                while self.done < upto:
+                    end = min(upto, self.done + self.step)
+                    start = self.done - self.done % mmap.ALLOCATIONGRANULARITY
+                    mm = mmap.mmap(self.fd, end - start, prot=mmap.PROT_READ, offset=start)
+                    with mm, memoryview(mm) as view:
+                        self.h.update(view[self.done - start :])
+                    self.done = end
         except BaseException as exc:  # raised again by finish()
             self.error = exc
             while self.q.get() is not None:  # drain, so finish() never waits on a dead thread
