@@ -204,6 +204,12 @@ def measure_restore(server: LocalServer, cfgp: Path, last_dump: Path, day: int, 
     print(f"restore of day {day} from offsite alone, best of {times} (deltadump's default here: pg_restore --jobs={jobs}): "
           f"{rt:.2f} s; pg_restore of that day's dump: {prt:.2f} s serial (ratio {rt / prt:.2f}), {prt2:.2f} s with "
           f"--jobs=2 (ratio {rt / prt2:.2f}); restored database identical to the source: {same}")  # fmt: skip
+    # one more restore, not timed, for its peak memory (sampling would slow a timed run)
+    psql(pb, conn, "drop database if exists from_offsite")
+    proc = subprocess.Popen([sys.executable, "-m", "deltadump.cli.main", "restore", "--from", "offsite", "--to-db",
+                             "from_offsite", "--config", str(cfgp), "-q"], stdout=subprocess.DEVNULL)  # fmt: skip
+    peak = sample_peak(proc, every=0.02, skip=lambda comm: comm == "pg_restore")
+    print(f"  peak memory of deltadump restore (PSS of its processes, pg_restore excluded): {peak / 1024:.0f} MB")
     print("  every run: ours " + ", ".join(f"{x:.2f}" for x in ours) + "; pg_restore " +
           ", ".join(f"{x:.2f}" for x in serial) + "; with --jobs=2 " + ", ".join(f"{x:.2f}" for x in jobs2))  # fmt: skip
 

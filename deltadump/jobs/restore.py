@@ -5,15 +5,17 @@ psql, failing on any error."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 
 from ..config import Config
-from ..errors import IntegrityError, RestoreError
+from ..errors import DeltadumpError, IntegrityError, RestoreError
 from ..fsio import sha256_file
 from ..pg.conn import psql
 from ..pg.dump import run_restore
@@ -78,6 +80,12 @@ def restore(
     rep = reporter or SilentReporter()
     t0 = time.monotonic()
     dest = cfg.dest
+    # the server and the target first: a wrong password or a non-empty database fails at once, not after
+    # a long reconstruction; a new database is created meanwhile (and dropped if the backup fails)
+    srv = server_for(cfg, dsn)
+    state = _target_state(srv, to_db, clean)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="createdb")
+    creating = pool.submit(_create, srv, to_db) if state == "absent" else None
     work = Path(tempfile.mkdtemp(prefix="deltadump-restore-", dir=dest if dest.is_dir() else None))
     try:
         if from_offsite:
@@ -114,13 +122,24 @@ def restore(
             else:
                 problem = check.problems[0] if check is not None else "its files were replaced or removed"
                 raise IntegrityError(f"backup {rec.id} is damaged: {problem}", hint="restore another backup")
-        srv = server_for(cfg, dsn)
-        created = _prepare_db(srv, to_db, clean, rep)
+        if creating is not None:
+            creating.result()
+        elif state == "replace":
+            rep.info(f'dropping and recreating database "{to_db}" (--clean)')
+            _drop(srv, to_db)
+            _create(srv, to_db)
+        created = state != "empty"
         pg_restore = tool("pg_restore", cfg, max(srv.major, major_of(rec.pg_dump_version))).path
         rep.info(f'restoring {rec.id} into database "{to_db}"')
         run_restore(pg_restore, srv.psql, srv.conn.with_db(to_db), dump, rec.format, jobs=jobs)
         return RestoreResult(rec, to_db, created, time.monotonic() - t0, source)
+    except BaseException:
+        if creating is not None and creating.exception() is None:
+            with contextlib.suppress(DeltadumpError):
+                _drop(srv, to_db)  # the new, empty database of a restore that could not happen
+        raise
     finally:
+        pool.shutdown()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -132,22 +151,31 @@ def _is_date(ref: str) -> bool:
         return False
 
 
-def _prepare_db(srv: Server, to_db: str, clean: bool, rep: Reporter) -> bool:
-    admin_db = "postgres" if to_db != "postgres" else "template1"
-    exists = psql(srv.psql, srv.conn, f"select 1 from pg_database where datname = {_lit(to_db)}", db=admin_db)
-    if exists:
-        n = int(psql(srv.psql, srv.conn, NONEMPTY_SQL, db=to_db)[0][0])
-        if n and not clean:
-            raise RestoreError(
-                f'database "{to_db}" on {srv.conn.where.split("/")[0]} is not empty ({n} relations)',
-                hint="restore into a new database name, or add --clean to drop and recreate it",
-            )
-        if not n:
-            return False
-        rep.info(f'dropping and recreating database "{to_db}" (--clean)')
-        psql(srv.psql, srv.conn, f"drop database {_ident(to_db)} with (force)", db=admin_db)
-    psql(srv.psql, srv.conn, f"create database {_ident(to_db)}", db=admin_db)
-    return True
+def _target_state(srv: Server, to_db: str, clean: bool) -> str:
+    """'absent' (to create), 'empty' (restore into it) or 'replace' (non-empty, --clean: drop, create);
+    a non-empty database without --clean is refused."""
+    exists = psql(srv.psql, srv.conn, f"select 1 from pg_database where datname = {_lit(to_db)}", db=_admin_db(to_db))
+    if not exists:
+        return "absent"
+    n = int(psql(srv.psql, srv.conn, NONEMPTY_SQL, db=to_db)[0][0])
+    if n and not clean:
+        raise RestoreError(
+            f'database "{to_db}" on {srv.conn.where.split("/")[0]} is not empty ({n} relations)',
+            hint="restore into a new database name, or add --clean to drop and recreate it",
+        )
+    return "replace" if n else "empty"
+
+
+def _admin_db(to_db: str) -> str:
+    return "postgres" if to_db != "postgres" else "template1"
+
+
+def _create(srv: Server, to_db: str) -> None:
+    psql(srv.psql, srv.conn, f"create database {_ident(to_db)}", db=_admin_db(to_db))
+
+
+def _drop(srv: Server, to_db: str) -> None:
+    psql(srv.psql, srv.conn, f"drop database if exists {_ident(to_db)} with (force)", db=_admin_db(to_db))
 
 
 def restore_datadir(
