@@ -116,3 +116,40 @@ def test_physical_drill_uses_a_throwaway_server(pg: LocalServer, pwfile: Path, m
     (dest / rec.path / "pg_wal.tar").unlink()
     r = cli("drill", "latest", "--config", c)
     assert r.returncode == 1 and "did not start" in r.stderr
+
+
+def test_physical_backup_restores_from_offsite_alone(
+    pg: LocalServer, pwfile: Path, maildb: str, tmp: Path, outside: Path
+) -> None:
+    dest, remote = tmp / "dest", tmp / "remote"
+    dest.mkdir()
+    remote.mkdir()
+    c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest, kind="physical", name="SNAP", compress=0)
+    c.write_text(c.read_text() + f'\n[offsite]\nurl = "file://{remote}"\n')
+    r = cli("backup", "--config", c)
+    assert r.returncode == 0, r.stderr
+    rec = manifest.load(dest).find("latest")
+    assert rec is not None
+    shutil.rmtree(dest)  # the local folder is gone
+    port = free_port()
+    data = outside / "from_offsite"
+    r = cli("restore", "--from", "offsite", "--to-datadir", data, "--start", "--port", str(port), "--config", c)
+    try:
+        assert r.returncode == 0, r.stderr
+        conn = Conn(
+            {"host": "127.0.0.1", "port": str(port), "user": "postgres", "dbname": maildb, "password": pg.password}
+        )
+        assert int(psql(pg.psql_bin(), conn, "select count(*) from messages")[0][0]) == 300
+    finally:
+        argv = [str(pg.bin / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]
+        user = run_as_user()
+        subprocess.run(["runuser", "-u", user, "--", *argv] if user else argv, capture_output=True)
+    # a damaged object offsite: refused, named, and no data directory laid out
+    base = next(p for p in remote.rglob("base.tar"))
+    blob = bytearray(base.read_bytes())
+    blob[len(blob) // 2] ^= 1
+    base.write_bytes(bytes(blob))
+    r = cli("restore", "--from", "offsite", "--to-datadir", outside / "bad", "--config", c)
+    assert r.returncode == 1 and "base.tar" in r.stderr and "corrupt" in r.stderr, r.stderr
+    assert not (outside / "bad").exists()
+    assert not [p for p in outside.iterdir() if p.name.startswith("deltadump-restore-")]

@@ -153,7 +153,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
         from ..jobs.restore import restore_datadir
 
         r2 = restore_datadir(cfg, ref, Path(args.to_datadir), start=args.start, port=args.port,
-                             reporter=CliReporter(args.quiet))  # fmt: skip
+                             reporter=CliReporter(args.quiet), from_offsite=args.source == "offsite",
+                             identity=args.identity)  # fmt: skip
         started = " and started it" if args.start else ""
         out.print(f"laid out {r2.backup.id} in {r2.database}{started} in {r2.seconds:.1f} s")
         return 0

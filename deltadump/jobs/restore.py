@@ -151,6 +151,11 @@ def _is_date(ref: str) -> bool:
         return False
 
 
+def _need_physical(rec: BackupRecord) -> None:
+    if rec.format != "physical":
+        raise RestoreError(f"backup {rec.id} is a logical dump: restore it with --to-db")
+
+
 def _target_state(srv: Server, to_db: str, clean: bool) -> str:
     """'absent' (to create), 'empty' (restore into it) or 'replace' (non-empty, --clean: drop, create);
     a non-empty database without --clean is refused."""
@@ -180,27 +185,63 @@ def _drop(srv: Server, to_db: str) -> None:
 
 def restore_datadir(
     cfg: Config, ref: str, datadir: Path, *, start: bool = False, port: int | None = None,
-    reporter: Reporter | None = None,
+    reporter: Reporter | None = None, from_offsite: bool = False, identity: Path | None = None,
 ) -> RestoreResult:  # fmt: skip
-    """Lay out a physical backup as a data directory (refusing a non-empty one); with start, start a
-    server on it (PostgreSQL replays the WAL, as after a crash) and wait until it accepts connections."""
+    """Lay out a physical backup (from here, or from the offsite copy alone) as a data directory,
+    refusing a non-empty one; with start, start a server on it (PostgreSQL replays the WAL, as after
+    a crash) and wait until it accepts connections."""
     from ..pg import physical
     from ..pg.server import free_port
     from ..pg.tools import find
 
     rep = reporter or SilentReporter()
     t0 = time.monotonic()
-    m = manifest.load(cfg.dest)
-    rec = pick(m, ref)
-    if rec.format != "physical":
-        raise RestoreError(f"backup {rec.id} is a logical dump: restore it with --to-db")
     if datadir.exists() and any(datadir.iterdir()):
         raise RestoreError(f"{datadir} is not empty; a data directory is only laid out in an empty folder")
-    check = check_record(cfg.dest, rec, cfg.database.pg_bin, structure=False)
-    if not check.ok:
-        raise IntegrityError(f"backup {rec.id} is damaged: {check.problems[0]}")
-    rep.info(f"laying out {rec.id} in {datadir}")
-    physical.extract(cfg.dest / rec.path, datadir)
+    work: Path | None = None
+    try:
+        if from_offsite:
+            from .offsite import Offsite, offsite_objects
+
+            off = Offsite(cfg, identity)
+            m = off.manifest()
+            rec = pick(m, ref)
+            _need_physical(rec)
+            datadir.parent.mkdir(parents=True, exist_ok=True)
+            work = Path(tempfile.mkdtemp(prefix="deltadump-restore-", dir=datadir.parent))
+            rep.info(f"fetching {rec.id} from the offsite copy at {off.target.describe()}")
+            for obj in offsite_objects(rec):
+                local = work / obj.path
+                local.parent.mkdir(parents=True, exist_ok=True)
+                off.fetch_to(obj.path, local)
+                if sha256_file(local)[1] != obj.sha256:
+                    raise IntegrityError(f"{obj.path} is corrupt offsite: sha256 mismatch")
+            backup = work / "full" / rec.id / rec.path
+        else:
+            m = manifest.load(cfg.dest)
+            rec = pick(m, ref)
+            _need_physical(rec)
+            check = check_record(cfg.dest, rec, cfg.database.pg_bin, structure=False)
+            if not check.ok:
+                raise IntegrityError(f"backup {rec.id} is damaged: {check.problems[0]}")
+            backup = cfg.dest / rec.path
+        rep.info(f"laying out {rec.id} in {datadir}")
+        existed = datadir.exists()
+        try:
+            physical.extract(backup, datadir)
+        except BaseException:  # never leave half a data directory that could be taken for a good one
+            if existed:
+                for p in datadir.iterdir():
+                    if p.is_dir() and not p.is_symlink():
+                        shutil.rmtree(p)
+                    else:
+                        p.unlink()
+            else:
+                shutil.rmtree(datadir, ignore_errors=True)
+            raise
+    finally:
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
     if start:
         pg_ctl = find("pg_ctl", cfg.database.pg_bin, min_major=major_of(rec.server_version))
         if pg_ctl.major != major_of(rec.server_version):
@@ -208,4 +249,4 @@ def restore_datadir(
         port = port or free_port()
         rep.info(f"starting PostgreSQL {pg_ctl.version} on port {port}; it recovers like after a crash")
         physical.start(pg_ctl.path, datadir, port)
-    return RestoreResult(rec, str(datadir), True, time.monotonic() - t0, "slot")
+    return RestoreResult(rec, str(datadir), True, time.monotonic() - t0, "offsite" if from_offsite else "slot")
