@@ -183,6 +183,17 @@ class Offsite:
                 raise TargetError(f"no deltadump manifest at {self.target.describe()}: {exc}") from exc
             return manifest.load(Path(tmp))
 
+    def fetch_full(self, rec: BackupRecord, work: Path) -> Path:
+        """Bring a backup made without delta (a dump, or a physical backup's files) into `work`, every
+        file checked against its sha256; returns its path there."""
+        for obj in offsite_objects(rec):
+            local = work / obj.path
+            local.parent.mkdir(parents=True, exist_ok=True)
+            self.fetch_to(obj.path, local)
+            if sha256_file(local)[1] != obj.sha256:
+                raise IntegrityError(f"{obj.path} is corrupt offsite: sha256 mismatch")
+        return work / "full" / rec.id / rec.path
+
     def fetcher(self) -> Fetch:
         def fetch(obj: FileRecord, scratch: Path) -> Path:
             if not self.cfg.offsite.encrypt and (p := self.target.local_path(obj.path)) is not None:

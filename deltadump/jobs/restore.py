@@ -16,7 +16,6 @@ from pathlib import Path
 
 from ..config import Config
 from ..errors import DeltadumpError, IntegrityError, RestoreError
-from ..fsio import sha256_file
 from ..pg.conn import psql
 from ..pg.dump import run_restore
 from ..store import manifest
@@ -89,22 +88,14 @@ def restore(
     work = Path(tempfile.mkdtemp(prefix="deltadump-restore-", dir=dest if dest.is_dir() else None))
     try:
         if from_offsite:
-            from .offsite import Offsite, offsite_objects
+            from .offsite import Offsite
 
             off = Offsite(cfg, identity)
             m = off.manifest()
             rec = pick(m, ref)
             rep.info(f"restoring backup {rec.id} from the offsite copy at {off.target.describe()}")
-            if rec.in_chain:
-                dump = chain.reconstruct(m, rec, off.fetcher(), work, rep)
-            else:
-                for obj in offsite_objects(rec):
-                    local = work / obj.path
-                    local.parent.mkdir(parents=True, exist_ok=True)
-                    off.fetch_to(obj.path, local)
-                    if sha256_file(local)[1] != obj.sha256:
-                        raise IntegrityError(f"{obj.path} is corrupt offsite: sha256 mismatch")
-                dump = work / "full" / rec.id / rec.path
+            fetch = off.fetcher()
+            dump = chain.reconstruct(m, rec, fetch, work, rep) if rec.in_chain else off.fetch_full(rec, work)
             source = "offsite"
         else:
             m = manifest.load(dest)
@@ -201,7 +192,7 @@ def restore_datadir(
     work: Path | None = None
     try:
         if from_offsite:
-            from .offsite import Offsite, offsite_objects
+            from .offsite import Offsite
 
             off = Offsite(cfg, identity)
             m = off.manifest()
@@ -210,13 +201,7 @@ def restore_datadir(
             datadir.parent.mkdir(parents=True, exist_ok=True)
             work = Path(tempfile.mkdtemp(prefix="deltadump-restore-", dir=datadir.parent))
             rep.info(f"fetching {rec.id} from the offsite copy at {off.target.describe()}")
-            for obj in offsite_objects(rec):
-                local = work / obj.path
-                local.parent.mkdir(parents=True, exist_ok=True)
-                off.fetch_to(obj.path, local)
-                if sha256_file(local)[1] != obj.sha256:
-                    raise IntegrityError(f"{obj.path} is corrupt offsite: sha256 mismatch")
-            backup = work / "full" / rec.id / rec.path
+            backup = off.fetch_full(rec, work)
         else:
             m = manifest.load(cfg.dest)
             rec = pick(m, ref)
