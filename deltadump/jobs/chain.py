@@ -1,6 +1,7 @@
 """Delta chains in the backup folder: after a dump, store it as a new base or as a delta against
-the previous backup (or the base), zstd-compressed; reconstruct any chained backup's dump, checking
-the sha256 of the basis before and of the result after every patch.
+the previous backup (or the base), zstd-compressed; reconstruct any chained backup's dump in one
+pass (its deltas composed, the base streamed into place), every object's sha256 checked on the way
+and the result's against the recorded dump_sha256.
 
 Local layout under dest/chain/: <id>.base.zst, <id>.delta.zst (decompressed: a valid rdiff delta),
 <id>.sig (rdiff signature of that backup's dump, local only: the next delta is made against it).

@@ -1,7 +1,7 @@
-"""The restore job: find the backup (here or in the offsite copy), bring its dump into being (its
-slot file, or a reconstruction from its delta chain, every step checked against recorded sha256),
-prepare the target database (create it; refuse a non-empty one unless clean), then pg_restore or
-psql, failing on any error."""
+"""The restore job: check the server and the target database (refuse a non-empty one unless clean),
+find the backup (here or in the offsite copy), bring its dump into being (its slot file, or a
+reconstruction from its delta chain, checked against the recorded sha256) while a new database is
+created, then pg_restore or psql, failing on any error. Physical backups: lay out a data directory."""
 
 from __future__ import annotations
 

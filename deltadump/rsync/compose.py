@@ -2,7 +2,9 @@
 
 Each delta's COPY commands are resolved through the previous delta's output map, so the final file
 is written once, from ranges of the base and literal bytes of the deltas, instead of materialising
-every intermediate file. Interval arithmetic on command lists: no byte is touched until the end.
+every intermediate file. Interval arithmetic on command lists: no byte is touched until the end;
+then write() takes the base as a stream of pieces (it need never exist as a file) and hashes the
+result as it completes.
 """
 
 from __future__ import annotations
