@@ -383,7 +383,7 @@ class _Parallel:
 
         def window(fd: int, lo: int, hi: int) -> tuple[memoryview, int]:
             start = lo - lo % mmap.ALLOCATIONGRANULARITY
-            m = mmap.mmap(fd, hi - start, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ,
+            m = mmap.mmap(fd, hi - start, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0), prot=mmap.PROT_READ,
                           offset=start)  # fmt: skip
             maps.append(m)
             return memoryview(m), start
