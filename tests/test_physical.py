@@ -144,6 +144,8 @@ def test_physical_backup_restores_from_offsite_alone(
         argv = [str(pg.bin / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]
         user = run_as_user()
         subprocess.run(["runuser", "-u", user, "--", *argv] if user else argv, capture_output=True)
+    r = cli("drill", "latest", "--offsite", "--config", c)  # a throwaway server, from the offsite copy
+    assert r.returncode == 0 and "drill passed" in r.stdout, r.stdout + r.stderr
     # a damaged object offsite: refused, named, and no data directory laid out
     base = next(p for p in remote.rglob("base.tar"))
     blob = bytearray(base.read_bytes())
@@ -153,3 +155,5 @@ def test_physical_backup_restores_from_offsite_alone(
     assert r.returncode == 1 and "base.tar" in r.stderr and "corrupt" in r.stderr, r.stderr
     assert not (outside / "bad").exists()
     assert not [p for p in outside.iterdir() if p.name.startswith("deltadump-restore-")]
+    r = cli("drill", "latest", "--offsite", "--config", c)
+    assert r.returncode == 1 and "base.tar" in r.stdout + r.stderr, r.stdout + r.stderr

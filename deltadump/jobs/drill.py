@@ -71,9 +71,7 @@ def drill(
     else:
         rec = pick(manifest.load(cfg.dest), ref)
     if rec.format == "physical":
-        if offsite:
-            raise RestoreError("drills of physical backups run on the local copy")
-        res = _physical_drill(cfg, rec, rep)
+        res = _physical_drill(cfg, rec, rep, offsite, identity)
         res.seconds = time.monotonic() - t0
         _record(cfg, rec, res, offsite)
         return res
@@ -114,7 +112,7 @@ def _record(cfg: Config, rec: BackupRecord, res: DrillResult, offsite: bool) -> 
                     )
 
 
-def _physical_drill(cfg: Config, rec: BackupRecord, rep: Reporter) -> DrillResult:
+def _physical_drill(cfg: Config, rec: BackupRecord, rep: Reporter, offsite: bool, identity: Path | None) -> DrillResult:
     """A throwaway server: lay the backup out, start it (WAL replay), check that every database
     answers and count its tables' rows, stop it, remove it."""
     import shutil
@@ -137,7 +135,8 @@ def _physical_drill(cfg: Config, rec: BackupRecord, rep: Reporter) -> DrillResul
     conn.keywords.update(host="127.0.0.1", port=str(port))
     try:
         try:
-            restore_datadir(cfg, rec.id, data, start=True, port=port, reporter=rep)
+            restore_datadir(cfg, rec.id, data, start=True, port=port, reporter=rep, from_offsite=offsite,
+                            identity=identity)  # fmt: skip
         except Exception as exc:
             res.differences.append(f"the throwaway server did not start: {exc}")
             return res
