@@ -145,28 +145,3 @@ def remove_stale_temps(folder: Path) -> list[Path]:
                 p.unlink()
             removed.append(p)
     return removed
-
-
-class BackgroundHash:
-    """sha256 computed on another core (hashlib releases the GIL for large buffers), in order."""
-
-    def __init__(self) -> None:
-        import queue
-        import threading
-
-        self.h = hashlib.sha256()
-        self.q: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
-        self.t = threading.Thread(target=self._run, daemon=True)
-        self.t.start()
-
-    def _run(self) -> None:
-        while (b := self.q.get()) is not None:
-            self.h.update(b)
-
-    def update(self, b: bytes) -> None:
-        self.q.put(b)
-
-    def hexdigest(self) -> str:
-        self.q.put(None)
-        self.t.join()
-        return self.h.hexdigest()

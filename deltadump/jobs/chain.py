@@ -10,6 +10,7 @@ Local layout under dest/chain/: <id>.base.zst, <id>.delta.zst (decompressed: a v
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ import zstandard
 
 from ..config import Config
 from ..errors import IntegrityError, RsyncError
-from ..fsio import BackgroundHash, atomic_write, sha256_file, storage_error, tmp_name
+from ..fsio import atomic_write, sha256_file, storage_error, tmp_name
 from ..rsync import delta as rs_delta
 from ..rsync import signature as rs_signature
 from ..store import manifest
@@ -48,39 +49,31 @@ def zstd_file(src: Path, dst: Path, level: int = ZSTD_LEVEL) -> FileRecord:
 
 
 class _HashingReader:
-    """A file wrapper that hashes what is read through it, in the background."""
+    """A file wrapper that hashes what is read through it."""
 
     def __init__(self, f: BinaryIO) -> None:
         self.f = f
-        self.sha256 = BackgroundHash()
+        self.sha256 = hashlib.sha256()
 
     def read(self, n: int = -1) -> bytes:
         data = self.f.read(n)
-        if data:
-            self.sha256.update(data)
+        self.sha256.update(data)
         return data
 
 
-def unzstd_file(src: Path, dst: Path, want_src_sha256: str | None = None, hash_output: bool = True) -> str:
-    """Decompress src into dst (a scratch file: not fsynced); returns the sha256 of the output. With
-    want_src_sha256, src is checked in the same read, and dst removed if it does not match."""
-    dctx = zstandard.ZstdDecompressor()
+def unzstd_file(src: Path, dst: Path, want_src_sha256: str) -> None:
+    """Decompress src into dst (a scratch file: not fsynced), checking src's sha256 in the same read;
+    dst is removed if it does not match."""
     try:
-        with atomic_write(dst, durable=False, hashing=hash_output) as out, open(src, "rb") as f:
+        with atomic_write(dst, durable=False, hashing=False) as out, open(src, "rb") as f:
             hr = _HashingReader(f)
-            if hash_output:
-                with dctx.stream_reader(hr, read_across_frames=True) as r:  # type: ignore[arg-type]
-                    while chunk := r.read(4 << 20):
-                        out.write(chunk)
-            else:  # zstd's own copy loop, in C
-                dctx.copy_stream(hr, out.file, read_size=4 << 20, write_size=4 << 20)
+            zstandard.ZstdDecompressor().copy_stream(hr, out.file, read_size=4 << 20, write_size=4 << 20)
             while hr.read(1 << 20):  # hash any bytes after the last frame too
                 pass
-            if want_src_sha256 is not None and hr.sha256.hexdigest() != want_src_sha256:
+            if hr.sha256.hexdigest() != want_src_sha256:
                 raise IntegrityError(f"{src.name} is corrupt: sha256 mismatch")
     except zstandard.ZstdError as exc:
         raise IntegrityError(f"{src.name} is corrupt (zstd: {exc})") from exc
-    return out.sha256.hexdigest()
 
 
 def unzstd_pieces(src: Path, chunk: int, depth: int = 3) -> Iterator[memoryview]:
@@ -205,21 +198,12 @@ def reconstruct(m: manifest.Manifest, rec: BackupRecord, fetch: Fetch, work: Pat
     base_obj = base.objects[0]
     base_zst = fetch(base_obj, work / Path(base_obj.path).name)
     out = work / "dump"
-    if not deltas:
-        try:
-            got = unzstd_file(base_zst, out, base_obj.sha256)
-        except IntegrityError as exc:
-            raise IntegrityError(f"{base_obj.path} is corrupt: {exc.message} (needed by backup {rec.id})") from exc
-        if got != base.dump_sha256:
-            raise IntegrityError(f"{base_obj.path} does not decompress to its recorded dump")
-        _remove_scratch(base_zst, work)
-        return out
     raws = [work / f"delta-{i}" for i in range(1, len(deltas) + 1)]
 
     def unpack(obj: FileRecord, raw: Path) -> Path:
         local = fetch(obj, work / Path(obj.path).name)
         try:
-            unzstd_file(local, raw, obj.sha256, hash_output=False)
+            unzstd_file(local, raw, obj.sha256)
         except IntegrityError as exc:
             raise IntegrityError(f"{obj.path} is corrupt: {exc.message} (needed by backup {rec.id})") from exc
         except FileNotFoundError as exc:
@@ -227,14 +211,15 @@ def reconstruct(m: manifest.Manifest, rec: BackupRecord, fetch: Fetch, work: Pat
         _remove_scratch(local, work)
         return raw
 
-    rep.info(f"applying {len(raws)} delta(s) to base {base.id}")
+    if raws:
+        rep.info(f"applying {len(raws)} delta(s) to base {base.id}")
     with ThreadPoolExecutor(2, thread_name_prefix="fetch") as pool:
         # on the other core: check the base, bring and unpack the deltas, while this one composes
         # each delta as soon as it is there
         base_sha = pool.submit(lambda: sha256_file(base_zst)[1])
         ready = [pool.submit(unpack, b.objects[0], raw) for b, raw in zip(deltas, raws, strict=True)]
         try:
-            plan = compose(base.dump_size or _content_size(base_zst), (f.result() for f in ready))
+            plan = compose(base.dump_size, (f.result() for f in ready))
             if base_sha.result() != base_obj.sha256:
                 raise IntegrityError(f"{base_obj.path} is corrupt: sha256 mismatch (needed by backup {rec.id})")
         except RsyncError as exc:
@@ -254,7 +239,7 @@ def reconstruct(m: manifest.Manifest, rec: BackupRecord, fetch: Fetch, work: Pat
         raise storage_error(exc, out, "writing") from exc
     finally:
         pieces.close()  # stops the decompressing thread at once if the write stopped early
-    if base.dump_size and written.base_bytes != base.dump_size:
+    if written.base_bytes != base.dump_size:
         raise IntegrityError(f"{base_obj.path} decompresses to {written.base_bytes} bytes, not {base.dump_size}")
     if written.sha256 != rec.dump_sha256:
         raise IntegrityError(f"reconstructed dump of {rec.id} does not match its recorded sha256")
@@ -266,15 +251,6 @@ def reconstruct(m: manifest.Manifest, rec: BackupRecord, fetch: Fetch, work: Pat
 def _remove_scratch(p: Path, work: Path) -> None:
     if p.is_relative_to(work):  # not an object read in place
         p.unlink()
-
-
-def _content_size(zst: Path) -> int:
-    """The decompressed size of a base recorded without one (read from its zstd frame header)."""
-    with open(zst, "rb") as f:
-        size = zstandard.frame_content_size(f.read(18))
-    if size < 0:
-        raise IntegrityError(f"{zst.name} does not record its size")
-    return size
 
 
 def local_fetch(dest: Path) -> Fetch:

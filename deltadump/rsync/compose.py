@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import RsyncError
 from .format import DELTA_MAGIC, decode_opcode
+from .streams import map_range, pwritev_all
 
 BASE = -1  # source id of the base file
 
@@ -217,7 +218,7 @@ def write(m: Map, base: Iterable[memoryview], deltas: list[Path], out: Path, chu
                             for j in range(a, b)
                         ]
                         try:
-                            _pwritev_all(ofd, bufs, at_l[a])
+                            pwritev_all(ofd, bufs, at_l[a])
                         finally:
                             bufs.clear()  # no view of a mapping may outlive this (even in a traceback)
                     hasher.advance(complete[g])
@@ -280,8 +281,7 @@ class _FollowingHash:
             while (upto := self.q.get()) is not None:
                 while self.done < upto:
                     end = min(upto, self.done + self.step)
-                    start = self.done - self.done % mmap.ALLOCATIONGRANULARITY
-                    mm = mmap.mmap(self.fd, end - start, prot=mmap.PROT_READ, offset=start)
+                    mm, start = map_range(self.fd, self.done, end)
                     with mm, memoryview(mm) as view:
                         self.h.update(view[self.done - start :])
                     self.done = end
@@ -294,21 +294,3 @@ class _FollowingHash:
 def _map(p: Path) -> mmap.mmap | None:
     with open(p, "rb") as f:
         return mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) if os.fstat(f.fileno()).st_size else None
-
-
-def _pwritev_all(fd: int, bufs: list[memoryview], at: int) -> None:
-    """Write bufs one after another at `at`, in as few system calls as the kernel allows."""
-    i = 0
-    while i < len(bufs):
-        got = os.pwritev(fd, bufs[i : i + IOV_MAX], at)
-        if got <= 0:
-            raise OSError(f"no progress writing at byte {at}")
-        at += got
-        while i < len(bufs) and got >= len(bufs[i]):
-            got -= len(bufs[i])
-            i += 1
-        if got:  # stopped inside a buffer
-            bufs[i] = bufs[i][got:]
-
-
-IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024

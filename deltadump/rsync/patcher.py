@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, BinaryIO
 from ..errors import RsyncError
 from ..fsio import sha256_file, storage_error
 from .format import DELTA_MAGIC, decode_opcode, librsync_job
-from .streams import PathOrFile, Sink, Source, open_error, open_input, open_output
+from .streams import IOV_MAX, PathOrFile, Sink, Source, map_range, open_error, open_input, open_output, pwritev_all
 
 if TYPE_CHECKING:
+    import mmap
     import queue
 
 _FMT = {1: ">B", 2: ">H", 4: ">I", 8: ">Q"}
@@ -299,7 +300,7 @@ class _Batch:
 
 _BATCH = 16 << 20  # output bytes per batch
 _WINDOW = 32 << 20  # most bytes of the basis (or of the delta) one batch maps
-_IOV_MAX = 1024
+_IOV_MAX = IOV_MAX  # commands per batch: one pwritev
 
 
 class _Parallel:
@@ -377,46 +378,30 @@ class _Parallel:
                     self.error = exc
 
     def _write(self, b: _Batch) -> None:
-        import mmap
-
         maps: list[mmap.mmap] = []
-
-        def window(fd: int, lo: int, hi: int) -> tuple[memoryview, int]:
-            start = lo - lo % mmap.ALLOCATIONGRANULARITY
-            m = mmap.mmap(fd, hi - start, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0), prot=mmap.PROT_READ,
-                          offset=start)  # fmt: skip
-            maps.append(m)
-            return memoryview(m), start
-
         views: list[memoryview] = []
         bufs: list[memoryview] = []
         bv = dv = memoryview(b"")
         bstart = dstart = 0
         try:
             if b.bhi:
-                bv, bstart = window(self.bfd, self.boff + b.blo, self.boff + b.bhi)
-                bstart -= self.boff
+                bm, bstart = map_range(self.bfd, self.boff + b.blo, self.boff + b.bhi, populate=True)
+                maps.append(bm)
+                bv = memoryview(bm)
                 views.append(bv)
+                bstart -= self.boff
             if b.dhi:
-                dv, dstart = window(self.dfd, b.dlo, b.dhi)
+                dm, dstart = map_range(self.dfd, b.dlo, b.dhi, populate=True)
+                maps.append(dm)
+                dv = memoryview(dm)
                 views.append(dv)
             bufs = [bv[p - bstart : p - bstart + n] if c else dv[p - dstart : p - dstart + n] for c, p, n in b.cmds]
-            at, i = b.at, 0
-            while i < len(bufs):
-                try:
-                    got = os.pwritev(self.ofd, bufs[i:], at)
-                except OSError as exc:
-                    where = self.sink.atomic.final if self.sink.atomic is not None else "output"
-                    clear = storage_error(exc, where, "writing").message
-                    raise RsyncError(RsyncError.RS_IO_ERROR, f"write failed: {exc.strerror}", message=clear) from exc
-                if got <= 0:
-                    raise RsyncError(RsyncError.RS_IO_ERROR, "write failed", message="the output accepts no more data")
-                at += got
-                while i < len(bufs) and got >= len(bufs[i]):
-                    got -= len(bufs[i])
-                    i += 1
-                if got:
-                    bufs[i] = bufs[i][got:]
+            try:
+                pwritev_all(self.ofd, bufs, b.at)
+            except OSError as exc:
+                where = self.sink.atomic.final if self.sink.atomic is not None else "output"
+                clear = storage_error(exc, where, "writing").message
+                raise RsyncError(RsyncError.RS_IO_ERROR, f"write failed: {exc.strerror or exc}", message=clear) from exc
         finally:
             bufs.clear()
             for v in views:

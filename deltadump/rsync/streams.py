@@ -7,6 +7,7 @@ are read with pread (no copy of the file is kept), pipes through a bounded slidi
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import stat
 from collections.abc import Iterator
@@ -201,3 +202,29 @@ def open_output(dst: PathOrFile, force: bool = True, durable: bool = True) -> It
         sink.abort()
         raise
     sink.commit()
+
+
+IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+
+
+def pwritev_all(fd: int, bufs: list[memoryview], at: int) -> None:
+    """Write bufs one after another at offset `at`, in as few system calls as the kernel allows."""
+    i = 0
+    while i < len(bufs):
+        got = os.pwritev(fd, bufs[i : i + IOV_MAX], at)
+        if got <= 0:
+            raise OSError(f"no progress writing at byte {at}")
+        at += got
+        while i < len(bufs) and got >= len(bufs[i]):
+            got -= len(bufs[i])
+            i += 1
+        if got:  # stopped inside a buffer
+            bufs[i] = bufs[i][got:]
+
+
+def map_range(fd: int, lo: int, hi: int, populate: bool = False) -> tuple[mmap.mmap, int]:
+    """A read-only mapping of fd's bytes lo..hi (from the page boundary at or below lo), and the offset
+    it starts at; with populate, its pages are mapped at once instead of one fault at a time."""
+    start = lo - lo % mmap.ALLOCATIONGRANULARITY
+    flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
+    return mmap.mmap(fd, hi - start, flags=flags, prot=mmap.PROT_READ, offset=start), start
