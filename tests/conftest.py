@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -136,3 +137,23 @@ def bucket(s3_server: str) -> str:
     name = f"bucket{next(_buckets)}"
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
     return name
+
+
+@contextlib.contextmanager
+def write_load(pg: LocalServer, db: str, sql: str) -> Iterator[None]:
+    """A database under write load: `sql` runs over and over in another thread while the block runs."""
+    import threading
+
+    stop = threading.Event()
+
+    def writer() -> None:
+        while not stop.is_set():
+            psql(pg.psql_bin(), pg.conn(), sql, db=db)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join()

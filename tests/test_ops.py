@@ -15,7 +15,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from conftest import cli, write_config
+from conftest import cli, write_config, write_load
 
 from deltadump import clock
 from deltadump.config import load
@@ -72,20 +72,9 @@ def test_drill_record_is_from_the_dump_snapshot(
 ) -> None:
     """Rows inserted while the dump runs are in neither the dump nor the record."""
     cfg = load(write_config(tmp / "c.toml", pg, pwfile, maildb, dest))
-    stop = threading.Event()
-
-    def writer() -> None:
-        while not stop.is_set():
-            psql(pg.psql_bin(), pg.conn(), "insert into settings values (md5(random()::text), 'v')", db=maildb)
-
-    t = threading.Thread(target=writer)
-    t.start()
-    try:
+    with write_load(pg, maildb, "insert into settings values (md5(random()::text), 'v')"):
         for _ in range(3):
             backup_and_report(cfg)
-    finally:
-        stop.set()
-        t.join()
     assert drill(cfg, "latest").ok
 
 

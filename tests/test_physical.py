@@ -6,11 +6,10 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-import threading
 from pathlib import Path
 
 import pytest
-from conftest import cli, write_config
+from conftest import cli, write_config, write_load
 
 from deltadump.pg.conn import Conn, psql
 from deltadump.pg.physical import run_as_user
@@ -39,22 +38,11 @@ def test_physical_backup_under_load_restores_and_starts(
         "create table load (id bigserial primary key, at timestamptz default now())",
         db=maildb,
     )
-    stop = threading.Event()
-
-    def writer() -> None:
-        while not stop.is_set():
-            psql(pg.psql_bin(), pg.conn(), "insert into load default values", db=maildb)
-
-    t = threading.Thread(target=writer)
-    t.start()
-    try:
+    with write_load(pg, maildb, "insert into load default values"):
         while int(psql(pg.psql_bin(), pg.conn(), "select count(*) from load", db=maildb)[0][0]) < 20:
             pass
         before = int(psql(pg.psql_bin(), pg.conn(), "select max(id) from load", db=maildb)[0][0])
         r = cli("backup", "--config", c)
-    finally:
-        stop.set()
-        t.join()
     assert r.returncode == 0, r.stderr
     rec = manifest.load(dest).find("latest")
     assert rec is not None and rec.format == "physical"
