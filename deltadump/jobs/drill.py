@@ -69,7 +69,7 @@ def drill(
 
         rec = pick(Offsite(cfg, identity).manifest(), ref)
     else:
-        rec = pick(manifest.load(cfg.dest), ref)
+        rec = pick(manifest.load(cfg.dest), ref, cfg.dest)
     if rec.format == "physical":
         res = _physical_drill(cfg, rec, rep, offsite, identity)
         res.seconds = time.monotonic() - t0

@@ -11,7 +11,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 
 from ..config import Config
@@ -22,7 +22,7 @@ from ..store import manifest
 from ..store.manifest import BackupRecord, Manifest
 from . import chain
 from .common import Reporter, Server, SilentReporter, major_of, server_for, tool
-from .verify import check_record, select
+from .verify import check_record, resolve
 
 NONEMPTY_SQL = """
 select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace
@@ -48,9 +48,10 @@ def _lit(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
-def pick(m: Manifest, ref: str) -> BackupRecord:
-    """A restorable backup by id, 'latest', path, or a date (the newest backup of that day or before)."""
-    rec = m.find(ref)
+def pick(m: Manifest, ref: str, dest: Path | None = None) -> BackupRecord:
+    """A backup by id, 'latest', path (inside dest, when given), or a date (the newest restorable
+    backup of that day or before)."""
+    rec = resolve(m, dest, ref)
     if rec is None:
         try:
             day = date.fromisoformat(ref[:10])
@@ -60,7 +61,8 @@ def pick(m: Manifest, ref: str) -> BackupRecord:
             cands = [b for b in m.backups if b.restorable and b.started.date() <= day]
             rec = max(cands, key=lambda b: b.started, default=None)
     if rec is None:
-        raise RestoreError(f"no restorable backup {ref!r} is recorded")
+        where = f" in {dest / manifest.MANIFEST_NAME}" if dest is not None else ""
+        raise RestoreError(f"no restorable backup {ref!r} is recorded{where}")
     return rec
 
 
@@ -99,7 +101,7 @@ def restore(
             source = "offsite"
         else:
             m = manifest.load(dest)
-            rec = select(m, dest, ref)[0] if m.find(ref) or not _is_date(ref) else pick(m, ref)
+            rec = pick(m, ref, dest)
             if not rec.restorable:
                 why = f"failed: {rec.error}" if rec.status == "failed" else f"replaced by {rec.replaced_by}"
                 raise RestoreError(f"backup {rec.id} cannot be restored: it {why}")
@@ -132,14 +134,6 @@ def restore(
     finally:
         pool.shutdown()
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _is_date(ref: str) -> bool:
-    try:
-        datetime.fromisoformat(ref)
-        return True
-    except ValueError:
-        return False
 
 
 def _need_physical(rec: BackupRecord) -> None:
@@ -204,7 +198,7 @@ def restore_datadir(
             backup = off.fetch_full(rec, work)
         else:
             m = manifest.load(cfg.dest)
-            rec = pick(m, ref)
+            rec = pick(m, ref, cfg.dest)
             _need_physical(rec)
             check = check_record(cfg.dest, rec, cfg.database.pg_bin, structure=False)
             if not check.ok:

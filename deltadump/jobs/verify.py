@@ -60,14 +60,20 @@ def check_record(dest: Path, rec: BackupRecord, pg_bin: str = "", structure: boo
     return res
 
 
+def resolve(m: manifest.Manifest, dest: Path | None, ref: str) -> BackupRecord | None:
+    """A backup by id, 'latest', or path (relative to dest, or absolute and inside it)."""
+    rec = m.find(ref)
+    if rec is None and dest is not None:
+        p = Path(ref)
+        if p.is_absolute() and _inside(p, dest):
+            rec = m.find(p.resolve().relative_to(dest.resolve()).as_posix())
+    return rec
+
+
 def select(m: manifest.Manifest, dest: Path, ref: str | None) -> list[BackupRecord]:
     if ref is None:
         return [b for b in m.backups if b.current]
-    rec = m.find(ref)
-    if rec is None:
-        p = Path(ref)
-        rel = p.resolve().relative_to(dest.resolve()).as_posix() if p.is_absolute() and _inside(p, dest) else ref
-        rec = m.find(rel)
+    rec = resolve(m, dest, ref)
     if rec is None:
         raise IntegrityError(f"no backup {ref!r} is recorded in {dest / manifest.MANIFEST_NAME}")
     return [rec]
