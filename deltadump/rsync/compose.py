@@ -158,14 +158,21 @@ class Written(NamedTuple):
     sha256: str  # of the output
 
 
-def write(m: Map, base: Iterable[memoryview], deltas: list[Path], out: Path, chunk: int = CHUNK) -> Written:
-    """Write the composed output. The base arrives as consecutive pieces of exactly `chunk` bytes (the
-    last shorter, possibly empty), e.g. straight from a decompressor, so it need never exist as a file:
-    as each piece arrives, every range of the output that copies from it is written, together with the
-    literal bytes (from the deltas, mapped) that follow those ranges, in runs of adjacent ranges, one
-    pwritev per run. The output's sha256 is computed on another core, following the writes: every
-    prefix of the output is hashed as soon as it is complete. Raises RsyncError if the base ends before
-    the bytes the plan copies."""
+class _Schedule(NamedTuple):
+    """What write() does for each piece of the base, in order: items (source, range, output offset)
+    grouped by the piece they wait for, cut into runs adjacent in the output."""
+
+    srcs: list[int]
+    lo: list[int]
+    hi: list[int]
+    at: list[int]
+    run_starts: list[int]  # item index where each run starts, then the number of items
+    groups: list[int]  # run index where each group (base piece) starts, then the number of runs
+    complete: list[int]  # after group g: the output is final up to this offset
+    need: int  # bytes of the base the plan copies
+
+
+def _schedule(m: Map, chunk: int) -> _Schedule:
     is_base = m.srcs == BASE
     # cut base segments at piece boundaries; a literal goes with the base range it follows
     k0 = np.where(is_base, m.offs // chunk, 0)
@@ -189,7 +196,6 @@ def write(m: Map, base: Iterable[memoryview], deltas: list[Path], out: Path, chu
     run_starts = [*np.flatnonzero(brk).tolist(), len(key)]
     run_key = key[np.asarray(run_starts[:-1], np.int64)]
     groups = np.searchsorted(run_key, np.arange(int(key.max(initial=0)) + 2)).tolist()  # group g: its runs
-    srcs_l, lo_l, hi_l, at_l = src.tolist(), lo.tolist(), hi.tolist(), at.tolist()
     # after group g is written, the output is complete up to the lowest start of any later item
     n_groups = len(groups) - 1
     item_groups = np.searchsorted(key, np.arange(n_groups + 1))
@@ -197,6 +203,21 @@ def write(m: Map, base: Iterable[memoryview], deltas: list[Path], out: Path, chu
     filled = item_groups[:-1] < item_groups[1:]
     gmin[:-1][filled] = np.minimum.reduceat(at, item_groups[:-1][filled]) if filled.any() else []
     complete = np.minimum.accumulate(gmin[::-1])[::-1][1:].tolist()  # complete[g]: prefix done after g
+    return _Schedule(src.tolist(), lo.tolist(), hi.tolist(), at.tolist(), run_starts, groups, complete, need)
+
+
+def write(m: Map, base: Iterable[memoryview], deltas: list[Path], out: Path, chunk: int = CHUNK) -> Written:
+    """Write the composed output. The base arrives as consecutive pieces of exactly `chunk` bytes (the
+    last shorter, possibly empty), e.g. straight from a decompressor, so it need never exist as a file:
+    as each piece arrives, every range of the output that copies from it is written, together with the
+    literal bytes (from the deltas, mapped) that follow those ranges, in runs of adjacent ranges, one
+    pwritev per run. The output's sha256 is computed on another core, following the writes: every
+    prefix of the output is hashed as soon as it is complete. Raises RsyncError if the base ends before
+    the bytes the plan copies."""
+    sc = _schedule(m, chunk)
+    srcs_l, lo_l, hi_l, at_l = sc.srcs, sc.lo, sc.hi, sc.at
+    run_starts, groups, complete, need = sc.run_starts, sc.groups, sc.complete, sc.need
+    n_groups = len(groups) - 1
     maps = [_map(p) for p in deltas]
     views = [memoryview(mm) if mm is not None else memoryview(b"") for mm in maps]
     pos = 0
