@@ -187,7 +187,7 @@ def test_pg_dump_killed_midway(pg: LocalServer, pwfile: Path, bigmail: str, dest
     deadline = time.monotonic() + 60
     while proc.poll() is None and time.monotonic() < deadline and not killed:
         for pid in children(proc.pid):
-            if Path(f"/proc/{pid}/comm").read_text().strip() == "pg_dump" and temps(dest):
+            if comm(pid) == "pg_dump" and temps(dest):
                 os.kill(pid, 9)
                 killed = True
         time.sleep(0.02)
@@ -222,6 +222,14 @@ def cli_argv() -> list[str]:
     import sys
 
     return [sys.executable, "-m", "deltadump.cli.main"]
+
+
+def comm(pid: int) -> str | None:
+    """A process's command name, or None once it has ended (a short-lived child may end any time)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
 
 
 def children(pid: int) -> list[int]:
