@@ -10,13 +10,27 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+SYSTEM_TOOLS = ROOT / "tests" / "system-tools.txt"
+
+
+def system_tools() -> dict[str, str]:
+    """tests/system-tools.txt: program -> Debian package, the one list ./run test installs from."""
+    out = {}
+    for line in SYSTEM_TOOLS.read_text().splitlines():
+        parts = line.split("#", 1)[0].split()
+        if parts:
+            out[parts[0]] = parts[1]
+    return out
 
 
 def require_tool(name: str) -> str:
-    """The path of a program the tests need. Missing is a failure, never a skip: .ci/run installs it."""
-    path = shutil.which(name)
+    """The path of a program the tests need. It must be listed in tests/system-tools.txt (so ./run test
+    installs it on a fresh machine); missing is a failure, never a skip."""
+    if name not in system_tools():
+        pytest.fail(f"{name} is not listed in tests/system-tools.txt, so a fresh machine would not have it")
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
     if path is None:
-        pytest.fail(f"{name} is not installed; run .ci/run (or apt-get install it) before the tests")
+        pytest.fail(f"{name} is not installed; run ./run test (or apt-get install it) before the tests")
     return path
 
 

@@ -427,6 +427,15 @@ def test_demo_runs_and_leaves_no_server() -> None:
     r = cli("demo", timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "demo passed" in r.stdout
+    # what makes deltadump different is shown: each day's upload against a compressed dump, the drill
+    # table by table, and the restore from the offsite copy alone
+    assert "sent offsite" in r.stdout and "pg_dump -Fc" in r.stdout
+    days = [ln for ln in r.stdout.splitlines() if "│ delta" in ln]
+    assert len(days) >= 3, r.stdout
+    for ln in days:  # a delta day sends a few percent of a compressed dump
+        assert float(ln.split("│")[-2].strip().rstrip("%")) < 10, ln
+    assert "drill of backup" in r.stdout and "public.messages" in r.stdout
+    assert "restored from the offsite copy alone" in r.stdout and "│ NO" not in r.stdout
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert "deltadump-demo-" not in ps
 

@@ -102,6 +102,7 @@ def _backup_locked(cfg: Config, rep: Reporter, dest: Path) -> BackupRecord:
     for p in remove_stale_temps(dest):
         rep.info(f"removed a temporary file left by an interrupted run: {p.name}")
     b = cfg.backup
+    fmt: str
     fmt, compress = (b.format, b.compress) if not cfg.delta.enabled else ("custom", 0)  # deltas need raw dumps
     if b.kind == "physical":
         fmt = "physical"

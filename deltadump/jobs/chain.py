@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
@@ -67,7 +67,7 @@ def unzstd_file(src: Path, dst: Path, want_src_sha256: str) -> None:
     try:
         with atomic_write(dst, durable=False, hashing=False) as out, open(src, "rb") as f:
             hr = _HashingReader(f)
-            zstandard.ZstdDecompressor().copy_stream(hr, out.file, read_size=4 << 20, write_size=4 << 20)
+            zstandard.ZstdDecompressor().copy_stream(hr, out.file, read_size=4 << 20, write_size=4 << 20)  # type: ignore[arg-type]
             while hr.read(1 << 20):  # hash any bytes after the last frame too
                 pass
             if hr.sha256.hexdigest() != want_src_sha256:
@@ -76,7 +76,7 @@ def unzstd_file(src: Path, dst: Path, want_src_sha256: str) -> None:
         raise IntegrityError(f"{src.name} is corrupt (zstd: {exc})") from exc
 
 
-def unzstd_pieces(src: Path, chunk: int, depth: int = 3) -> Iterator[memoryview]:
+def unzstd_pieces(src: Path, chunk: int, depth: int = 3) -> Generator[memoryview, None, None]:
     """src decompressed, as consecutive pieces of `chunk` bytes (the last shorter): decompressed on
     another core into a few reused buffers (bounded memory), each valid until the next is asked for.
     IntegrityError if zstd finds it damaged (its sha256 is the caller's to check)."""

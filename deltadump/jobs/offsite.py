@@ -13,6 +13,7 @@ import contextlib
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..config import Config
 from ..errors import ConfigError, IntegrityError, TargetError
@@ -75,8 +76,8 @@ class Offsite:
         self.cfg = cfg
         self.target = target or open_target(cfg.offsite.url, cfg.offsite.endpoint_url)
         self.identity = identity
-        self._recipients = None
-        self._identities = None
+        self._recipients: list[Any] | None = None
+        self._identities: list[Any] | None = None
 
     # -- encryption ---------------------------------------------------------------------------------
     def _encrypt(self, src: Path, work: Path) -> Path:

@@ -161,14 +161,16 @@ def run_restore(
                         argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
                     ) as proc,
                 ):
-                    assert proc.stdin is not None and proc.stderr is not None
+                    stdin, stderr = proc.stdin, proc.stderr
+                    if stdin is None or stderr is None:  # cannot happen: both are pipes
+                        raise RestoreError("psql's pipes could not be opened")
                     err_chunks: list[bytes] = []
-                    t = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
+                    t = threading.Thread(target=lambda: err_chunks.append(stderr.read()), daemon=True)
                     t.start()
                     with contextlib.suppress(BrokenPipeError):
                         while chunk := src.read(1 << 20):
-                            proc.stdin.write(chunk)
-                        proc.stdin.close()
+                            stdin.write(chunk)
+                        stdin.close()
                     proc.wait()
                     t.join()
                     rc, err = proc.returncode, b"".join(err_chunks).decode(errors="replace")

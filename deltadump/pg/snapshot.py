@@ -26,7 +26,7 @@ class SnapshotSession:
 
         self._env_cm = self.conn.env()
         env = self._env_cm.__enter__()
-        kw = {k: v for k, v in self.conn.keywords.items() if k != "password"}
+        kw: dict[str, Any] = {k: v for k, v in self.conn.keywords.items() if k != "password"}
         if "PGPASSFILE" in env:
             kw["passfile"] = env["PGPASSFILE"]
         kw.setdefault("connect_timeout", env.get("PGCONNECT_TIMEOUT", "10"))

@@ -16,6 +16,7 @@ import stat
 import struct
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from ..errors import RsyncError
@@ -54,7 +55,7 @@ def _reader(delta: PathOrFile) -> Iterator[BinaryIO]:
         with f:
             yield f
     else:
-        yield delta if isinstance(delta, io.BufferedIOBase) else io.BufferedReader(delta, BUF)  # type: ignore[arg-type]
+        yield delta if isinstance(delta, io.BufferedIOBase) else io.BufferedReader(delta, BUF)  # type: ignore[type-var]
 
 
 class _Out:
@@ -279,7 +280,8 @@ class _Batch:
     __slots__ = ("at", "bhi", "blo", "cmds", "dhi", "dlo", "size")
 
     def __init__(self, at: int) -> None:
-        self.at, self.cmds, self.size = at, [], 0
+        self.at, self.size = at, 0
+        self.cmds: list[tuple[bool, int, int]] = []
         self.blo = self.dlo = 1 << 63
         self.bhi = self.dhi = 0
 
@@ -399,7 +401,7 @@ class _Parallel:
             try:
                 pwritev_all(self.ofd, bufs, b.at)
             except OSError as exc:
-                where = self.sink.atomic.final if self.sink.atomic is not None else "output"
+                where = self.sink.atomic.final if self.sink.atomic is not None else Path("output")
                 clear = storage_error(exc, where, "writing").message
                 raise RsyncError(RsyncError.RS_IO_ERROR, f"write failed: {exc.strerror or exc}", message=clear) from exc
         finally:

@@ -192,5 +192,5 @@ def strong_blocks(buf: bytes | memoryview, block_len: int, kind: str, strong_len
         if strong_len < 32:
             return b"".join([d[:strong_len] for d in out])
         return b"".join(out)
-    h = strong_hasher(kind)
-    return b"".join([h(mv[i : i + block_len])[:strong_len] for i in range(0, n, block_len)])
+    hasher = strong_hasher(kind)
+    return b"".join([hasher(mv[i : i + block_len])[:strong_len] for i in range(0, n, block_len)])

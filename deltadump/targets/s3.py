@@ -54,7 +54,7 @@ class S3Target:
         while inner is not None and not isinstance(inner, ClientError | NoCredentialsError):
             inner = inner.__cause__ or inner.__context__
         if inner is not None:
-            exc = inner  # type: ignore[assignment]
+            exc = inner
         if isinstance(exc, NoCredentialsError):
             return TargetError(
                 f"no S3 credentials for s3://{self.bucket} while {action}",
