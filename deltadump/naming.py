@@ -60,3 +60,32 @@ def render(template: str, now: datetime, success_days: Iterable[date] = ()) -> s
         return str(day_counter(days, now.date(), int(c)))
 
     return _TOKEN.sub(sub, template)
+
+
+MAX_NAME = 1024  # bytes of a whole relative name
+MAX_PART = 255  # bytes of one component (most file systems' limit)
+
+
+def check_relpath(name: object, prefixes: tuple[str, ...] = ()) -> str:
+    """The one check of a relative POSIX name read from anywhere we do not control (a record, a
+    listing, a tar member, a key): a non-empty str of '/'-separated components, none empty, '.' or
+    '..', no absolute path, no backslash, no NUL or other control character, bounded length; with
+    `prefixes`, it must start with one of them. Returns the name; ValueError says what is wrong."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"invalid name {name!r}: not a non-empty string")
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME:
+        raise ValueError(f"invalid name {name[:60]!r}...: longer than {MAX_NAME} bytes")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise ValueError(f"invalid name {name!r}: control character")
+    if "\\" in name:
+        raise ValueError(f"invalid name {name!r}: backslash")
+    if name.startswith("/"):
+        raise ValueError(f"invalid name {name!r}: absolute")
+    for part in name.split("/"):
+        if part in ("", ".", ".."):
+            raise ValueError(f"invalid name {name!r}: empty, '.' or '..' component")
+        if len(part.encode("utf-8", "surrogatepass")) > MAX_PART:
+            raise ValueError(f"invalid name {name[:60]!r}: a component longer than {MAX_PART} bytes")
+    if prefixes and not name.startswith(prefixes):
+        raise ValueError(f"invalid name {name!r}: not under {', '.join(prefixes)}")
+    return name
