@@ -1,6 +1,6 @@
 """librsync 2.3.2 file formats: magic numbers, signature parameters, delta opcodes.
 
-Pure functions and constants only; see ../shared/spec/librsync-format.md (sections 1, 4, 6).
+Pure functions and constants only; see docs/librsync-format.md (sections 2, 5, 6).
 """
 
 from __future__ import annotations
