@@ -32,13 +32,25 @@ from deltadump.jobs import sample
 from deltadump.pg.conn import psql
 from deltadump.pg.inspect import table_stats
 from deltadump.pg.server import LocalServer
-from deltadump.store import manifest
 
 
 def sh(*argv: object, env: dict[str, str] | None = None) -> float:
     t = time.perf_counter()
     subprocess.run([str(a) for a in argv], check=True, env=env, stdout=subprocess.DEVNULL)
     return time.perf_counter() - t
+
+
+def remote_files(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (st.st_size, st.st_mtime_ns)
+            for p in root.rglob("*") if p.is_file() and (st := p.stat())}  # fmt: skip
+
+
+def newest_backup(cfgp: Path):  # type: ignore[no-untyped-def]
+    from deltadump.config import load
+    from deltadump.jobs.common import SilentReporter
+    from deltadump.jobs.repo import open_local
+
+    return open_local(load(cfgp), SilentReporter()).backups()[-1]
 
 
 def folder_size(p: Path) -> int:
@@ -124,6 +136,7 @@ def run(server: LocalServer, work: Path, args: argparse.Namespace) -> None:
         if day > 1:
             sample.mail_day(pb, conn, "mail", day, new=new_per_day, words=40)
         env["DELTADUMP_NOW"] = f"2026-12-{day:02d}T02:00:00"
+        before = remote_files(remote)
         t = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "deltadump.cli.main", "backup", "--config", str(cfgp), "-q"],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -131,9 +144,9 @@ def run(server: LocalServer, work: Path, args: argparse.Namespace) -> None:
         bt = time.perf_counter() - t
         if proc.returncode != 0:
             raise SystemExit(proc.stderr.read() if proc.stderr else "backup failed")
-        rec = manifest.load(dest).backups[-1]
-        mf = (remote / manifest.MANIFEST_NAME).stat().st_size
-        upload = rec.uploaded + mf
+        after = remote_files(remote)
+        upload = sum(size for k, (size, mt) in after.items() if before.get(k) != (size, mt))  # objects + records + head
+        rec = newest_backup(cfgp)
         today = scratch / f"day{day}.dump"
         shutil.copyfile(dest / rec.path, today)
         fc = scratch / "fc.dump"

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import ConfigError
 
 DEFAULT_NAME = "deltadump.toml"
+SIGNING_KEY_NAME = "deltadump-signing.key"
 # Block length for delta backups of dumps, chosen by measuring consecutive dumps of a mail database
 # (docs/offsite.md): rdiff's default (the square root of the size, ~20 KiB for 400 MB) turns every
 # changed row into ~20 KiB of literal data; 512 anchors nearly every moved row, and matches then grow
@@ -41,6 +42,7 @@ class BackupConfig(_Model):
     options: list[str] = []
     after: str = ""
     after_timeout: int = Field(3600, gt=0)
+    signing_key: str = ""  # Ed25519 key (minisign format) that signs every record; default: in the config's folder
 
     @field_validator("name")
     @classmethod
@@ -76,12 +78,23 @@ class KeepConfig(_Model):
     monthly: int = Field(6, ge=0)
 
 
+class RetentionConfig(KeepConfig):
+    keep_last: int = Field(1, ge=1)
+
+
 class OffsiteConfig(_Model):
     url: str = ""
     endpoint_url: str = ""
     encrypt: bool = False
     recipients: list[str] = []
-    keep: KeepConfig = KeepConfig()
+    keep: KeepConfig = KeepConfig()  # the retention of configs written before [retention] existed
+    alert_after: str = "26h"  # `status` fails when the newest good backup is not offsite after this long
+
+    @field_validator("alert_after")
+    @classmethod
+    def _check_alert(cls, v: str) -> str:
+        parse_duration(v)
+        return v
 
     @field_validator("url")
     @classmethod
@@ -149,6 +162,15 @@ class NotifyConfig(_Model):
     webhook: str = ""
     on: list[Literal["failure", "success", "drill"]] = ["failure"]
     timeout: float = Field(20, gt=0)
+    ping_url: str = ""  # dead-man pings: URL/start, URL on success, URL/fail (healthchecks.io, Uptime Kuma)
+    metrics_file: str = ""  # node_exporter textfile written after every run
+
+    @field_validator("ping_url", "webhook")
+    @classmethod
+    def _check_http(cls, v: str) -> str:
+        if v and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return v
 
 
 class Config(_Model):
@@ -156,6 +178,7 @@ class Config(_Model):
     backup: BackupConfig
     delta: DeltaConfig = DeltaConfig()
     offsite: OffsiteConfig = OffsiteConfig()
+    retention: RetentionConfig | None = None
     drill: DrillConfig = DrillConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     notify: NotifyConfig = NotifyConfig()
@@ -174,6 +197,23 @@ class Config(_Model):
     @property
     def dest(self) -> Path:
         return Path(self.backup.dest).expanduser()
+
+    @property
+    def keep(self) -> RetentionConfig:
+        """[retention], else the older [offsite] keep, else the defaults."""
+        if self.retention is not None:
+            return self.retention
+        return RetentionConfig(**self.offsite.keep.model_dump())
+
+    @property
+    def signing_key_path(self) -> Path | None:
+        """[backup] signing_key, else deltadump-signing.key in the config's folder (shared by the configs
+        kept there, so that they may share a backup folder)."""
+        if self.backup.signing_key:
+            return Path(self.backup.signing_key).expanduser()
+        if self.path is None:
+            return None
+        return self.path.absolute().parent / SIGNING_KEY_NAME
 
 
 def config_path(explicit: str | os.PathLike[str] | None) -> Path:

@@ -66,6 +66,16 @@ class IntegrityError(DeltadumpError):
     """A stored file does not match its recorded size or checksum, or is structurally broken."""
 
 
+class TrustError(IntegrityError):
+    """A head or record is unsigned, signed by another key, from another repository, or older than one
+    already seen (a rollback)."""
+
+    hint = (
+        "the copy may have been tampered with; restore from another copy, or pass --trust with the public "
+        "key you noted at init (deltadump key) if the repository was signed with another key"
+    )
+
+
 class RestoreError(DeltadumpError):
     """A restore failed or was refused."""
 

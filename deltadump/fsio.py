@@ -18,11 +18,55 @@ from typing import BinaryIO
 from .errors import StorageError
 
 TMP_PREFIX = ".tmp-"
+WORK_LOCK = ".lock"  # held (flock) inside a work folder while its owner lives
+
+# Fault injection for the crash tests (tests/test_crash.py): DELTADUMP_KILL_AT=N makes the process that
+# imported this module kill itself with SIGKILL at its Nth step boundary (a write made durable, a
+# rename, a delete, an upload); DELTADUMP_STEP_LOG=FILE appends one line per boundary. Inert otherwise.
+_KILL_AT = int(os.environ.get("DELTADUMP_KILL_AT") or 0)
+_STEP_LOG = os.environ.get("DELTADUMP_STEP_LOG") or ""
+_OWNER = os.getpid()
+_steps = 0
+
+
+def checkpoint(what: str) -> None:
+    """A step boundary: where a kill must leave a state the next run understands."""
+    global _steps
+    if not (_KILL_AT or _STEP_LOG) or os.getpid() != _OWNER:
+        return
+    _steps += 1
+    if _STEP_LOG:
+        with open(_STEP_LOG, "a") as f:
+            f.write(f"{_steps} {what}\n")
+    if _steps == _KILL_AT:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a child process of ours: without the fault-injection settings."""
+    out = dict(os.environ if env is None else env)
+    out.pop("DELTADUMP_KILL_AT", None)
+    out.pop("DELTADUMP_STEP_LOG", None)
+    return out
 
 
 def tmp_name(final: Path) -> Path:
     """A temporary name beside `final`, recognisable as ours so stale ones can be cleaned."""
     return final.with_name(f"{TMP_PREFIX}{final.name}.{os.getpid()}.{secrets.token_hex(4)}")
+
+
+def unlock_close(fd: int) -> None:
+    """Release an flock and close its descriptor. The explicit unlock matters: a child forked meanwhile
+    (a subprocess between fork and exec, a worker pool) shares the open file, and closing our
+    descriptor alone would leave the lock held until the child lets go."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: Path) -> None:
@@ -85,9 +129,12 @@ class AtomicFile:
             if self.durable:
                 os.fsync(self.file.fileno())
             self.file.close()
+            if self.durable:
+                checkpoint(f"write {self.final.name}")
             os.replace(self.tmp, self.final)
             if self.durable:
                 fsync_dir(self.final.parent)
+                checkpoint(f"rename {self.final.name}")
         except OSError as exc:
             self.abort()
             raise storage_error(exc, self.final, "saving") from exc
@@ -130,18 +177,82 @@ def sha256_file(path: Path, bufsize: int = 4 << 20) -> tuple[int, str]:
     return size, h.hexdigest()
 
 
-def remove_stale_temps(folder: Path) -> list[Path]:
-    """Remove temporary files left by a killed run (ours only: the TMP_PREFIX names)."""
+def remove_stale_temps(folder: Path, keep: set[Path] | frozenset[Path] = frozenset()) -> list[Path]:
+    """Remove temporary files and folders left by killed runs (ours only: the TMP_PREFIX names), except
+    those in `keep` (a slot switch not yet carried out) and work folders whose owner still lives (it
+    holds the flock on their WORK_LOCK file)."""
+    import shutil
+
     removed: list[Path] = []
     if not folder.is_dir():
         return removed
-    for p in folder.rglob(f"{TMP_PREFIX}*"):
+    for p in sorted(folder.rglob(f"{TMP_PREFIX}*"), key=lambda q: len(q.parts)):
+        if p in keep or any(k in p.parents for k in keep) or not p.exists():
+            continue
+        if any(q in removed for q in p.parents):
+            continue
         with contextlib.suppress(OSError):
-            if p.is_dir():
-                import shutil
-
+            if p.is_dir() and not p.is_symlink():
+                if _in_use(p):
+                    continue
+                checkpoint(f"delete {p.name}")
                 shutil.rmtree(p)
             else:
+                checkpoint(f"delete {p.name}")
                 p.unlink()
             removed.append(p)
     return removed
+
+
+def _in_use(d: Path) -> bool:
+    import fcntl
+
+    try:
+        fd = os.open(d / WORK_LOCK, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def work_folder(parent: Path, label: str) -> Iterator[Path]:
+    """A private scratch folder (0700) in `parent`, named as ours (removed by the next run if we die),
+    held by a lock while we live (so that no other run removes it), and removed when done."""
+    import fcntl
+    import shutil
+
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        d = parent / f"{TMP_PREFIX}{label}.{os.getpid()}.{secrets.token_hex(4)}"
+        d.mkdir(mode=0o700)
+        fd = os.open(d / WORK_LOCK, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise storage_error(exc, parent, "creating a work folder in") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+        unlock_close(fd)
+
+
+def open_under(root: Path, rel: str, flags: int = os.O_RDONLY) -> int:
+    """Open root/rel without following a symbolic link anywhere below root (each folder is opened with
+    O_NOFOLLOW relative to the one above): a planted link cannot lead outside the backup folder.
+    `rel` must have passed naming.check_relpath. Returns a file descriptor; OSError as os.open."""
+    parts = rel.split("/")
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        return os.open(parts[-1], flags | os.O_NOFOLLOW, 0o600, dir_fd=fd)
+    finally:
+        os.close(fd)

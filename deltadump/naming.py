@@ -8,7 +8,6 @@ succeeded, %% a literal percent. They may appear in folder parts too.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from datetime import date, datetime
 from pathlib import PurePosixPath
 
@@ -30,18 +29,28 @@ def validate_template(template: str) -> None:
         raise ValueError(f"name template {template!r} must be a relative path inside dest")
     if template.endswith("/"):
         raise ValueError(f"name template {template!r} must name a file, not a folder")
-    name = p.name
-    if name.startswith(".tmp-") or name.startswith("deltadump-"):
-        raise ValueError(f"name template {template!r} uses a name reserved for deltadump's own files")
+    for part in p.parts:
+        if part.startswith(".") or part.startswith("deltadump"):
+            raise ValueError(
+                f"name template {template!r}: {part!r} is hidden or reserved (names starting with '.' or "
+                "'deltadump' are deltadump's own files and temporary files)"
+            )
+    if p.parts[0] in RESERVED_TOP:
+        raise ValueError(f"name template {template!r}: the folder {p.parts[0]!r} is deltadump's own")
 
 
-def day_counter(success_days: Iterable[date], today: date, n: int) -> int:
-    """%n: the number of distinct earlier days with a good backup, modulo n."""
-    return len({d for d in success_days if d < today}) % n
+RESERVED_TOP = ("chain", "full", "heads", "records")  # the repository's own folders (store/records.py)
 
 
-def render(template: str, now: datetime, success_days: Iterable[date] = ()) -> str:
-    days = list(success_days)
+def earlier_days(success_days: int, last_success_day: date | None, today: date) -> int:
+    """How many distinct calendar days before `today` had a good backup, from the head's counter."""
+    if last_success_day is not None and last_success_day >= today:
+        return max(success_days - 1, 0)
+    return success_days
+
+
+def render(template: str, now: datetime, earlier: int = 0) -> str:
+    """The slot name for a backup starting at `now`; `earlier` is earlier_days(...) (for %2..%9)."""
 
     def sub(m: re.Match[str]) -> str:
         c = m.group(1)
@@ -57,7 +66,7 @@ def render(template: str, now: datetime, success_days: Iterable[date] = ()) -> s
             return f"{now.year:04d}"
         if c == "h":
             return f"{now.hour:02d}"
-        return str(day_counter(days, now.date(), int(c)))
+        return str(earlier % int(c))
 
     return _TOKEN.sub(sub, template)
 

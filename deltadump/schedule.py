@@ -139,18 +139,17 @@ def run_forever(
     stop: Callable[[], bool] = lambda: False,
     log: Callable[[str], None] = print,
     max_runs: int | None = None,
+    last_success: Callable[[], datetime | None] = lambda: None,
 ) -> int:
-    """Run `backup` at every scheduled time; a run missed while the machine was off runs at start-up.
-    Returns the number of runs. `stop()` is checked between runs and while waiting."""
-    from .store import manifest
-
+    """Run `backup` at every scheduled time; a run missed while the machine was off runs at start-up
+    (`last_success` says when the newest good backup started). Returns the number of runs. `stop()` is
+    checked between runs and while waiting."""
     clk = clock or Clock()
     sched = parse(cfg.schedule)
     runs = 0
-    m = manifest.load(cfg.dest) if (cfg.dest / manifest.MANIFEST_NAME).exists() else manifest.Manifest()
-    good = [b.started for b in m.backups if b.status == "ok"]
+    good = last_success()
     prev = sched.previous_run(clk.now())
-    if prev is not None and (not good or max(good) < prev):
+    if prev is not None and (good is None or good < prev):
         log(f"a backup scheduled for {prev.isoformat(timespec='minutes')} was missed: running it now")
         _one(backup, log)
         runs += 1

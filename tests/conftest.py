@@ -171,3 +171,35 @@ def write_load(pg: LocalServer, db: str, sql: str) -> Iterator[None]:
     finally:
         stop.set()
         t.join()
+
+
+# --- reading a config's backup folder as a user would (through the repository, signatures checked) ---
+
+
+class History:
+    """The live records of a config's backup folder, newest last (commit order)."""
+
+    def __init__(self, cfg_path: Path) -> None:
+        from deltadump.config import load
+        from deltadump.jobs.common import SilentReporter
+        from deltadump.jobs.repo import local_view, open_local
+
+        self.cfg = load(cfg_path)
+        self.repo = open_local(self.cfg, SilentReporter())
+        self.view = local_view(self.repo, self.cfg.dest)
+        self.backups = self.view.backups
+        self.notes = self.repo.notes()
+        self.owners = self.view.owners
+
+    def by_id(self, bid: str):  # type: ignore[no-untyped-def]
+        return next((b for b in self.backups if b.id == bid), None)
+
+    def latest(self):  # type: ignore[no-untyped-def]
+        return next(b for b in reversed(self.backups) if b.status == "ok")
+
+    def current(self, b) -> bool:  # type: ignore[no-untyped-def]
+        return self.owners.get(b.path) is b
+
+
+def history(cfg_path: Path) -> History:
+    return History(cfg_path)

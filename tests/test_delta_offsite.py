@@ -14,7 +14,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from conftest import cli, require_tool, write_config
+from conftest import cli, history, require_tool, write_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from s3proxy import FaultProxy
@@ -23,9 +23,9 @@ from deltadump.jobs import sample
 from deltadump.pg.conn import psql
 from deltadump.pg.inspect import table_stats
 from deltadump.pg.server import LocalServer
-from deltadump.store import manifest
-from deltadump.store.chain import chain_of, plan_retention
-from deltadump.store.manifest import BackupRecord, FileRecord, Manifest
+from deltadump.store.chain import chain_of
+from deltadump.store.records import BackupRecord, ObjectRecord
+from deltadump.store.retention import Policy, plan
 
 DAYS = [f"2026-11-{d:02d}T02:00:00" for d in range(10, 30)]
 
@@ -71,13 +71,14 @@ def test_chain_restores_every_day_and_ships_small_deltas(pg: LocalServer, pwfile
     c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest, name="DBBACK.DMP")  # one slot: older days need the chain
     add_sections(c, delta={"enabled": True, "mode": "incremental"}, offsite={"url": f"file://{remote}"})
     snaps = run_days(pg, maildb, c, 5, new=10)
-    m = manifest.load(dest)
+    m = history(c)
     assert [b.kind for b in m.backups] == ["base", "delta", "delta", "delta", "delta"]
     assert all(b.compress == 0 and b.format == "custom" for b in m.backups)
     base = m.backups[0]
+    by_id = {b.id: b for b in m.backups}
     for b in m.backups[1:]:
-        assert b.parent is not None and b.uploaded < 0.25 * base.uploaded, (b.uploaded, base.uploaded)
-        assert chain_of(m, b)[0].id == base.id
+        assert b.parent is not None and b.objects[0].size < 0.25 * base.objects[0].size
+        assert chain_of(by_id, b)[0].id == base.id
     # a decompressed delta is a valid rdiff delta
     d = dest / m.backups[1].objects[0].path
     raw = subprocess.run(["zstd", "-d", "-c", str(d)], capture_output=True, check=True).stdout
@@ -112,7 +113,7 @@ def test_rebase_after_max_chain_and_differential(pg: LocalServer, pwfile: Path, 
     c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest)
     add_sections(c, delta={"enabled": True, "mode": "differential", "max_chain": 2})
     run_days(pg, maildb, c, 5)
-    m = manifest.load(dest)
+    m = history(c)
     assert [b.kind for b in m.backups] == ["base", "delta", "delta", "base", "delta"]
     assert m.backups[2].parent == m.backups[0].id  # differential: against the base
     assert sorted(p.name for p in (dest / "chain").glob("*.sig")) == [f"{m.backups[3].id}.sig"]
@@ -160,8 +161,6 @@ def test_restore_from_offsite_alone_encrypted_s3(pg: LocalServer, pwfile: Path, 
     assert r.returncode != 0 and "wrong age identity" in r.stderr
     assert not psql(pg.psql_bin(), pg.conn(), "select 1 from pg_database where datname = 'nope'")
     # a corrupted delta offsite: verify names it, restore refuses and never restores wrong data
-    m = manifest.load(dest) if (dest / manifest.MANIFEST_NAME).exists() else None
-    assert m is None
     delta_key = next(k for k in keys if ".delta.zst" in k)
     s3.put_object(Bucket=bucket, Key=delta_key, Body=b"garbage")
     v = cli("verify", "--offsite", "--identity", key, "--config", c)
@@ -177,7 +176,7 @@ def test_restore_from_offsite_alone_encrypted_s3(pg: LocalServer, pwfile: Path, 
 def test_manual_recovery_with_standard_tools(
     pg: LocalServer, pwfile: Path, maildb: str, tmp: Path, age_key: tuple[Path, str]
 ) -> None:
-    for tool in ("age", "zstd", "rdiff"):
+    for tool in ("age", "zstd", "rdiff", "minisign"):
         require_tool(tool)
     key, recipient = age_key
     dest, remote = tmp / "dest", tmp / "remote"
@@ -188,34 +187,64 @@ def test_manual_recovery_with_standard_tools(
         c, delta={"enabled": True}, offsite={"url": f"file://{remote}", "encrypt": True, "recipients": [recipient]}
     )
     snaps = run_days(pg, maildb, c, 3)
+    public = cli("key", "--config", c, "-q").stdout.strip()  # noted at init, kept with the recovery papers
+    assert public.startswith("RW")
     shutil.rmtree(dest)
-    assert "rdiff patch" in (remote / "RECOVERY.txt").read_text()
-    # by hand, following RECOVERY.txt
+    recovery = (remote / "RECOVERY.txt").read_text()
+    assert "rdiff patch" in recovery and "minisign -V" in recovery
+    # by hand, following RECOVERY.txt: decrypt, check every signature with minisign, follow the chain
     w = tmp / "by-hand"
     w.mkdir()
     sh = lambda *a: subprocess.run([*map(str, a)], check=True, capture_output=True)  # noqa: E731
-    sh("age", "-d", "-i", key, "-o", w / "m.json", remote / "deltadump-manifest.json.age")
-    m = json.loads((w / "m.json").read_text())["backups"]
-    last = m[-1]
+
+    def fetch(name: str) -> Path:
+        out = w / name.replace("/", "_")
+        sh("age", "-d", "-i", key, "-o", out, remote / (name + ".age"))
+        return out
+
+    def signed_json(name: str) -> dict[str, object]:
+        data, sig = fetch(name), fetch(name + ".minisig")
+        sh("minisign", "-V", "-P", public, "-m", data, "-x", sig)  # fails (exit 1) on any change
+        return json.loads(data.read_text())  # type: ignore[no-any-return]
+
+    heads = sorted(p.name.removesuffix(".age") for p in (remote / "heads").glob("*.json.age"))
+    head = signed_json(f"heads/{heads[-1]}")
+    live = set()
+    for part in str(head["live"]).split(","):
+        a, _, b = part.partition("-")
+        live.update(range(int(a), int(b or a) + 1))
+    records = {}
+    for p in (remote / "records").glob("*.json.age"):
+        name = "records/" + p.name.removesuffix(".age")
+        if int(name.split("/")[1].split("-")[0]) in live and name.count(".") == 1:
+            r = signed_json(name)
+            records[r["id"]] = r
+    last = max(records.values(), key=lambda r: r["number"])  # type: ignore[arg-type, return-value]
     chain = [last]
     while chain[-1]["parent"]:
-        chain.append(next(b for b in m if b["id"] == chain[-1]["parent"]))
+        chain.append(records[chain[-1]["parent"]])
     chain.reverse()
     cur = None
     for i, b in enumerate(chain):
-        obj = b["objects"][0]["path"]
-        sh("age", "-d", "-i", key, "-o", w / "obj.zst", remote / (obj + ".age"))
+        obj = fetch(b["objects"][0]["path"])  # type: ignore[index]
         if b["kind"] == "base":
-            sh("zstd", "-q", "-d", w / "obj.zst", "-o", w / f"dump.{i}")
+            sh("zstd", "-q", "-d", obj, "-o", w / f"dump.{i}")
         else:
-            sh("zstd", "-q", "-d", w / "obj.zst", "-o", w / f"d.{i}")
+            sh("zstd", "-q", "-d", obj, "-o", w / f"d.{i}")
             sh("rdiff", "patch", cur, w / f"d.{i}", w / f"dump.{i}")
-        (w / "obj.zst").unlink()
+        obj.unlink()
         cur = w / f"dump.{i}"
         assert (
             subprocess.run(["sha256sum", str(cur)], capture_output=True, text=True).stdout.split()[0]
             == b["dump_sha256"]
         )
+    # a changed record does not pass minisign
+    name = next(n for n in (f"records/{p.name.removesuffix('.age')}" for p in (remote / "records").glob("*.json.age"))
+                if f"-{last['id']}.json" in n)  # fmt: skip
+    data, sig = fetch(name), fetch(name + ".minisig")
+    data.write_text(data.read_text().replace(str(last["dump_sha256"]), "0" * 64))
+    bad = subprocess.run(["minisign", "-V", "-P", public, "-m", str(data), "-x", str(sig)], capture_output=True)
+    assert bad.returncode != 0
     psql(pg.psql_bin(), pg.conn(), "create database by_hand")
     with pg.conn("by_hand").env() as env:
         subprocess.run(
@@ -243,7 +272,7 @@ def test_s3_faults_retry_resume_and_kill(
         proxy.fail_writes = 10**6
         r = cli("backup", "--config", c, env={"DELTADUMP_NOW": DAYS[1]})
         assert r.returncode == 1 and "safe locally" in r.stderr and "attempts" in r.stderr, r.stderr
-        assert manifest.load(dest).backups[-1].status == "ok"
+        assert history(c).backups[-1].status == "ok"
         # back up again: the next backup sends what was missing
         proxy.fail_writes = 0
         sample.mail_day(pg.psql_bin(), pg.conn(), maildb, 2)
@@ -255,9 +284,7 @@ def test_s3_faults_retry_resume_and_kill(
         p = subprocess.Popen([*cli_argv(), "backup", "--config", str(c)], env={**os.environ, "DELTADUMP_NOW": DAYS[3]},
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not (dest / manifest.MANIFEST_NAME).read_text().count(
-            DAYS[3][:10].replace("-", "")
-        ):
+        while time.monotonic() < deadline and not list((dest / "records").glob(f"*-{DAYS[3][:10].replace('-', '')}*")):
             time.sleep(0.1)
         time.sleep(1)
         p.send_signal(signal.SIGKILL)
@@ -265,7 +292,7 @@ def test_s3_faults_retry_resume_and_kill(
         proxy.hang_writes = 0
         s3 = boto3.client("s3", endpoint_url=s3_server)
         listed = {o["Key"]: o["Size"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
-        newest = manifest.load(dest).backups[-1]
+        newest = history(c).backups[-1]
         for o in newest.objects:
             assert f"p/{o.path}" not in listed or listed[f"p/{o.path}"] == o.size  # never partial
         assert cli("backup", "--config", c, env={"DELTADUMP_NOW": DAYS[4]}).returncode == 0
@@ -289,7 +316,7 @@ def test_clock_going_backwards(pg: LocalServer, pwfile: Path, maildb: str, tmp: 
     sample.mail_day(pg.psql_bin(), pg.conn(), maildb, 1)
     assert cli("backup", "--config", c, env={"DELTADUMP_NOW": DAYS[2]}).returncode == 0  # clock went back
     want = stats(pg, maildb)
-    m = manifest.load(dest)
+    m = history(c)
     assert m.backups[1].parent == m.backups[0].id
     assert cli("restore", "latest", "--to-db", "after_skew", "--config", c).returncode == 0
     assert stats(pg, "after_skew") == want
@@ -298,46 +325,64 @@ def test_clock_going_backwards(pg: LocalServer, pwfile: Path, maildb: str, tmp: 
 # --- retention: property-based ------------------------------------------------------------------
 
 
-def _history(draw_days: list[tuple[int, bool, bool]]) -> Manifest:
+REPO = "0" * 32
+
+
+def _history(draw_days: list[tuple[int, bool, bool, int]]) -> list[BackupRecord]:
+    """Random histories: gaps (the clock may go back), failures, rebases, slots reused."""
     from datetime import datetime, timedelta
 
-    m = Manifest()
+    out: list[BackupRecord] = []
     t = datetime(2026, 1, 1, 2, 0).astimezone()
     last_ok: BackupRecord | None = None
     base: BackupRecord | None = None
-    for i, (gap, ok, rebase) in enumerate(draw_days):
+    for i, (gap, ok, rebase, slot) in enumerate(draw_days):
         t += timedelta(hours=gap)
-        rec = BackupRecord(id=f"b{i:04d}", started=t, status="ok" if ok else "failed", format="custom")
+        fields: dict[str, object] = {"repository": REPO, "number": i + 1, "id": f"b{i:04d}", "started": t,
+                                     "status": "ok" if ok else "failed", "format": "custom", "path": f"s{slot}"}  # fmt: skip
         if ok:
             if base is None or rebase or last_ok is None:
-                rec.kind, rec.base = "base", rec.id
-                base = rec
+                fields.update(kind="base", base=fields["id"])
             else:
-                rec.kind, rec.parent, rec.base = "delta", last_ok.id, base.id
-            rec.objects = [FileRecord(path=f"chain/{rec.id}", size=1, sha256="0")]
+                fields.update(kind="delta", parent=last_ok.id, base=base.id)
+            fields["objects"] = [ObjectRecord(path=f"chain/{fields['id']}", size=1, sha256="0" * 64)]
+        rec = BackupRecord(**fields)  # type: ignore[arg-type]
+        if ok:
             last_ok = rec
-        m.add(rec)
-    return m
+            if rec.kind == "base":
+                base = rec
+        out.append(rec)
+    return out
 
 
 @settings(max_examples=300, deadline=None)
 @given(
-    days=st.lists(st.tuples(st.integers(1, 24 * 20), st.booleans(), st.booleans()), min_size=1, max_size=60),
-    keep=st.tuples(st.integers(0, 8), st.integers(0, 5), st.integers(0, 7)),
+    days=st.lists(
+        st.tuples(st.integers(-30, 24 * 20), st.booleans(), st.booleans(), st.integers(0, 3)), min_size=1, max_size=60
+    ),
+    keep=st.tuples(st.integers(0, 8), st.integers(0, 5), st.integers(0, 7), st.integers(1, 3)),
+    local=st.booleans(),
 )
-def test_retention_never_breaks_a_kept_chain(days: list[tuple[int, bool, bool]], keep: tuple[int, int, int]) -> None:
-    m = _history(days)
-    plan = plan_retention(m, *keep)
-    good = [b for b in m.backups if b.status == "ok"]
+def test_retention_never_breaks_a_kept_chain(
+    days: list[tuple[int, bool, bool, int]], keep: tuple[int, int, int, int], local: bool
+) -> None:
+    backups = _history(days)
+    p = plan(backups, Policy(*keep), local=local)
+    kept = {d.id for d in p.keep}
+    by_id = {b.id: b for b in backups}
+    good = [b for b in backups if b.status == "ok"]
     if good:
-        assert good[-1].id in plan.keep  # the newest good backup is always kept
-    for bid in plan.keep:
-        rec = m.by_id(bid)
-        assert rec is not None
-        for need in chain_of(m, rec):
-            assert need.id in plan.keep and need.id not in plan.delete
-    assert set(plan.keep).isdisjoint(plan.delete)
-    assert {b.id for b in good} == set(plan.keep) | set(plan.delete)
+        assert good[-1].id in kept  # the newest good backup (by commit, whatever the clock said) is always kept
+    for bid in kept:
+        rec = by_id[bid]
+        if rec.in_chain:
+            for need in chain_of(by_id, rec):
+                assert need.id in kept
+    assert kept.isdisjoint(d.id for d in p.delete)
+    assert {b.id for b in backups} == kept | {d.id for d in p.delete}
+    if local:  # the dump of every slot's newest backup is kept with what it needs
+        owners = {b.path: b for b in good}
+        assert {b.id for b in owners.values()} <= kept
 
 
 def test_full_disk_during_the_delta_step(pg: LocalServer, pwfile: Path, maildb: str, tmp: Path) -> None:
@@ -367,10 +412,12 @@ def test_full_disk_during_the_delta_step(pg: LocalServer, pwfile: Path, maildb: 
         sample.mail_day(pg.psql_bin(), pg.conn(), maildb, 1, new=3, words=20)
         r = cli("backup", "--config", c, env={"DELTADUMP_NOW": DAYS[1]})
         assert r.returncode == 1 and "disk full while" in r.stderr and str(small / "chain") in r.stderr, r.stderr
-        m = manifest.load(small)
+        m = history(c)
         assert [b.status for b in m.backups] == ["ok", "failed"]
         failed = m.backups[-1].id
-        assert not list(small.rglob(f"*{failed}*")) and not list(small.rglob(".tmp-*"))
+        # nothing of the failed run is left but its (failure) record
+        assert [p.parent.name for p in small.rglob(f"*{failed}*")] == ["records", "records"]
+        assert not list(small.rglob(".tmp-*"))
         assert cli("restore", "latest", "--to-db", "after_full", "--config", c).returncode == 0
         assert stats(pg, "after_full") == want
     finally:
@@ -414,16 +461,26 @@ def test_retention_removes_old_chains_here_and_offsite(pg: LocalServer, pwfile: 
     add_sections(c, delta={"enabled": True, "mode": "differential", "max_chain": 1},
                  offsite={"url": f"file://{remote}", "keep": {"daily": 2, "weekly": 0, "monthly": 0}})  # fmt: skip
     snaps = run_days(pg, maildb, c, 4, new=10)
-    m = manifest.load(dest)
+    m = history(c)
     assert [b.kind for b in m.backups] == ["base", "delta", "base", "delta"]
-    gone, kept = m.backups[:2], m.backups[2:]
-    assert all(b.pruned for b in gone) and not any(b.pruned for b in kept)
-    for b in gone:
+    # here, every backup's dump is still in its slot (a weekly ring): all are kept, with their chains
+    assert all(m.current(b) for b in m.backups)
+    for b in m.backups:
         for o in b.objects:
-            assert not (dest / o.path).exists() and not (remote / o.path).exists()
-    for b in kept:
+            assert (dest / o.path).exists()
+    # offsite, the policy (two days) keeps the last two; the others' records and objects are gone
+    off = json.loads(cli("list", "--offsite", "--json", "--config", c).stdout)
+    assert [b["id"] for b in off] == [b.id for b in reversed(m.backups[2:])]
+    for b in m.backups[:2]:
+        assert not list((remote / "records").glob(f"*-{b.id}*"))
         for o in b.objects:
-            assert (dest / o.path).exists() and (remote / o.path).exists()
+            assert not (remote / o.path).exists()
+    for b in m.backups[2:]:
+        for o in b.objects:
+            assert (remote / o.path).exists()
+    # with a single slot, the backups outside the policy go here too
+    dry = json.loads(cli("prune", "--dry-run", "--json", "--config", c).stdout)
+    assert all(d["keep"] for d in dry)
     assert cli("verify", "--offsite", "--config", c).returncode == 0
     shutil.rmtree(dest)
     dest.mkdir()

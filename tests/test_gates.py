@@ -17,6 +17,7 @@ RANK = {
     "errors": 0,
     "clock": 0,
     "naming": 0,
+    "redact": 0,
     "fsio": 1,
     "rsync": 2,
     "targets": 2,
@@ -113,7 +114,7 @@ def tools_required_by_tests() -> set[str]:
 
 def test_every_program_the_tests_need_is_in_the_install_list() -> None:
     required = tools_required_by_tests()
-    assert {"age", "rdiff", "zstd"} <= required, required  # the scan sees the known ones
+    assert {"age", "rdiff", "zstd", "minisign"} <= required, required  # the scan sees the known ones
     listed = system_tools()
     missing = sorted(required - set(listed))
     assert not missing, (

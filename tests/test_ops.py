@@ -15,7 +15,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from conftest import cli, write_config, write_load
+from conftest import cli, history, write_config, write_load
 
 from deltadump import clock
 from deltadump.config import load
@@ -24,7 +24,6 @@ from deltadump.jobs.drill import drill
 from deltadump.pg.conn import psql
 from deltadump.pg.server import LocalServer, free_port
 from deltadump.schedule import Clock, parse, run_forever, systemd_units
-from deltadump.store import manifest
 from deltadump.store.lock import RunLock
 
 
@@ -41,8 +40,9 @@ def test_drill_passes_on_good_backup_and_catches_an_injected_difference(
     c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest)
     c.write_text(c.read_text() + "\n[drill]\nchecksums = true\n")
     assert cli("backup", "--config", c).returncode == 0
-    rec = manifest.load(dest).find("latest")
-    assert rec is not None and rec.tables["public.messages"][0] == 300 and rec.tables["public.messages"][1]
+    h = history(c)
+    tables = h.repo.tables(h.latest())
+    assert tables["public.messages"][0] == 300 and tables["public.messages"][1]
     r = cli("drill", "latest", "--config", c)
     assert r.returncode == 0, r.stderr
     assert "drill passed" in r.stdout and "public.messages" in r.stdout
@@ -61,8 +61,9 @@ def test_drill_passes_on_good_backup_and_catches_an_injected_difference(
     assert not res.ok
     assert any("public.settings: content checksum differs" in d for d in res.differences)
     assert any("public.users: 5 rows recorded, 4 restored" in d for d in res.differences)
-    rec = manifest.load(dest).find("latest")
-    assert rec is not None and rec.drill is not None and not rec.drill.ok
+    h = history(c)
+    drills = [n for n in h.notes if n.kind == "drill" and n.backup == h.latest().id]
+    assert len(drills) == 1 and not drills[0].ok  # the newest drill replaced the passing one
     leftover = psql(pg.psql_bin(), pg.conn(), "select datname from pg_database where datname like 'deltadump_drill_%'")
     assert leftover == []
 
@@ -165,7 +166,7 @@ def test_unreachable_smtp_and_webhook_never_fail_the_backup(
     r = cli("backup", "--config", c)
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("notification failed") == 2
-    assert manifest.load(dest).backups[-1].status == "ok"
+    assert history(c).backups[-1].status == "ok"
 
 
 def test_schedule_next_runs() -> None:
@@ -224,12 +225,13 @@ def test_scheduler_runs_on_time_and_catches_up_a_missed_run(
             clock=fake,
             max_runs=3,
             log=lambda m: None,
+            last_success=lambda: None,
         )
     finally:
         clock.set_source(None)
     assert n == 3
     assert [t.strftime("%d %H:%M") for t in started] == ["26 09:00", "27 02:00", "28 02:00"]
-    recs = manifest.load(dest).backups
+    recs = history(c).backups
     assert [b.started.strftime("%d %H:%M") for b in recs] == ["26 09:00", "27 02:00", "28 02:00"]
     assert fake.slept > 40 * 3600  # it waited (in fake time) for its runs
 
@@ -246,17 +248,13 @@ def test_scheduler_refuses_a_second_instance_and_stops_on_sigterm(
         [sys.executable, "-m", "deltadump.cli.main", "run", "--config", str(c)], stderr=subprocess.PIPE, text=True
     )
     deadline = time.monotonic() + 60
-    while (
-        time.monotonic() < deadline and not manifest.load(dest).backups
-        if (dest / manifest.MANIFEST_NAME).exists()
-        else time.monotonic() < deadline
-    ):
+    while time.monotonic() < deadline and not list(dest.glob("records/*.json")):
         time.sleep(0.2)
     time.sleep(0.5)
     p.send_signal(signal.SIGTERM)
     assert p.wait(timeout=60) == 0
     assert "stopping" in (p.stderr.read() if p.stderr else "")
-    assert [b.status for b in manifest.load(dest).backups] == ["ok"]  # the missed run at start-up, finished
+    assert [b.status for b in history(c).backups] == ["ok"]  # the missed run at start-up, finished
 
 
 def test_second_backup_waits_with_wait_flag(pg: LocalServer, pwfile: Path, maildb: str, dest: Path, tmp: Path) -> None:

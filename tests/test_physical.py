@@ -9,12 +9,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import cli, write_config, write_load
+from conftest import cli, history, write_config, write_load
 
 from deltadump.pg.conn import Conn, psql
 from deltadump.pg.physical import run_as_user
 from deltadump.pg.server import LocalServer, free_port
-from deltadump.store import manifest
 
 
 @pytest.fixture
@@ -44,8 +43,8 @@ def test_physical_backup_under_load_restores_and_starts(
         before = int(psql(pg.psql_bin(), pg.conn(), "select max(id) from load", db=maildb)[0][0])
         r = cli("backup", "--config", c)
     assert r.returncode == 0, r.stderr
-    rec = manifest.load(dest).find("latest")
-    assert rec is not None and rec.format == "physical"
+    rec = history(c).latest()
+    assert rec.format == "physical"
     names = sorted(Path(f.path).name for f in rec.files)
     assert "backup_manifest" in names and "base.tar" in names and "pg_wal.tar" in names
     assert cli("verify", "--config", c).returncode == 0
@@ -96,8 +95,9 @@ def test_physical_drill_uses_a_throwaway_server(pg: LocalServer, pwfile: Path, m
     r = cli("drill", "latest", "--config", c)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"{maildb}: public.messages" in r.stdout and "300" in r.stdout
-    rec = manifest.load(dest).find("latest")
-    assert rec is not None and rec.drill is not None and rec.drill.ok
+    h = history(c)
+    rec = h.latest()
+    assert [n.ok for n in h.notes if n.kind == "drill" and n.backup == rec.id] == [True]
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert "deltadump-drill-" not in ps  # the throwaway server is gone
     # without its WAL the backup cannot be recovered: the drill says so
@@ -116,8 +116,7 @@ def test_physical_backup_restores_from_offsite_alone(
     c.write_text(c.read_text() + f'\n[offsite]\nurl = "file://{remote}"\n')
     r = cli("backup", "--config", c)
     assert r.returncode == 0, r.stderr
-    rec = manifest.load(dest).find("latest")
-    assert rec is not None
+    assert history(c).latest().format == "physical"
     shutil.rmtree(dest)  # the local folder is gone
     port = free_port()
     data = outside / "from_offsite"

@@ -7,20 +7,22 @@ import argparse
 import json
 import sys
 import traceback
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .. import __version__
 from ..config import Config, config_path, load
 from ..errors import EXIT_FAILED, EXIT_USAGE, DeltadumpError
-from ..store import manifest
-from ..store.manifest import BackupRecord
+from ..store.records import BackupRecord, Note
 
 if TYPE_CHECKING:
     from ..jobs.drill import DrillResult
+    from ..jobs.repo import LocalView
 
 _WIDTH = None if sys.stdout.isatty() else 160
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -66,15 +68,41 @@ def _size(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
 
-def render_list(backups: list[BackupRecord]) -> None:
-    t = Table(title="backups, newest first")
-    for col in ("id", "started", "status", "path", "format", "size", "duration", "after"):
+def _trust_args(args: argparse.Namespace) -> dict[str, object]:
+    return {"trust": getattr(args, "trust", None), "allow_older": getattr(args, "allow_older", False)}
+
+
+def backup_rows(backups: list[BackupRecord], notes: list[Note], view: LocalView | None) -> list[dict[str, object]]:
+    """Newest first, each with what is known of it: its status (ok, failed, replaced: its slot was
+    reused and it is in no chain), its latest drill and after-command result."""
+    rows = []
+    for b in reversed(backups):
+        status: str = b.status
+        if view is not None and b.status == "ok" and not view.restorable(b):
+            status = "replaced"
+        mine = [n for n in notes if n.backup == b.id]
+        drill = max((n for n in mine if n.kind == "drill"), key=lambda n: n.number, default=None)
+        after = max((n for n in mine if n.kind == "after"), key=lambda n: n.number, default=None)
+        rows.append({**b.model_dump(mode="json"), "state": status,
+                     "drill": None if drill is None else {"ok": drill.ok, "at": drill.at.isoformat(),
+                                                          "differences": drill.differences},
+                     "after_exit": None if after is None else after.exit_code})  # fmt: skip
+    return rows
+
+
+def render_list(rows: list[dict[str, object]], title: str = "backups, newest first") -> None:
+    t = Table(title=title)
+    for col in ("id", "started", "status", "path", "kind", "size", "duration", "drill", "after"):
         t.add_column(col)
-    for b in backups:
-        status = b.status if b.status == "failed" else ("replaced" if b.replaced_by else "ok")
-        after = "" if b.after is None else (f"exit {b.after.exit_code}" if b.after.exit_code is not None else "running")
-        t.add_row(b.id, b.started.isoformat(timespec="seconds"), status + (f": {b.error}" if b.error else ""),
-                  b.path, b.format, _size(b.size) if b.size else "", f"{b.duration:.1f} s", after)  # fmt: skip
+    for r in rows:
+        status = str(r["state"]) + (f": {r['error']}" if r["error"] else "")
+        drill = r["drill"]
+        d = "" if not isinstance(drill, dict) else ("ok" if drill["ok"] else "FAILED")
+        after = "" if r["after_exit"] is None else f"exit {r['after_exit']}"
+        size = r["size"]
+        cells = [str(r["id"]), str(r["started"])[:19], status, str(r["path"]), str(r["kind"]),
+                 _size(size) if isinstance(size, int) and size else "", f"{r['duration']:.1f} s", d, after]  # fmt: skip
+        t.add_row(*[Text(c) for c in cells])  # Text: stored strings are shown literally, never as markup
     out.print(t)
 
 
@@ -82,8 +110,11 @@ def cmd_init(args: argparse.Namespace) -> int:
     from ..jobs.init import init
 
     path = config_path(args.config)
-    version = init(path, args.dsn, args.dest, args.password_file or "")
-    out.print(f"wrote {path} (mode 0600); the database answers (PostgreSQL {version}); {args.dest} is writable")
+    version, public = init(path, args.dsn, args.dest, args.password_file or "")
+    out.print(f"wrote {path} (mode 0600); the database answers (PostgreSQL {version}); {args.dest} is writable",
+              markup=False)  # fmt: skip
+    out.print(f"signing key: {load(path).signing_key_path} (0600); its public key, which proves the backups and the "
+              f"offsite copy are yours (keep it with your recovery papers):\n  {public}", markup=False)  # fmt: skip
     return 0
 
 
@@ -98,16 +129,25 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
+    rep = CliReporter(args.quiet)
     if args.offsite:
         from ..jobs.offsite import Offsite
 
-        backups = list(reversed(Offsite(cfg, args.identity).manifest().backups))
+        off = Offsite(cfg, rep, identity=args.identity, **_trust_args(args))  # type: ignore[arg-type]
+        repo = off.load()
+        rows = backup_rows(repo.backups(), repo.notes(), None) if repo.head else []
+        title = f"offsite copy {off.describe()}" + (f", head {repo.head.seq} of {repo.head.time:%Y-%m-%d %H:%M}"
+                                                     if repo.head else ": empty")  # fmt: skip
     else:
-        backups = list(reversed(manifest.load(cfg.dest).backups))
+        from ..jobs.repo import local_view, open_local
+
+        repo = open_local(cfg, rep, **_trust_args(args))  # type: ignore[arg-type]
+        rows = backup_rows(repo.backups(), repo.notes(), local_view(repo, cfg.dest))
+        title = "backups, newest first"
     if args.json:
-        print(json.dumps([b.model_dump(mode="json") for b in backups], indent=1))
+        print(json.dumps(rows, indent=1))
     else:
-        render_list(backups)
+        render_list(rows, title)
     return 0
 
 
@@ -115,35 +155,38 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from ..jobs.verify import verify
 
     cfg = _cfg(args)
+    rep = CliReporter(args.quiet)
     if args.offsite:
         from ..jobs.offsite import Offsite
 
-        off = Offsite(cfg, args.identity)
-        m, problems = off.verify(CliReporter(args.quiet))
-        live = [b for b in m.backups if b.status == "ok" and not b.pruned and not b.offsite_pruned]
+        off = Offsite(cfg, rep, identity=args.identity, **_trust_args(args))  # type: ignore[arg-type]
+        live, problems = off.verify(rep)
         for b in live:
             if b.id in problems:
                 for p in problems[b.id]:
-                    out.print(f"FAILED  {b.id}  {p}")
+                    out.print(f"FAILED  {b.id}  {p}", markup=False)
             else:
-                out.print(f"ok      {b.id}  offsite ({b.kind})")
+                out.print(f"ok      {b.id}  offsite ({b.kind})", markup=False)
         if problems:
             err.print(f"deltadump: error: {len(problems)} of {len(live)} offsite backup(s) failed verification")
             return EXIT_FAILED
         return 0
-    results = verify(cfg, None if args.all or not args.backup else args.backup)
+    report = verify(cfg, None if args.all or not args.backup else args.backup, deep=args.deep, reporter=rep)
     bad = 0
-    for r in results:
+    for r in report.results:
         if r.ok:
-            out.print(f"ok      {r.backup.id}  {r.backup.path}  ({len(r.backup.files)} file(s))")
+            out.print(f"ok      {r.backup.id}  {r.backup.path}  ({', '.join(r.checked)})", markup=False)
         else:
             bad += 1
             for p in r.problems:
-                out.print(f"FAILED  {r.backup.id}  {p}")
-    if not results:
+                out.print(f"FAILED  {r.backup.id}  {p}", markup=False)
+    for path, ids in report.damaged.items():
+        if ids:
+            out.print(f"DAMAGED {path}: needed by {', '.join(ids)}", markup=False)
+    if not report.results:
         out.print("no backups to verify")
     if bad:
-        err.print(f"deltadump: error: {bad} of {len(results)} backup(s) failed verification")
+        err.print(f"deltadump: error: {bad} of {len(report.results)} backup(s) failed verification")
         return EXIT_FAILED
     return 0
 
@@ -158,7 +201,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
         r2 = restore_datadir(cfg, ref, Path(args.to_datadir), start=args.start, port=args.port,
                              reporter=CliReporter(args.quiet), from_offsite=args.source == "offsite",
-                             identity=args.identity)  # fmt: skip
+                             identity=args.identity, **_trust_args(args))  # type: ignore[arg-type]  # fmt: skip
         started = " and started it" if args.start else ""
         out.print(f"laid out {r2.backup.id} in {r2.database}{started} in {r2.seconds:.1f} s")
         return 0
@@ -173,7 +216,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     jobs = args.jobs if args.jobs is not None else max(1, min(4, cpu_count() // 2))
     res = restore(cfg, ref, args.to_db, dsn=args.dsn, clean=args.clean, jobs=jobs,
                   reporter=CliReporter(args.quiet), from_offsite=args.source == "offsite",
-                  identity=args.identity)  # fmt: skip
+                  identity=args.identity, **_trust_args(args))  # type: ignore[arg-type]  # fmt: skip
     out.print(f'restored {res.backup.id} ({res.source}) into "{res.database}" in {res.seconds:.1f} s')
     return 0
 
@@ -182,7 +225,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..jobs.demo import run_demo
 
     rep = CliReporter(False)
-    res = run_demo(rep, render_list, Path(args.keep) if args.keep else None)
+    res = run_demo(rep, lambda b, n, v: render_list(backup_rows(b, n, v)), Path(args.keep) if args.keep else None)
     t = Table(title="what reached the offsite copy each day, against a compressed dump of the same day")
     for col in ("day", "backup", "kind", "sent offsite", "pg_dump -Fc", "share"):
         t.add_column(col)
@@ -222,7 +265,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
 
     cfg = _cfg(args)
     res = drill(cfg, args.backup or "latest", offsite=args.offsite, identity=args.identity,
-                reporter=CliReporter(args.quiet))  # fmt: skip
+                reporter=CliReporter(args.quiet), **_trust_args(args))  # type: ignore[arg-type]  # fmt: skip
     render_drill(res)
     if res.ok:
         out.print(f"drill passed in {res.seconds:.1f} s")
@@ -235,23 +278,62 @@ def cmd_drill(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from ..jobs.status import status
 
-    st = status(_cfg(args))
+    st = status(_cfg(args), CliReporter(True))
     if args.json:
         print(json.dumps(st.as_dict(), indent=1))
     else:
         age = "never" if st.last_good_age_hours is None else f"{st.last_good_age_hours:.1f} h ago"
-        out.print(f"last backup:      {st.last_id or 'none'} ({st.last_status or '-'}) {st.last_started or ''}")
+        lines = [f"last backup:      {st.last_id or 'none'} ({st.last_status or '-'}) {st.last_started or ''}"]
         if st.last_error:
-            out.print(f"last error:       {st.last_error}")
-        out.print(f"last good backup: {st.last_good_id or 'none'}, {age} (alert after {st.alert_after_hours:g} h)")
+            lines.append(f"last error:       {st.last_error}")
+        lines.append(f"last good backup: {st.last_good_id or 'none'}, {age} (alert after {st.alert_after_hours:g} h)")
         drill_s = (
             "never" if st.last_drill_at is None else f"{st.last_drill_at} ({'ok' if st.last_drill_ok else 'FAILED'})"
         )
-        out.print(f"last drill:       {drill_s}")
-        out.print(f"offsite:          {st.offsite}")
+        lines.append(f"last drill:       {drill_s}")
+        lines.append(f"offsite:          {st.offsite}")
+        for ln in lines:
+            out.print(ln, markup=False)
     if st.stale:
-        err.print("deltadump: error: the last good backup is too old (or there is none)")
+        why = "the offsite copy lags" if st.offsite_stale else "the last good backup is too old (or there is none)"
+        err.print(f"deltadump: error: {why}")
         return EXIT_FAILED
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from ..jobs.prune import prune
+
+    cfg = _cfg(args)
+    res = prune(cfg, dry_run=args.dry_run, offsite=args.offsite, reporter=CliReporter(args.quiet),
+                identity=args.identity)  # fmt: skip
+    t = Table(title=f"retention of {res.where}" + (" (dry run: nothing deleted)" if args.dry_run else ""))
+    for col in ("id", "started", "decision", "why"):
+        t.add_column(col)
+    for d in reversed(res.plan.decisions):
+        b = res.backups.get(d.id)
+        t.add_row(Text(d.id), Text(b.started.isoformat(timespec="seconds") if b else ""),
+                  Text("keep" if d.keep else ("delete" if args.dry_run else "deleted")), Text(d.why))  # fmt: skip
+    if args.json:
+        print(json.dumps([{"id": d.id, "number": d.number, "keep": d.keep, "why": d.why}
+                          for d in res.plan.decisions], indent=1))  # fmt: skip
+    else:
+        out.print(t)
+    return 0
+
+
+def cmd_key(args: argparse.Namespace) -> int:
+    from ..jobs.repo import key_path, public_key
+
+    cfg = _cfg(args)
+    pk = public_key(cfg)
+    if pk is None:
+        err.print(f"deltadump: error: no signing key at {key_path(cfg)} yet (init or the first backup creates it)")
+        return EXIT_FAILED
+    out.print(pk.encode(), markup=False)
+    if not args.quiet:
+        err.print(f"the public key of {key_path(cfg)} (id {pk.fingerprint}); check a record by hand with "
+                  f"minisign -V -P {pk.encode()} -m FILE", markup=False)  # fmt: skip
     return 0
 
 
@@ -314,8 +396,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     rep = CliReporter(args.quiet)
     with RunLock(cfg.dest, name="deltadump-scheduler.lock"):
         schedule.run_forever(cfg, lambda: backup_and_report(cfg, rep, wait=True), stop=lambda: stopping["flag"],
-                             log=lambda m: err.print(m, markup=False))  # fmt: skip
+                             log=lambda m: err.print(m, markup=False),
+                             last_success=lambda: _last_success(cfg))  # fmt: skip
     return 0
+
+
+def _last_success(cfg: Config) -> datetime | None:
+    from ..jobs.common import SilentReporter
+    from ..jobs.repo import open_local
+    from ..store.repository import newest_good
+
+    if not (cfg.dest / "heads").is_dir() and not (cfg.dest / "deltadump-manifest.json").exists():
+        return None
+    good = newest_good(open_local(cfg, SilentReporter()).backups())
+    return good.started if good is not None else None
 
 
 def cmd_rdiff(args: argparse.Namespace) -> int:
@@ -347,20 +441,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wait", action="store_true", help="wait for a running backup instead of refusing")
     s.set_defaults(func=cmd_backup)
 
-    s = sub.add_parser("list", parents=[common], help="every recorded backup, newest first")
+    trust = argparse.ArgumentParser(add_help=False)
+    trust.add_argument("--trust", metavar="KEY", help="public key (RW... or a .pub file) the records must be signed "
+                       "with (default: the config's signing key)")  # fmt: skip
+    trust.add_argument("--allow-older", action="store_true",
+                       help="accept a head older than one seen before (a copy restored on purpose)")  # fmt: skip
+
+    s = sub.add_parser("list", parents=[common, trust], help="every recorded backup, newest first")
     s.add_argument("--json", action="store_true")
     s.add_argument("--offsite", action="store_true", help="list the offsite copy's backups")
     s.add_argument("--identity", type=Path, help="age secret key file (encrypted offsite copies)")
     s.set_defaults(func=cmd_list)
 
-    s = sub.add_parser("verify", parents=[common], help="re-check sizes, sha256 and structure")
+    s = sub.add_parser("verify", parents=[common, trust], help="re-check sizes, sha256 and structure")
     s.add_argument("backup", nargs="?", help="backup id, path, or 'latest' (default: all current backups)")
     s.add_argument("--all", action="store_true", help="every current backup (the default)")
     s.add_argument("--offsite", action="store_true", help="check the offsite copy: presence, sha256, chains")
+    s.add_argument("--deep", action="store_true", help="also rebuild every chained backup's dump and check it")
     s.add_argument("--identity", type=Path, help="age secret key file (encrypted offsite copies)")
     s.set_defaults(func=cmd_verify)
 
-    s = sub.add_parser("restore", parents=[common], help="restore a backup into a database")
+    s = sub.add_parser("restore", parents=[common, trust], help="restore a backup into a database")
     s.add_argument("backup", nargs="?", help="backup id, path, date or 'latest' (default: latest)")
     s.add_argument("--from", dest="source", choices=["local", "offsite"], default="local",
                    help="where to take the backup from (offsite works with the local folder gone)")  # fmt: skip
@@ -380,7 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep", metavar="DIR", help="keep the demo's files (backups, config) in DIR")
     s.set_defaults(func=cmd_demo)
 
-    s = sub.add_parser("drill", parents=[common], help="restore into a throwaway database and compare every table")
+    s = sub.add_parser("drill", parents=[common, trust],
+                       help="restore into a throwaway database and compare every table")  # fmt: skip
     s.add_argument("backup", nargs="?", help="backup id, date or 'latest' (default)")
     s.add_argument("--offsite", action="store_true", help="drill the offsite copy")
     s.add_argument("--identity", type=Path, help="age secret key file (encrypted offsite copies)")
@@ -389,6 +491,17 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", parents=[common], help="last backup, its age, last drill, offsite state")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("prune", parents=[common], help="apply retention: show (and unless --dry-run, carry out) "
+                       "what is kept and deleted, and why")  # fmt: skip
+    s.add_argument("--dry-run", action="store_true", help="only show the plan")
+    s.add_argument("--offsite", action="store_true", help="the offsite copy's retention")
+    s.add_argument("--identity", type=Path, help="age secret key file (encrypted offsite copies)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_prune)
+
+    s = sub.add_parser("key", parents=[common], help="print the public key that checks this config's backups")
+    s.set_defaults(func=cmd_key)
 
     s = sub.add_parser("schedule", parents=[common], help="show the next runs, or install a systemd timer or cron line")
     s.add_argument("action", choices=["show", "install"])

@@ -1,5 +1,14 @@
-"""The backup job: one pg_dump into the rotation slot, validated, durable, recorded, then the
-after-command in the background. Ordering: data first, then the manifest entry (the commit point).
+"""The backup job, as a pipeline of named steps (each with its own failure policy):
+
+    tidy -> dump -> store objects -> commit -> switch slot -> offsite -> prune -> after-command
+    (then, in backup_and_report: drill when due -> notify)
+
+Commit first, switch second: the new dump is validated and hashed at its temporary name, its chain
+objects are written, then its record is committed together with the pending switch of its slot (the
+commit point); only then does the temporary name become the rotation slot, and a second commit says
+so. A kill anywhere leaves either the old state (nothing committed: the temporary files are removed
+by the next run) or a committed backup whose switch the next run completes. The previous backup in
+that slot is never unrecorded before the new one is recorded.
 """
 
 from __future__ import annotations
@@ -9,22 +18,40 @@ import os
 import secrets
 import shutil
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..clock import now
 from ..config import Config
-from ..errors import DeltadumpError
-from ..fsio import fsync_dir, remove_stale_temps, storage_error, tmp_name
-from ..naming import render
+from ..errors import DeltadumpError, IntegrityError, StorageError
+from ..fsio import checkpoint, fsync_dir, sha256_file, storage_error, tmp_name
+from ..naming import check_relpath, earlier_days, render
 from ..pg.conn import Conn
 from ..pg.dump import run_pg_dump, validate
 from ..pg.snapshot import SnapshotSession
-from ..store import manifest
 from ..store.lock import RunLock
-from ..store.manifest import AfterRecord, BackupRecord, FileRecord
+from ..store.records import BackupRecord, FileRecord, Pending, TablesRecord
+from ..store.repository import Change, Repository, clock_went_back
+from ..store.retention import Plan, Policy
 from . import after, chain
 from .common import Reporter, SilentReporter, check_dest, server_for, tool
-from .offsite import Offsite, apply_retention
+from .offsite import SyncStats, sync_after_backup
+from .prune import prune_local
+from .repo import carry_out_switches, open_for_backup, tidy
+
+
+@dataclass
+class RunResult:
+    """What a backup run did, for the caller (CLI, scheduler, metrics)."""
+
+    record: BackupRecord
+    offsite: SyncStats | None = None
+    offsite_error: DeltadumpError | None = None
+    pruned: Plan | None = None
+    damaged: list[str] = field(default_factory=list)  # damaged files set aside before this backup
+    notes: list[str] = field(default_factory=list)
 
 
 def _fsync_tree(p: Path) -> None:
@@ -43,27 +70,27 @@ def _fsync_tree(p: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+    fsync_dir(p.parent)
 
 
-def _install(tmp: Path, slot: Path) -> None:
-    """Move a finished dump into its rotation slot (replacing the old one) and make it durable."""
-    if tmp.is_dir():
-        old = None
-        if slot.exists():
-            old = tmp_name(slot)
-            os.replace(slot, old)
-        os.replace(tmp, slot)
-        fsync_dir(slot.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    else:
-        if slot.is_dir():
-            shutil.rmtree(slot)
-        os.replace(tmp, slot)
-        fsync_dir(slot.parent)
+def file_records(dest: Path, tmp: Path, rel: str) -> list[FileRecord]:
+    """Size and sha256 of a dump (every file of a folder), named as they will be in the slot `rel`."""
+    paths = sorted(p for p in tmp.rglob("*") if p.is_file()) if tmp.is_dir() else [tmp]
+    out = []
+    for p in paths:
+        if p.is_symlink():
+            raise StorageError(f"{p} is a symbolic link; a dump never contains one")
+        try:
+            size, digest = sha256_file(p)
+        except OSError as exc:
+            raise storage_error(exc, p, "reading") from exc
+        name = rel if p == tmp else f"{rel}/{p.relative_to(tmp).as_posix()}"
+        out.append(FileRecord(path=check_relpath(name), size=size, sha256=digest))
+    return out
 
 
 def _physical(cfg: Config, major: int, conn: Conn, tmp: Path, dest: Path, rep: Reporter) -> None:
+    from ..fsio import work_folder
     from ..pg import physical
 
     pg_basebackup = tool("pg_basebackup", cfg, major)
@@ -71,36 +98,84 @@ def _physical(cfg: Config, major: int, conn: Conn, tmp: Path, dest: Path, rep: R
     physical.run_basebackup(pg_basebackup.path, conn, tmp, compress=cfg.backup.compress,
                             progress=lambda n: rep.progress("snapshot", n))  # fmt: skip
     verifier = pg_basebackup.sibling("pg_verifybackup") or tool("pg_verifybackup", cfg, major).path
-    scratch = tmp_name(dest / "verify")
-    try:
+    with work_folder(dest, "verify") as scratch:
         physical.verify(verifier, tmp, scratch)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _remove(p: Path) -> None:
     with contextlib.suppress(OSError):
-        if p.is_dir():
+        if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
         else:
             p.unlink()
 
 
+def new_id(started: Any) -> str:
+    return str(started.strftime("%Y%m%dT%H%M%S")) + "-" + secrets.token_hex(2)
+
+
 def backup(cfg: Config, reporter: Reporter | None = None, *, wait: bool = False) -> BackupRecord:
+    return run(cfg, reporter, wait=wait).record
+
+
+def run(cfg: Config, reporter: Reporter | None = None, *, wait: bool = False) -> RunResult:
+    """One backup run, under the backup folder's lock. Raises when the backup itself failed (after
+    recording the failure); an offsite failure is returned in the result, never raised here."""
     rep = reporter or SilentReporter()
     dest = cfg.dest
     check_dest(dest)
     old_umask = os.umask(0o077)  # every file and folder we (and pg_dump) create: owner only
     try:
         with RunLock(dest, wait=wait):
-            return _backup_locked(cfg, rep, dest)
+            repo, damaged = open_for_backup(cfg, rep)
+            tidy(repo, dest, rep)
+            cont = _continue_offsite(cfg, repo, rep) if repo.head is None else None
+            rec = _dump_and_commit(cfg, repo, dest, rep, cont)  # the commit point
+            try:
+                carry_out_switches(repo, dest, rep)
+            except DeltadumpError as exc:  # committed and restorable from its temporary name
+                rep.info(f"backup {rec.id} is committed; its slot switch is completed by the next run ({exc})")
+            res = RunResult(rec, damaged=damaged)
+            res.offsite, res.offsite_error = sync_after_backup(cfg, repo, rep)
+            if res.offsite_error is None or cfg.delta.enabled or not cfg.offsite_enabled:
+                k = cfg.keep
+                res.pruned = prune_local(cfg, repo, Policy(k.daily, k.weekly, k.monthly, k.keep_last), rep)
+            if cfg.backup.after:
+                try:
+                    after.start(cfg, dest, rec.id, dest / rec.path, cfg.backup.after, cfg.backup.after_timeout)
+                except OSError as exc:  # never fails the backup
+                    rep.info(f"could not start the after-command: {exc}")
+            return res
     finally:
         os.umask(old_umask)
 
 
-def _backup_locked(cfg: Config, rep: Reporter, dest: Path) -> BackupRecord:
-    for p in remove_stale_temps(dest):
-        rep.info(f"removed a temporary file left by an interrupted run: {p.name}")
+def _continue_offsite(cfg: Config, repo: Repository, rep: Reporter) -> tuple[str, int] | None:
+    """A new (empty) backup folder whose offsite copy already holds a repository signed with this
+    host's key (the old folder was lost or replaced): the new folder continues that repository, its
+    numbers above every number the copy holds, so that the copy carries on. None otherwise."""
+    if not cfg.offsite_enabled:
+        return None
+    from .offsite import Offsite
+
+    try:
+        off = Offsite(cfg, rep, write=True)
+        head = off.mirror.load() or off.load().head
+        if head is None:
+            return None
+        src = off.mirror if off.mirror.head is not None else off.remote
+        top = max([head.seq, *src.live()])
+    except DeltadumpError as exc:
+        rep.info(f"offsite: could not read the copy to continue its repository ({exc.message})")
+        return None
+    rep.info(f"this backup folder is new; it continues the repository {head.repository} of the offsite copy "
+             f"(head {head.seq})")  # fmt: skip
+    return head.repository, top
+
+
+def _dump_and_commit(
+    cfg: Config, repo: Repository, dest: Path, rep: Reporter, cont: tuple[str, int] | None = None
+) -> BackupRecord:
     b = cfg.backup
     fmt: str
     fmt, compress = (b.format, b.compress) if not cfg.delta.enabled else ("custom", 0)  # deltas need raw dumps
@@ -108,27 +183,27 @@ def _backup_locked(cfg: Config, rep: Reporter, dest: Path) -> BackupRecord:
         fmt = "physical"
     started = now()
     t0 = time.monotonic()
-    rec = BackupRecord(
-        id=started.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(2),
-        started=started,
-        status="failed",
-        format=fmt,
-        compress=compress,
-    )
+    if clock_went_back(repo.head, started):
+        assert repo.head is not None and repo.head.newest_time is not None
+        rep.info(f"the clock went back: it says {started.isoformat(timespec='seconds')}, but a commit was made at "
+                 f"{repo.head.newest_time.isoformat(timespec='seconds')}; backups are ordered by commit, not by "
+                 "clock")  # fmt: skip
+    fields: dict[str, Any] = {"id": new_id(started), "started": started, "format": fmt, "compress": compress}
+    tables: dict[str, tuple[int, str | None]] = {}
     tmp: Path | None = None
+    objects_of = fields["id"]
     try:
         srv = server_for(cfg)
-        rec.database = srv.conn.where
-        rec.server_version = srv.version
+        fields.update(database=srv.conn.where, server_version=srv.version)
         pg_dump = tool("pg_dump", cfg, srv.major)
         pg_restore = pg_dump.sibling("pg_restore") or tool("pg_restore", cfg, srv.major).path
-        rec.pg_dump_version = pg_dump.version
-        m = manifest.load(dest)
-        rel = render(b.name, started, m.success_days())
-        rec.path = rel
+        fields["pg_dump_version"] = pg_dump.version
+        days, last = repo.success_days()
+        rel = check_relpath(render(b.name, started, earlier_days(days, last, started.date())))
+        fields["path"] = rel
         slot = dest / rel
         try:
-            slot.parent.mkdir(parents=True, exist_ok=True)
+            slot.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise storage_error(exc, slot.parent, "creating") from exc
         tmp = tmp_name(slot)
@@ -137,120 +212,115 @@ def _backup_locked(cfg: Config, rep: Reporter, dest: Path) -> BackupRecord:
         else:
             rep.info(f"dumping {srv.conn.where} (PostgreSQL {srv.version}) with pg_dump {pg_dump.version} to {slot}")
             with SnapshotSession(srv.conn) as snap:  # the drill record and the dump see the same data
-                rec.tables = snap.table_stats(cfg.drill.checksums)
-                run_pg_dump(
-                    pg_dump.path,
-                    srv.conn,
-                    tmp,
-                    fmt=fmt,
-                    compress=compress,
-                    options=list(b.options),
-                    progress=lambda n: rep.progress("dump", n),
-                    snapshot=snap.snapshot_id,
-                )
+                tables = snap.table_stats(cfg.drill.checksums)
+                run_pg_dump(pg_dump.path, srv.conn, tmp, fmt=fmt, compress=compress, options=list(b.options),
+                            progress=lambda n: rep.progress("dump", n), snapshot=snap.snapshot_id)  # fmt: skip
             validate(pg_restore, tmp, fmt)
         rep.done("dump")
         try:
             _fsync_tree(tmp)
-            files = manifest.file_records(dest, tmp)
-            prefix = tmp.relative_to(dest).as_posix()
-            rec.files = [FileRecord(path=rel + f.path[len(prefix) :], size=f.size, sha256=f.sha256) for f in files]
-            rec.size = sum(f.size for f in rec.files)
+            checkpoint("dump durable")
+            files = file_records(dest, tmp, rel)
+            fields.update(files=files, size=sum(f.size for f in files))
             if cfg.delta.enabled:
-                chain.make_chain_objects(cfg, dest, rec, tmp, files[0].sha256, rep)
-            _install(tmp, slot)
+                fields.update(chain.make_chain_objects(cfg, dest, repo.backups(), fields["id"], tmp, files[0].sha256,
+                                                       rep))  # fmt: skip
         except OSError as exc:
             raise storage_error(exc, slot, "saving") from exc
-        tmp = None
-        rec.status = "ok"
-        rec.finished = now()
-        rec.duration = round(time.monotonic() - t0, 3)
-        if b.after:
-            rec.after = AfterRecord(command=b.after)
-        with manifest.updating(dest) as m:  # the commit point
-            m.add(rec)
+        fields.update(status="ok", finished=now(), duration=round(time.monotonic() - t0, 3), after=bool(b.after))
+        tmp_rel = tmp.relative_to(dest).as_posix()
+        old_rel = tmp_name(slot).relative_to(dest).as_posix() if tmp.is_dir() else None
+
+        def make(n: int) -> list[BackupRecord | TablesRecord]:
+            rid = repo.id or ""
+            out: list[BackupRecord | TablesRecord] = []
+            if tables:
+                out.append(TablesRecord(repository=rid, number=n, id=fields["id"], tables=tables))
+            out.append(BackupRecord(repository=rid, number=n, **fields))
+            return out
+
+        if cont is not None:
+            repo.expect = cont[0]
+        head = repo.commit(Change(make=make,  # type: ignore[arg-type]
+                                  pending=lambda n: Pending(number=n, slot=rel, tmp=tmp_rel, old=old_rel),
+                                  success_day=started.date(), after=cont[1] if cont else 0))  # fmt: skip
+        checkpoint("backup committed")
+        tmp = None  # from here on the temporary dump is the committed backup's, switched by the next step
+        rec = repo.record(head.seq)
+        if not isinstance(rec, BackupRecord):  # cannot happen: the commit just wrote it
+            raise StorageError("the committed record could not be read back")
+        return rec
     except (DeltadumpError, OSError, KeyboardInterrupt) as exc:
         if tmp is not None:
             _remove(tmp)
-        for p in (dest / chain.CHAIN_DIR).glob(f"{rec.id}.*"):
+        for p in (dest / chain.CHAIN_DIR).glob(f"{objects_of}.*"):
             _remove(p)
-        rec.status = "failed"
-        rec.error = str(exc) if not isinstance(exc, KeyboardInterrupt) else "interrupted"
-        rec.finished = now()
-        rec.duration = round(time.monotonic() - t0, 3)
-        with contextlib.suppress(Exception), manifest.updating(dest) as m:
-            m.add(rec)
+        error = str(exc) if not isinstance(exc, KeyboardInterrupt) else "interrupted"
+        _commit_failure(repo, fields, error, time.monotonic() - t0)
         if isinstance(exc, OSError):
             raise storage_error(exc, Path(exc.filename) if exc.filename else dest, "backing up into") from exc
         raise
-    if cfg.delta.enabled:
-        chain.prune_signatures(dest, cfg.delta.mode, manifest.load(dest))
-    offsite_error: DeltadumpError | None = None
-    if cfg.offsite_enabled:
-        try:
-            off = Offsite(cfg)
-            st = off.sync(dest, rep)
-            rep.info(f"offsite: sent {st.objects} object(s), {st.uploaded / 1e6:.2f} MB to {off.target.describe()}")
-            apply_retention(cfg, dest, rep, off)
-        except DeltadumpError as exc:
-            offsite_error = exc
-    elif cfg.delta.enabled:
-        apply_retention(cfg, dest, rep)
-    if b.after:
-        try:
-            after.start(dest, rec.id, dest / rec.path, b.after, b.after_timeout)
-        except OSError as exc:  # never fails the backup
-            rep.info(f"could not start the after-command: {exc}")
-    if offsite_error is not None:
-        raise type(offsite_error)(
-            f"backup {rec.id} is safe locally, but the offsite copy failed: {offsite_error.message}",
-            hint="the next backup sends what is missing",
-        ) from offsite_error
-    return rec
+
+
+def _commit_failure(repo: Repository, fields: dict[str, Any], error: str, seconds: float) -> None:
+    """Record a failed run (best effort: a broken repository must not hide the original error)."""
+    from ..redact import redact
+
+    names = ("id", "started", "format", "compress", "path", "database", "server_version", "pg_dump_version")
+    keep: dict[str, Any] = {k: fields[k] for k in names if k in fields}
+    keep.update(status="failed", finished=now(), duration=round(seconds, 3), error=redact(error)[:4000])
+    with contextlib.suppress(Exception):
+        repo.commit(Change(make=lambda n: [BackupRecord(repository=repo.id or "", number=n, **keep)]))
 
 
 def notify_body(cfg: Config, job: str, status: str, rec: BackupRecord | None, error: str = "") -> dict[str, object]:
-    body: dict[str, object] = {"job": job, "status": status, "database": rec.database if rec else cfg.database.dsn,
-                               "error": error}  # fmt: skip
+    from ..redact import redact
+
+    where = rec.database if rec else redact(cfg.database.dsn)
+    body: dict[str, object] = {"job": job, "status": status, "database": where, "error": redact(error)}
     if rec is not None:
         body.update(id=rec.id, size=rec.size, duration=rec.duration, path=str(cfg.dest / rec.path) if rec.path else "")
-        if rec.drill is not None:
-            body["drill"] = {"ok": rec.drill.ok, "differences": rec.drill.differences, "at": rec.drill.at.isoformat()}
     return body
 
 
-def backup_and_report(cfg: Config, reporter: Reporter | None = None, *, wait: bool = False) -> BackupRecord:
+def backup_and_report(
+    cfg: Config,
+    reporter: Reporter | None = None,
+    *,
+    wait: bool = False,
+    on_run: Callable[[RunResult], None] | None = None,
+) -> BackupRecord:
     """A backup as the scheduler and the CLI run it: then a drill when one is due, then the
-    notifications the config asks for. Notification failures are reported, never raised."""
-    from .. import notify
-    from ..config import parse_duration
+    notifications and monitoring the config asks for. Their failures are reported, never raised. An
+    offsite failure is raised at the end (exit 1): the backup is safe locally, but the copy is not."""
+    from .monitor import Monitor
 
     rep = reporter or SilentReporter()
+    mon = Monitor(cfg, rep)
+    mon.start()
+    t0 = time.monotonic()
     try:
-        rec = backup(cfg, rep, wait=wait)
+        res = run(cfg, rep, wait=wait)
     except DeltadumpError as exc:
-        last = manifest.load(cfg.dest).backups[-1] if (cfg.dest / manifest.MANIFEST_NAME).exists() else None
-        failed = last if last is not None and last.status == "failed" else None
-        for e in notify.send(cfg.notify, "failure", notify_body(cfg, "backup", "failed", failed, exc.message)):
-            rep.info(f"notification failed: {e}")
+        mon.failed(exc.message, time.monotonic() - t0)
         raise
-    if cfg.drill.every:
-        from .drill import drill
-
-        m = manifest.load(cfg.dest)
-        drills = [b.drill.at for b in m.backups if b.drill is not None]
-        if not drills or (now() - max(drills)).total_seconds() >= parse_duration(cfg.drill.every):
-            try:
-                res = drill(cfg, rec.id, reporter=rep)
-                rep.info(f"drill of {rec.id}: {'passed' if res.ok else 'FAILED: ' + '; '.join(res.differences)}")
-            except DeltadumpError as exc:
-                rep.info(f"drill of {rec.id} could not run: {exc.message}")
-            rec = manifest.load(cfg.dest).by_id(rec.id) or rec
-            if rec.drill is not None:
-                event = "drill" if rec.drill.ok else "failure"
-                status = "drill passed" if rec.drill.ok else "drill failed"
-                for e in notify.send(cfg.notify, event, notify_body(cfg, "drill", status, rec)):
-                    rep.info(f"notification failed: {e}")
-    for e in notify.send(cfg.notify, "success", notify_body(cfg, "backup", "ok", rec)):
-        rep.info(f"notification failed: {e}")
+    except KeyboardInterrupt:
+        mon.failed("interrupted", time.monotonic() - t0)
+        raise
+    if on_run is not None:
+        on_run(res)
+    rec = res.record
+    drill_ok = mon.drill_if_due(rec)
+    mon.succeeded(res, time.monotonic() - t0, drill_ok)
+    if res.damaged:
+        msg = (f"backup {rec.id} is safe, but the backup folder held damaged or untrusted records, set aside in "
+               f"{cfg.dest / 'deltadump-damaged'}: {', '.join(res.damaged[:5])}")  # fmt: skip
+        mon.failed(msg, time.monotonic() - t0)
+        raise IntegrityError(msg, hint="check who or what changed the backup folder; verify the remaining backups")
+    if res.offsite_error is not None:
+        err = res.offsite_error
+        raise type(err)(
+            f"backup {rec.id} is safe locally, but the offsite copy failed: {err.message}",
+            hint="the next backup sends what is missing",
+        ) from err
     return rec

@@ -16,18 +16,18 @@ import threading
 from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any
 
 import zstandard
 
 from ..config import Config
 from ..errors import IntegrityError, RsyncError
-from ..fsio import atomic_write, sha256_file, storage_error, tmp_name
+from ..fsio import atomic_write, checkpoint, sha256_file, storage_error, tmp_name
 from ..rsync import delta as rs_delta
 from ..rsync import signature as rs_signature
-from ..store import manifest
 from ..store.chain import Basis, chain_of, next_basis
-from ..store.manifest import BackupRecord, FileRecord
+from ..store.records import BackupRecord, FileRecord, ObjectRecord
+from ..store.repository import current_slots
 from .common import Reporter
 
 CHAIN_DIR = "chain"
@@ -35,7 +35,7 @@ ZSTD_LEVEL = 3  # bases: fast, multi-threaded
 DELTA_ZSTD_LEVEL = 19  # deltas are small: squeeze them, they are what crosses the network every day
 
 
-def zstd_file(src: Path, dst: Path, level: int = ZSTD_LEVEL) -> FileRecord:
+def zstd_file(src: Path, dst: Path, level: int = ZSTD_LEVEL, raw_size: int | None = None) -> ObjectRecord:
     """Compress src into dst durably; returns dst's record (path relative to dst's grandparent)."""
     size = src.stat().st_size
     # threads only for big inputs (each thread has its own tables); the size lets zstd scale them
@@ -45,33 +45,32 @@ def zstd_file(src: Path, dst: Path, level: int = ZSTD_LEVEL) -> FileRecord:
         while chunk := f.read(4 << 20):
             writer.write(chunk)
         writer.flush(zstandard.FLUSH_FRAME)
-    return FileRecord(path=f"{CHAIN_DIR}/{dst.name}", size=out.size, sha256=out.sha256.hexdigest())
+    return ObjectRecord(path=f"{CHAIN_DIR}/{dst.name}", size=out.size, sha256=out.sha256.hexdigest(),
+                        raw_size=raw_size)  # fmt: skip
 
 
-class _HashingReader:
-    """A file wrapper that hashes what is read through it."""
-
-    def __init__(self, f: BinaryIO) -> None:
-        self.f = f
-        self.sha256 = hashlib.sha256()
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
-        self.sha256.update(data)
-        return data
-
-
-def unzstd_file(src: Path, dst: Path, want_src_sha256: str) -> None:
-    """Decompress src into dst (a scratch file: not fsynced), checking src's sha256 in the same read;
-    dst is removed if it does not match."""
+def unzstd_checked(src: Path, dst: Path, want_sha256: str, limit: int) -> None:
+    """Decompress src into dst (a scratch file: not fsynced), but only once src's sha256 matched: it is
+    hashed first, then decompressed from the same open file (what was checked is what is read), and at
+    most `limit` bytes come out (a small object never becomes a huge file). dst is removed on failure."""
     try:
-        with atomic_write(dst, durable=False, hashing=False) as out, open(src, "rb") as f:
-            hr = _HashingReader(f)
-            zstandard.ZstdDecompressor().copy_stream(hr, out.file, read_size=4 << 20, write_size=4 << 20)  # type: ignore[arg-type]
-            while hr.read(1 << 20):  # hash any bytes after the last frame too
-                pass
-            if hr.sha256.hexdigest() != want_src_sha256:
+        with open(src, "rb") as f:
+            h = hashlib.sha256()
+            while chunk := f.read(4 << 20):
+                h.update(chunk)
+            if h.hexdigest() != want_sha256:
                 raise IntegrityError(f"{src.name} is corrupt: sha256 mismatch")
+            f.seek(0)
+            with (
+                atomic_write(dst, durable=False, hashing=False) as out,
+                zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True) as r,
+            ):
+                n = 0
+                while chunk := r.read(4 << 20):
+                    n += len(chunk)
+                    if n > limit:
+                        raise IntegrityError(f"{src.name} decompresses to more than its recorded {limit} bytes")
+                    out.write(chunk)
     except zstandard.ZstdError as exc:
         raise IntegrityError(f"{src.name} is corrupt (zstd: {exc})") from exc
 
@@ -121,55 +120,90 @@ def unzstd_pieces(src: Path, chunk: int, depth: int = 3) -> Generator[memoryview
 
 
 def make_chain_objects(
-    cfg: Config, dest: Path, rec: BackupRecord, dump: Path, dump_sha256: str, rep: Reporter
-) -> Basis:
-    """Store `dump` (rec's uncompressed dump) as a base or a delta; fill rec's chain fields."""
+    cfg: Config, dest: Path, backups: list[BackupRecord], rec_id: str, dump: Path, dump_sha256: str, rep: Reporter
+) -> dict[str, Any]:
+    """Store `dump` (the new backup's uncompressed dump) as a base or a delta against the basis the
+    chain rules choose among `backups`; returns the record's chain fields."""
     d = cfg.delta
     chain_dir = dest / CHAIN_DIR
-    chain_dir.mkdir(exist_ok=True)
-    m = manifest.load(dest)
-    basis = next_basis(m, d.mode, d.rebase_ratio, d.max_chain)
+    if chain_dir.is_symlink():
+        raise IntegrityError(f"{chain_dir} is a symbolic link; deltadump's own folders never are")
+    chain_dir.mkdir(mode=0o700, exist_ok=True)
+    basis = next_basis(backups, d.mode, d.rebase_ratio, d.max_chain)
+    owners = current_slots(backups)
+    out: dict[str, Any] = {}
     sig_of_basis = chain_dir / f"{basis.record.id}.sig" if basis.record else None
-    if sig_of_basis is not None and not sig_of_basis.exists():
-        basis = Basis(None, f"signature of {basis.record.id if basis.record else '?'} missing: a new base")
-        sig_of_basis = None
-    rec.dump_sha256 = dump_sha256
-    rec.dump_size = dump.stat().st_size
+    if basis.record is not None and sig_of_basis is not None:
+        want, bid = basis.record.signature, basis.record.id
+        if want is None or sig_of_basis.is_symlink() or not sig_of_basis.is_file():
+            basis = Basis(None, f"signature of {bid} missing: a new base")
+            sig_of_basis = None
+        elif sha256_file(sig_of_basis) != (want.size, want.sha256):
+            basis = Basis(None, f"signature of {bid} is damaged: a new base")
+            sig_of_basis = None
+    out["dump_sha256"] = dump_sha256
+    out["dump_size"] = size = dump.stat().st_size
     if basis.record is None or sig_of_basis is None:
         rep.info(basis.reason)
-        rec.kind, rec.base, rec.parent = "base", rec.id, None
-        rec.objects = [zstd_file(dump, chain_dir / f"{rec.id}.base.zst")]
+        out.update(kind="base", base=rec_id, parent=None)
+        out["objects"] = [zstd_file(dump, chain_dir / f"{rec_id}.base.zst", raw_size=size)]
     else:
         b = basis.record
-        rec.kind, rec.base, rec.parent = "delta", b.base, b.id
-        raw = chain_dir / tmp_name(Path(f"{rec.id}.delta")).name
-        basis_dump = dest / b.path if b.current else None
+        out.update(kind="delta", base=b.base, parent=b.id)
+        raw = chain_dir / tmp_name(Path(f"{rec_id}.delta")).name
+        basis_dump = dest / b.path if owners.get(b.path) is b else None
         if basis_dump is not None and not (basis_dump.is_file() and sha256_file(basis_dump)[1] == b.dump_sha256):
             basis_dump = None  # only a basis proven to be the signature's own may lend its bytes
         try:
             st = rs_delta(sig_of_basis, dump, raw, basis=basis_dump)
             rep.info(f"delta against {b.id}: {st.literal_bytes / 1e6:.2f} MB new data, {st.copy_cmds} copies")
-            level = DELTA_ZSTD_LEVEL if raw.stat().st_size < 64 << 20 else ZSTD_LEVEL
-            rec.objects = [zstd_file(raw, chain_dir / f"{rec.id}.delta.zst", level)]
+            raw_size = raw.stat().st_size
+            level = DELTA_ZSTD_LEVEL if raw_size < 64 << 20 else ZSTD_LEVEL
+            out["objects"] = [zstd_file(raw, chain_dir / f"{rec_id}.delta.zst", level, raw_size=raw_size)]
         finally:
             with contextlib.suppress(FileNotFoundError):
                 raw.unlink()
     # the signature the next delta is made against (incremental: this dump; differential: the base)
-    if rec.kind == "base" or d.mode == "incremental":
-        rs_signature(dump, chain_dir / f"{rec.id}.sig", block_len=d.effective_block_len)
-    return basis
+    if out["kind"] == "base" or d.mode == "incremental":
+        sig = chain_dir / f"{rec_id}.sig"
+        rs_signature(dump, sig, block_len=d.effective_block_len)
+        size, digest = sha256_file(sig)
+        out["signature"] = ObjectRecord(path=f"{CHAIN_DIR}/{sig.name}", size=size, sha256=digest)
+    return out
 
 
-def prune_signatures(dest: Path, mode: str, m: manifest.Manifest) -> None:
-    """Keep only the signatures a future delta can be made against."""
-    chained = [b for b in m.backups if b.in_chain and not b.pruned]
-    keep = set()
-    if chained:
-        last = chained[-1]
-        keep.add(last.id if mode == "incremental" else (last.base or last.id))
-    for p in (dest / CHAIN_DIR).glob("*.sig"):
-        if p.stem not in keep:
-            p.unlink(missing_ok=True)
+def needed_signature(backups: list[BackupRecord], mode: str) -> str | None:
+    """The id whose signature the next delta is made against (the newest chained backup, or its base)."""
+    chained = [b for b in backups if b.in_chain]
+    if not chained:
+        return None
+    last = chained[-1]
+    return last.id if mode == "incremental" else (last.base or last.id)
+
+
+def collect_objects(dest: Path, backups: list[BackupRecord], mode: str, rep: Reporter) -> list[str]:
+    """Delete the files of chain/ that no live record names (retention's deleted objects, objects of
+    an interrupted backup) and every signature but the one the next delta needs. Run under the run
+    lock, after the records that named them were dropped (references before data)."""
+    chain_dir = dest / CHAIN_DIR
+    if not chain_dir.is_dir() or chain_dir.is_symlink():
+        return []
+    named = {Path(o.path).name for b in backups for o in b.objects}
+    sig = needed_signature(backups, mode)
+    gone = []
+    for p in sorted(chain_dir.iterdir()):
+        if p.name in named or (sig is not None and p.name == f"{sig}.sig"):
+            continue
+        checkpoint(f"delete chain/{p.name}")
+        with contextlib.suppress(FileNotFoundError):
+            if p.is_dir() and not p.is_symlink():
+                import shutil
+
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        gone.append(p.name)
+    return gone
 
 
 # one object as a readable local file (checked by the caller): written to the scratch path given, or,
@@ -177,7 +211,7 @@ def prune_signatures(dest: Path, mode: str, m: manifest.Manifest) -> None:
 Fetch = Callable[[FileRecord, Path], Path]
 
 
-def reconstruct(m: manifest.Manifest, rec: BackupRecord, fetch: Fetch, work: Path, rep: Reporter) -> Path:
+def reconstruct(backups: list[BackupRecord], rec: BackupRecord, fetch: Fetch, work: Path, rep: Reporter) -> Path:
     """Rebuild rec's dump in `work` from its chain. Every object's sha256 is checked as it arrives;
     the deltas are composed into one map first, then the base is decompressed on another core and
     streamed straight into its places in the output (it never exists as a file), and the result is
@@ -185,7 +219,7 @@ def reconstruct(m: manifest.Manifest, rec: BackupRecord, fetch: Fetch, work: Pat
     from ..rsync.compose import CHUNK, compose, write
 
     try:
-        chain = chain_of(m, rec)
+        chain = chain_of({b.id: b for b in backups}, rec)
     except ValueError as exc:
         raise IntegrityError(f"cannot reconstruct {rec.id}: {exc}") from exc
     work.mkdir(parents=True, exist_ok=True)
@@ -202,8 +236,11 @@ def reconstruct(m: manifest.Manifest, rec: BackupRecord, fetch: Fetch, work: Pat
 
     def unpack(obj: FileRecord, raw: Path) -> Path:
         local = fetch(obj, work / Path(obj.path).name)
+        # legacy objects (format 1) recorded no raw size: a delta is never more than its result's size
+        # plus its commands' bytes, bounded here generously
+        limit = obj.raw_size if obj.raw_size is not None else 2 * rec.dump_size + (1 << 20)
         try:
-            unzstd_file(local, raw, obj.sha256)
+            unzstd_checked(local, raw, obj.sha256, limit)
         except IntegrityError as exc:
             raise IntegrityError(f"{obj.path} is corrupt: {exc.message} (needed by backup {rec.id})") from exc
         except FileNotFoundError as exc:
@@ -256,6 +293,8 @@ def _remove_scratch(p: Path, work: Path) -> None:
 def local_fetch(dest: Path) -> Fetch:
     def fetch(obj: FileRecord, scratch: Path) -> Path:
         src = dest / obj.path
+        if src.parent.is_symlink() or src.is_symlink():
+            raise IntegrityError(f"{src} is a symbolic link; deltadump never writes one")
         if not src.is_file():
             raise IntegrityError(f"{src} is missing")
         return src

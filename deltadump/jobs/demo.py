@@ -18,12 +18,12 @@ from ..config import Config, parse
 from ..pg.dump import run_pg_dump
 from ..pg.inspect import table_stats
 from ..pg.server import LocalServer
-from ..store import manifest
-from ..store.manifest import BackupRecord
+from ..store.records import BackupRecord, Note
 from . import sample
 from .backup import backup
 from .common import Reporter
 from .drill import DrillResult, drill
+from .repo import LocalView, local_view, open_local
 from .restore import restore
 
 DAYS = ("2026-11-23T02:00:00", "2026-11-24T02:00:00", "2026-11-25T02:00:00", "2026-11-26T02:00:00")
@@ -58,7 +58,9 @@ def _files(root: Path) -> dict[str, tuple[int, int]]:
 
 
 def run_demo(
-    reporter: Reporter, show_list: Callable[[list[BackupRecord]], None], keep: Path | None = None
+    reporter: Reporter,
+    show_list: Callable[[list[BackupRecord], list[Note], LocalView], None],
+    keep: Path | None = None,
 ) -> DemoResult:
     work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="deltadump-demo-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -82,7 +84,7 @@ def run_demo(
         cfg: Config = parse(
             {
                 "database": {"dsn": server.dsn("mail"), "password_file": str(pwfile), "pg_bin": str(server.bin)},
-                "backup": {"dest": str(dest), "name": "DBBACK-%w.DMP"},
+                "backup": {"dest": str(dest), "name": "DBBACK-%w.DMP", "signing_key": str(work / "demo.key")},
                 "delta": {"enabled": True},
                 "offsite": {"url": f"file://{offsite}"},
             }
@@ -100,7 +102,8 @@ def run_demo(
             run_pg_dump(server.bin / "pg_dump", server.conn("mail"), fc, fmt="custom", compress=6, options=[])
             res.days.append(DemoDay(day, rec, sent, fc.stat().st_size))
             fc.unlink()
-        show_list(list(reversed(manifest.load(dest).backups)))
+        repo = open_local(cfg, reporter)
+        show_list(repo.backups(), repo.notes(), local_view(repo, dest))
         reporter.info("restore drill of the latest backup: restored into a throwaway database, compared, dropped")
         res.drill = drill(cfg, "latest", reporter=reporter)
         aside = work / "backups-set-aside"

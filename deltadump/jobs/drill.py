@@ -11,13 +11,14 @@ from pathlib import Path
 
 from ..clock import now
 from ..config import Config
-from ..errors import RestoreError
+from ..errors import DeltadumpError, RestoreError
 from ..pg.conn import psql
 from ..pg.inspect import table_stats
-from ..store import manifest
-from ..store.manifest import BackupRecord, DrillRecord
+from ..redact import redact
+from ..store.records import BackupRecord, Note
+from ..store.repository import Change
 from .common import Reporter, SilentReporter, server_for
-from .restore import pick, restore
+from .restore import open_source, restore
 
 
 @dataclass
@@ -59,33 +60,33 @@ def drill(
     *,
     offsite: bool = False,
     identity: Path | None = None,
+    trust: str | None = None,
+    allow_older: bool = False,
     reporter: Reporter | None = None,
     before_compare: Callable[[str], None] | None = None,
 ) -> DrillResult:
     rep = reporter or SilentReporter()
     t0 = time.monotonic()
-    if offsite:
-        from .offsite import Offsite
-
-        rec = pick(Offsite(cfg, identity).manifest(), ref)
-    else:
-        rec = pick(manifest.load(cfg.dest), ref, cfg.dest)
+    with open_source(cfg, rep, from_offsite=offsite, identity=identity, trust=trust, allow_older=allow_older) as src:
+        rec = src.pick(ref, cfg.dest)
+        want = src.repo.tables(rec) if rec.format != "physical" else {}
     if rec.format == "physical":
-        res = _physical_drill(cfg, rec, rep, offsite, identity)
+        res = _physical_drill(cfg, rec, rep, offsite, identity, trust, allow_older)
         res.seconds = time.monotonic() - t0
-        _record(cfg, rec, res, offsite)
+        _record(cfg, rec, res, offsite, rep)
         return res
-    if not rec.tables:
+    if not want:
         raise RestoreError(f"backup {rec.id} has no drill record (row counts were not recorded at backup time)")
     db = f"deltadump_drill_{secrets.token_hex(4)}"
     srv = server_for(cfg)
     try:
-        restore(cfg, rec.id, db, reporter=rep, from_offsite=offsite, identity=identity)
+        restore(cfg, rec.id, db, reporter=rep, from_offsite=offsite, identity=identity, trust=trust,
+                allow_older=allow_older)  # fmt: skip
         if before_compare is not None:
             before_compare(db)
-        want_checksums = any(v[1] is not None for v in rec.tables.values())
+        want_checksums = any(v[1] is not None for v in want.values())
         got = table_stats(srv.psql, srv.conn, db) if want_checksums else _counts(srv.psql, srv.conn, db)
-        res = compare(rec.tables, got)
+        res = compare(want, got)
     finally:
         try:
             psql(srv.psql, srv.conn, f'drop database if exists "{db}" with (force)', db="postgres")
@@ -93,26 +94,36 @@ def drill(
             rep.info(f"could not drop the drill database {db}: {exc}")
     res.backup = rec
     res.seconds = time.monotonic() - t0
-    _record(cfg, rec, res, offsite)
+    _record(cfg, rec, res, offsite, rep)
     return res
 
 
-def _record(cfg: Config, rec: BackupRecord, res: DrillResult, offsite: bool) -> None:
-    if (cfg.dest / manifest.MANIFEST_NAME).exists():
-        with manifest.updating(cfg.dest) as m:
-            for b in m.backups:
-                if b.id == rec.id:
-                    b.drill = DrillRecord(
-                        at=now(),
-                        ok=res.ok,
-                        tables=len(res.rows),
-                        differences=res.differences,
-                        seconds=round(res.seconds, 3),
-                        source="offsite" if offsite else "local",
-                    )
+def _record(cfg: Config, rec: BackupRecord, res: DrillResult, offsite: bool, rep: Reporter) -> None:
+    """The drill's result, as a note in the backup folder's repository (when it holds that backup)."""
+    from .repo import open_local
+
+    try:
+        repo = open_local(cfg, rep, write=True)
+    except DeltadumpError as exc:
+        rep.info(f"the drill result could not be recorded: {exc.message}")
+        return
+    if repo.by_id(rec.id) is None:
+        return
+    old = {n.number for n in repo.notes() if n.backup == rec.id and n.kind == "drill"}
+    repo.commit(
+        Change(
+            make=lambda n: [Note(repository=repo.id or "", number=n, backup=rec.id, kind="drill", at=now(), ok=res.ok,
+                                 tables=len(res.rows), differences=[redact(d) for d in res.differences],
+                                 seconds=round(res.seconds, 3), source="offsite" if offsite else "local")],
+            drop=old,  # the newest drill of a backup replaces the one before
+        )
+    )  # fmt: skip
 
 
-def _physical_drill(cfg: Config, rec: BackupRecord, rep: Reporter, offsite: bool, identity: Path | None) -> DrillResult:
+def _physical_drill(
+    cfg: Config, rec: BackupRecord, rep: Reporter, offsite: bool, identity: Path | None, trust: str | None,
+    allow_older: bool,
+) -> DrillResult:  # fmt: skip
     """A throwaway server: lay the backup out, start it (WAL replay), check that every database
     answers and count its tables' rows, stop it, remove it."""
     import shutil
@@ -136,7 +147,7 @@ def _physical_drill(cfg: Config, rec: BackupRecord, rep: Reporter, offsite: bool
     try:
         try:
             restore_datadir(cfg, rec.id, data, start=True, port=port, reporter=rep, from_offsite=offsite,
-                            identity=identity)  # fmt: skip
+                            identity=identity, trust=trust, allow_older=allow_older)  # fmt: skip
         except Exception as exc:
             res.differences.append(f"the throwaway server did not start: {exc}")
             return res

@@ -10,11 +10,12 @@ from pathlib import Path
 from ..config import parse, render_template
 from ..errors import ConfigError
 from ..fsio import storage_error
+from ..store.keys import create_secret, load_secret
 from .common import check_dest, connect
 
 
-def init(path: Path, dsn: str, dest: str, password_file: str = "") -> str:
-    """Returns the server version found."""
+def init(path: Path, dsn: str, dest: str, password_file: str = "") -> tuple[str, str]:
+    """Returns the server version found and the public key of the new signing key."""
     if path.exists():
         raise ConfigError(f"config file {path} already exists; not overwriting it", hint="edit it, or remove it first")
     text = render_template(dsn, str(Path(dest).expanduser().resolve()))
@@ -31,4 +32,8 @@ def init(path: Path, dsn: str, dest: str, password_file: str = "") -> str:
         raise storage_error(exc, path, "creating") from exc
     with os.fdopen(fd, "w") as f:
         f.write(text)
-    return srv.version
+    key = cfg.signing_key_path
+    if key is None:  # cannot happen: the config has a path
+        raise ConfigError("no place for the signing key")
+    secret = load_secret(key) if key.exists() else create_secret(key)
+    return srv.version, secret.public.encode()

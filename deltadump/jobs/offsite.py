@@ -1,188 +1,282 @@
-"""Offsite copies: send what the offsite copy lacks (objects first, the manifest last: its upload is
-the offsite commit point), fetch objects back for restores, check the remote copy, prune by the
-retention policy (references before data: the new manifest goes up before objects are deleted).
+"""Offsite copies: a second repository of the same backups on a Target (a folder, S3, ...), with its own
+head. After each backup, `sync` sends what the copy lacks, backup by backup and newest first (objects,
+then the backup's signed records as they are), commits a new offsite head that adds the complete ones
+and drops what the copy's retention lets go, then deletes the data no live record names (references
+before data). A backup that can no longer be sent (its slot was reused before it got there) is
+reported and skipped; nothing one backup lacks stops the others.
 
-Offsite layout (docs/offsite.md): deltadump-manifest.json, chain/<id>.base.zst, chain/<id>.delta.zst,
-full/<id>/<file> for backups without delta; with encrypt = true every name gets ".age" and every
-byte is age-encrypted to the configured recipients. RECOVERY.txt explains recovery by hand.
+Offsite layout (docs/offsite.md): heads/, records/ (copied byte for byte from the backup folder,
+signatures included), chain/ID.base.zst and chain/ID.delta.zst, full/ID/FILE for backups without delta,
+RECOVERY.txt. With encrypt = true every name but RECOVERY.txt gets ".age" and is age-encrypted.
 """
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ..config import Config
-from ..errors import ConfigError, IntegrityError, TargetError
-from ..fsio import sha256_file
-from ..store import manifest
-from ..store.chain import chain_of, plan_retention
-from ..store.manifest import BackupRecord, FileRecord, Manifest
+from ..errors import ConfigError, DeltadumpError, IntegrityError, TargetError
+from ..fsio import checkpoint, sha256_file
+from ..naming import check_relpath
+from ..store import manifest as v1
+from ..store.records import SIG_SUFFIX, BackupRecord, FileRecord, Note, record_name
+from ..store.repository import Change, LocalMeta, MirroredMeta, Repository, TargetMeta
+from ..store.retention import Plan, Policy, plan
 from ..targets import Target, open_target
 from .chain import Fetch
 from .common import Reporter
+from .repo import file_location, trust_for
 
 RECOVERY = """\
 deltadump offsite copy: how to recover by hand, with standard tools only
 ========================================================================
-deltadump-manifest.json lists every backup: for each, "objects" (the files here, with the sha256 of
-their plaintext), "kind" (base or delta), "parent" (the backup a delta applies to) and "dump_sha256"
-(the sha256 of the uncompressed pg_dump archive it reconstructs).
+If names end in .age, decrypt each file first:   age -d -i key.txt -o FILE FILE.age
 
-If names end in .age, decrypt each first:   age -d -i key.txt -o FILE FILE.age
+heads/NNNNNNNNNN.json is the head: "live" lists the numbers of the live records ("1-5,8").
+records/NNNNNNNN-ID.json is backup ID: "objects" (the files here, with the sha256 of their plaintext),
+"kind" (base, delta or full), "parent" (the backup a delta applies to), "dump_sha256" (the sha256 of
+the uncompressed pg_dump archive it rebuilds). Every head and record is signed; check one with
+    minisign -V -P PUBLIC_KEY -m records/NNNNNNNN-ID.json
+using the public key printed by `deltadump key` on the backup host (keep it with these notes).
+
 1. Pick a backup; follow "parent" back to its base: that is the chain, base first.
 2. zstd -d chain/BASE.base.zst -o dump.0
 3. For each delta in order:   zstd -d chain/ID.delta.zst -o ID.delta
                               rdiff patch dump.N ID.delta dump.N+1
    (sha256sum dump.N+1 must equal that backup's dump_sha256)
-4. pg_restore --dbname=NEWDB dump.LAST      (createdb NEWDB first)
+4. createdb NEWDB; pg_restore --dbname=NEWDB dump.LAST
 Backups without delta are under full/ID/: restore them with pg_restore (or psql for plain dumps).
 """
-
-MANIFEST_KEY = manifest.MANIFEST_NAME
 
 
 @dataclass
 class SyncStats:
     uploaded: int = 0
     objects: int = 0
-    per_backup: dict[str, int] = field(default_factory=dict)
+    added: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # backup id -> why it could not be sent
+    removed: dict[str, str] = field(default_factory=dict)  # backup id -> why retention let it go
 
 
-def _age(cfg: Config, key: str) -> str:
-    return key + ".age" if cfg.offsite.encrypt else key
+def _ours(key: str) -> bool:
+    """A listed name deltadump could have written (anything else a store lists is left alone)."""
+    try:
+        check_relpath(key)
+        return True
+    except ValueError:
+        return False
 
 
 def full_objects(rec: BackupRecord) -> list[FileRecord]:
     """Offsite objects of a backup without delta: its files under full/<id>/."""
-    return [FileRecord(path=f"full/{rec.id}/{f.path}", size=f.size, sha256=f.sha256) for f in rec.files]
+    return [FileRecord(path=check_relpath(f"full/{rec.id}/{f.path}"), size=f.size, sha256=f.sha256) for f in rec.files]
 
 
 def offsite_objects(rec: BackupRecord) -> list[FileRecord]:
-    return rec.objects if rec.in_chain else full_objects(rec)
+    return list(rec.objects) if rec.in_chain else full_objects(rec)
 
 
-def _local_source(dest: Path, rec: BackupRecord, obj: FileRecord) -> Path:
-    return dest / (obj.path if rec.in_chain else obj.path.split("/", 2)[2])
+MIRROR = "deltadump-offsite"  # in the backup folder: this host's mirror of the copy's heads and records
 
 
 class Offsite:
-    def __init__(self, cfg: Config, identity: Path | None = None, target: Target | None = None) -> None:
+    """The offsite copy of a config: its (possibly encrypting) target, the copy's repository as the store
+    holds it (`remote`: what restores read, checked against the trusted key), and this host's mirror of
+    it (`mirror`: what sync, prune and status work on, needing neither the network nor the age identity
+    to know what was committed; every write goes to the mirror, then to the store)."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        rep: Reporter,
+        *,
+        identity: Path | None = None,
+        trust: str | None = None,
+        allow_older: bool = False,
+        write: bool = False,
+        target: Target | None = None,
+        expect: str | None = None,
+        name: str = "default",
+    ) -> None:
         if not cfg.offsite_enabled:
             raise ConfigError("no [offsite] url in the config")
         self.cfg = cfg
-        self.target = target or open_target(cfg.offsite.url, cfg.offsite.endpoint_url)
+        self.raw = target or open_target(cfg.offsite.url, cfg.offsite.endpoint_url)
+        self.target: Target = self.raw
+        if cfg.offsite.encrypt:
+            from ..targets.age import AgeTarget
+
+            self.target = AgeTarget(self.raw, cfg.offsite.recipients, identity)
+        self.encrypted = cfg.offsite.encrypt
         self.identity = identity
-        self._recipients: list[Any] | None = None
-        self._identities: list[Any] | None = None
+        tr = trust_for(cfg, rep, write=write, trust=trust, allow_older=allow_older)
+        self.remote = Repository(TargetMeta(self.target), tr, label="offsite", expect=expect)
+        self.repo = self.remote  # what readers use
+        self.meta = MirroredMeta(LocalMeta(cfg.dest / MIRROR / name, create=True), TargetMeta(self.target))
+        self.mirror = Repository(self.meta, tr, label="offsite", expect=expect)
 
-    # -- encryption ---------------------------------------------------------------------------------
-    def _encrypt(self, src: Path, work: Path) -> Path:
-        if not self.cfg.offsite.encrypt:
-            return src
-        import pyrage
+    def describe(self) -> str:
+        return self.target.describe()
 
-        if self._recipients is None:
-            try:
-                self._recipients = [pyrage.x25519.Recipient.from_str(r) for r in self.cfg.offsite.recipients]
-            except Exception as exc:
-                raise ConfigError(f"invalid age recipient in [offsite] recipients: {exc}") from exc
-        out = work / (src.name + ".age")
-        pyrage.encrypt_file(str(src), str(out), self._recipients)
-        return out
+    def load(self) -> Repository:
+        """The offsite repository as the store holds it, checked; a copy still in format v1 is refused
+        (a backup migrates it)."""
+        if self.remote.load() is None and self.target.stat(v1.MANIFEST_NAME) is not None:
+            raise IntegrityError(
+                f"the offsite copy at {self.describe()} is still in the unsigned format 1",
+                hint="run one backup with this version: it signs and migrates the copy",
+            )
+        return self.remote
 
-    def _decrypt(self, src: Path, dst: Path) -> None:
-        import pyrage
-
-        if self._identities is None:
-            if self.identity is None:
-                raise ConfigError("the offsite copy is encrypted: pass --identity KEYFILE (the age secret key)")
-            try:
-                lines = self.identity.read_text().splitlines()
-                self._identities = [pyrage.x25519.Identity.from_str(ln.strip()) for ln in lines
-                                    if ln.strip().startswith("AGE-SECRET-KEY-")]  # fmt: skip
-            except (OSError, Exception) as exc:
-                raise ConfigError(f"cannot read age identity {self.identity}: {exc}") from exc
-            if not self._identities:
-                raise ConfigError(f"no AGE-SECRET-KEY in {self.identity}")
-        try:
-            pyrage.decrypt_file(str(src), str(dst), self._identities)
-        except Exception as exc:
-            raise IntegrityError(f"cannot decrypt {src.name}: wrong age identity or damaged file ({exc})") from exc
-
-    # -- sending ------------------------------------------------------------------------------------
-    def sync(self, dest: Path, rep: Reporter) -> SyncStats:
-        """Send every object the offsite copy lacks, then the manifest."""
-        st = SyncStats()
-        m = manifest.load(dest)
+    def _prepare(self, rep: Reporter) -> tuple[dict[str, int], bool]:
+        """The mirror, loaded and brought in line with the store: what the store missed of it is sent
+        again; a store ahead of it (another writer, or a lost backup folder) is adopted when it can be
+        read, refused otherwise. Returns the store's listing and whether it holds a format 1 copy."""
         have = self.target.list()
-        with tempfile.TemporaryDirectory(prefix="deltadump-up-") as tmp:
-            work = Path(tmp)
-            for rec in m.backups:
-                if rec.status != "ok" or rec.pruned or rec.offsite_pruned:
-                    continue
-                for obj in offsite_objects(rec):
-                    key = _age(self.cfg, obj.path)
-                    if key in have and (self.cfg.offsite.encrypt or have[key] == obj.size):
-                        continue
-                    src = _local_source(dest, rec, obj)
-                    if not src.exists():
-                        if rec.in_chain:
-                            rep.info(f"{obj.path} is not offsite and no longer here: backup {rec.id} stays local-only")
-                        continue
-                    if sha256_file(src)[1] != obj.sha256:
-                        raise IntegrityError(f"{src} does not match its recorded sha256; not uploading it")
-                    send = self._encrypt(src, work)
-                    self.target.put(key, send, sha256_file(send)[1])
-                    size = send.stat().st_size
-                    st.uploaded += size
-                    st.objects += 1
-                    st.per_backup[rec.id] = st.per_backup.get(rec.id, 0) + size
-                    if send != src:
-                        send.unlink()
-            if st.per_backup:
-                with manifest.updating(dest) as mm:
-                    for b in mm.backups:
-                        if b.id in st.per_backup:
-                            b.uploaded += st.per_backup[b.id]
-            st.uploaded += self._put_manifest(dest, work, have)
+        remote_seqs = [int(k[6:16]) for k in have if k.startswith("heads/") and k.endswith(".json" + SIG_SUFFIX)]
+        head = self.mirror.load(fresh=True)  # a missing mirror (a new backup folder) is no attack: the store tells
+        seq = head.seq if head is not None else 0
+        if head is None and not remote_seqs:
+            self.remote.load()  # a copy emptied by someone else is refused (when this host saw it before)
+        if remote_seqs and max(remote_seqs) > seq:
+            rep.info(f"offsite: the copy has head {max(remote_seqs)}, this host knew {seq}: adopting the copy's state")
+            self._adopt()
+            head = self.mirror.load()
+            have = self.target.list()
+        sent = self.meta.repair(set(have))
+        if sent:
+            rep.info(f"offsite: sent {len(sent)} record file(s) an interrupted run had not delivered")
+            have = self.target.list()
+        return have, head is None and v1.MANIFEST_NAME in have
+
+    def _adopt(self) -> None:
+        """Copy the store's newest head and its live records into the mirror, each checked first."""
+        try:
+            remote = self.load()
+        except ConfigError as exc:
+            raise ConfigError(
+                f"the offsite copy at {self.describe()} is newer than this host's record of it, and it is "
+                f"encrypted: {exc.message}",
+                hint="run 'deltadump prune --offsite --identity KEYFILE' once to adopt it",
+            ) from exc
+        if remote.head is None:
+            return
+        for n in remote.live():
+            remote.record(n)  # checked
+        listing = remote.listing()
+        names = [listing.main[n] for n in remote.live() if n in listing.main]
+        names += [listing.tables[n] for n in remote.live() if n in listing.tables]
+        names.append(remote.head.file_name)
+        for name in names:
+            for fname in (name, name + SIG_SUFFIX):
+                data = remote.meta.read(fname, 64 << 20)
+                if data is not None:
+                    self.meta.mirror.write(fname, data)
+
+    # -- sending -----------------------------------------------------------------------------------------
+    def sync(self, local: Repository, dest: Path, rep: Reporter, policy: Policy) -> SyncStats:
+        st = SyncStats()
+        have, migrating = self._prepare(rep)
+        head = self.mirror.head
+        live = head.live_numbers() if head is not None else set()
+        local_backups = local.backups()
+        self.mirror.prime(local_backups)
+        in_copy = [self.mirror.record(n) for n in sorted(live)]
+        copy_backups = [r for r in in_copy if isinstance(r, BackupRecord)]
+        ids = {b.id for b in copy_backups}
+        added: list[BackupRecord] = []
+        for rec in reversed([b for b in local_backups if b.status == "ok" and b.id not in ids]):  # newest first
+            why = self._send(rec, local, dest, have, st)
+            if why:
+                st.skipped[rec.id] = why
+                rep.info(f"offsite: backup {rec.id} is skipped: {why}")
+            else:
+                added.append(rec)
+                st.added.append(rec.id)
+        backups = sorted(copy_backups + added, key=lambda b: b.number)
+        retention = plan(backups, policy, local=False)
+        drop = {d.number for d in retention.delete}
+        gone = {d.id for d in retention.delete}
+        drop |= {n.number for n in in_copy if isinstance(n, Note) and n.backup in gone}
+        if added or drop or head is None:
+            self.mirror.commit(Change(add={b.number for b in added}, drop=drop, repository=local.id))
+            checkpoint("offsite head committed")
+        for d in retention.delete:
+            st.removed[d.id] = d.why
+            rep.info(f"offsite retention: removed backup {d.id} ({d.why})")
+        self.collect(rep)
+        if "RECOVERY.txt" not in self.raw.list("RECOVERY"):
+            with tempfile.TemporaryDirectory(prefix="deltadump-up-") as tmp:
+                p = Path(tmp) / "RECOVERY.txt"
+                p.write_text(RECOVERY)
+                self.raw.put("RECOVERY.txt", p, sha256_file(p)[1])
+        if migrating:
+            self.target.delete(v1.MANIFEST_NAME)
+            rep.info(f"offsite: migrated {self.describe()} to repository format 2 (signed)")
         return st
 
-    def _put_manifest(self, dest: Path, work: Path, have: dict[str, int]) -> int:
-        n = 0
-        if "RECOVERY.txt" not in have:
-            p = work / "RECOVERY.txt"
-            p.write_text(RECOVERY)
-            self.target.put("RECOVERY.txt", p, sha256_file(p)[1])
-            n += p.stat().st_size
-        src = dest / manifest.MANIFEST_NAME
-        send = self._encrypt(src, work)
-        self.target.put(_age(self.cfg, MANIFEST_KEY), send, sha256_file(send)[1])
-        return n + send.stat().st_size
+    def _send(self, rec: BackupRecord, local: Repository, dest: Path, have: dict[str, int], st: SyncStats) -> str:
+        """Send rec's objects the copy lacks, then its records; '' when done, else why not."""
+        for obj in offsite_objects(rec):
+            if obj.path in have and (self.encrypted or have[obj.path] == obj.size):
+                continue
+            if rec.in_chain:
+                src = dest / obj.path
+            else:
+                f = next(f for f in rec.files if f"full/{rec.id}/{f.path}" == obj.path)
+                src = file_location(local, dest, rec, f)
+            if not src.is_file() or src.is_symlink():
+                return f"{obj.path} is no longer here (its slot was reused before it reached the offsite copy)"
+            if sha256_file(src)[1] != obj.sha256:
+                return f"{src} no longer matches its record (its slot was reused before it reached the offsite copy)"
+            self.target.put(obj.path, src, obj.sha256)
+            checkpoint(f"upload {obj.path}")
+            size = self.target.stat(obj.path) or obj.size
+            st.uploaded += size
+            st.objects += 1
+        names = [rec.file_name]
+        if rec.tables is not None:
+            names.append(record_name(rec.number, rec.id, "tables"))
+        meta = LocalMeta(dest)
+        for name in names:
+            for n in (name, name + SIG_SUFFIX):
+                data = meta.read(n, 64 << 20)
+                if data is None:
+                    return f"its record {n} is missing here"
+                if n in have and self.meta.mirror.read(n, 64 << 20) == data:
+                    continue
+                self.meta.write(n, data)
+                checkpoint(f"upload {n}")
+                st.uploaded += len(data)
+        return ""
 
-    # -- reading ------------------------------------------------------------------------------------
+    def collect(self, rep: Reporter) -> list[str]:
+        """Delete what no live record of the copy names: objects of removed backups, objects of
+        interrupted uploads, records of interrupted commits. References went first (the head)."""
+        live_backups = self.mirror.backups() if self.mirror.head is not None else []
+        named = {o.path for b in live_backups for o in offsite_objects(b)}
+        gone = []
+        for key in self.target.list():
+            if key.startswith(("chain/", "full/")) and key not in named and _ours(key):
+                checkpoint(f"delete {key}")
+                self.target.delete(key)
+                gone.append(key)
+        gone += self.mirror.collect()
+        clean = getattr(self.target, "clean_temporaries", None)  # what puts killed mid-way left
+        if clean is not None:
+            gone += clean()
+        mine = set(self.meta.mirror.names("records/") + self.meta.mirror.names("heads/"))
+        for key in self.target.list("records/") | self.target.list("heads/"):
+            if key not in mine and _ours(key):
+                self.target.delete(key)  # remote-only leftovers of an interrupted deletion
+                gone.append(key)
+        return gone
+
+    # -- reading -----------------------------------------------------------------------------------------
     def fetch_to(self, key: str, dst: Path) -> None:
-        if self.cfg.offsite.encrypt:
-            enc = dst.with_name(dst.name + ".age")
-            self.target.get(key + ".age", enc)
-            try:
-                self._decrypt(enc, dst)
-            finally:
-                enc.unlink(missing_ok=True)
-        else:
-            self.target.get(key, dst)
-
-    def manifest(self) -> Manifest:
-        with tempfile.TemporaryDirectory(prefix="deltadump-get-") as tmp:
-            p = Path(tmp) / MANIFEST_KEY
-            try:
-                self.fetch_to(MANIFEST_KEY, p)
-            except TargetError as exc:
-                raise TargetError(f"no deltadump manifest at {self.target.describe()}: {exc}") from exc
-            return manifest.load(Path(tmp))
+        self.target.get(check_relpath(key, ("chain/", "full/")), dst)
 
     def fetch_full(self, rec: BackupRecord, work: Path) -> Path:
         """Bring a backup made without delta (a dump, or a physical backup's files) into `work`, every
@@ -191,97 +285,88 @@ class Offsite:
             local = work / obj.path
             local.parent.mkdir(parents=True, exist_ok=True)
             self.fetch_to(obj.path, local)
-            if sha256_file(local)[1] != obj.sha256:
+            size, digest = sha256_file(local)
+            if size != obj.size or digest != obj.sha256:
                 raise IntegrityError(f"{obj.path} is corrupt offsite: sha256 mismatch")
         return work / "full" / rec.id / rec.path
 
     def fetcher(self) -> Fetch:
         def fetch(obj: FileRecord, scratch: Path) -> Path:
-            if not self.cfg.offsite.encrypt and (p := self.target.local_path(obj.path)) is not None:
+            if not self.encrypted and (p := self.raw.local_path(obj.path)) is not None:
                 return p  # a folder target: read in place
             self.fetch_to(obj.path, scratch)
             return scratch
 
         return fetch
 
-    def verify(self, rep: Reporter) -> tuple[Manifest, dict[str, list[str]]]:
+    def verify(self, rep: Reporter) -> tuple[list[BackupRecord], dict[str, list[str]]]:
         """Every object present and with the right sha256, every chain complete: {backup id: problems}."""
-        m = self.manifest()
+        from ..store.chain import chain_of
+
+        repo = self.load()
+        backups = repo.backups()
         have = self.target.list()
         problems: dict[str, list[str]] = {}
-        bad_objects: dict[str, str] = {}
+        bad: dict[str, str] = {}
         with tempfile.TemporaryDirectory(prefix="deltadump-verify-") as tmp:
-            for rec in m.backups:
-                if rec.status != "ok" or rec.pruned or rec.offsite_pruned:
-                    continue
+            for rec in backups:
                 for obj in offsite_objects(rec):
-                    key = _age(self.cfg, obj.path)
-                    if key not in have:
-                        bad_objects[obj.path] = "missing"
+                    if obj.path not in have:
+                        bad[obj.path] = "missing"
                         continue
                     scratch = Path(tmp) / "obj"
                     try:
-                        p = self.fetcher()(obj, scratch)  # a folder target's objects are hashed in place
-                        if sha256_file(p)[1] != obj.sha256:
-                            bad_objects[obj.path] = "sha256 mismatch"
+                        p = self.fetcher()(obj, scratch)
+                        size, digest = sha256_file(p)
+                        if size != obj.size or digest != obj.sha256:
+                            bad[obj.path] = "sha256 mismatch"
                     except (IntegrityError, TargetError) as exc:
-                        bad_objects[obj.path] = str(exc)
+                        bad[obj.path] = str(exc)
                     except OSError as exc:
-                        bad_objects[obj.path] = f"cannot read it: {exc.strerror or exc}"
+                        bad[obj.path] = f"cannot read it: {exc.strerror or exc}"
                     finally:
                         scratch.unlink(missing_ok=True)
-        for rec in m.backups:
-            if rec.status != "ok" or rec.pruned or rec.offsite_pruned:
-                continue
+        by_id = {b.id: b for b in backups}
+        for rec in backups:
             try:
-                needed = chain_of(m, rec) if rec.in_chain else [rec]
+                needed = chain_of(by_id, rec) if rec.in_chain else [rec]
             except ValueError as exc:
                 problems.setdefault(rec.id, []).append(f"chain incomplete: {exc}")
                 continue
             for b in needed:
                 for obj in offsite_objects(b):
-                    if obj.path in bad_objects:
-                        problems.setdefault(rec.id, []).append(f"{obj.path}: {bad_objects[obj.path]}")
-        return m, problems
+                    if obj.path in bad:
+                        problems.setdefault(rec.id, []).append(f"{obj.path}: {bad[obj.path]}")
+        return backups, problems
 
-    # -- retention ----------------------------------------------------------------------------------
-    def publish_manifest(self, dest: Path) -> None:
-        """Send the local manifest again (after retention changed it)."""
-        with tempfile.TemporaryDirectory(prefix="deltadump-up-") as tmp:
-            self._put_manifest(dest, Path(tmp), {"RECOVERY.txt": 0})
+    def prune(self, policy: Policy, rep: Reporter, *, dry_run: bool) -> tuple[Plan, list[BackupRecord]]:
+        """The copy's retention, on this host's mirror (the store is brought in line first)."""
+        self._prepare(rep)
+        repo = self.mirror
+        backups = repo.backups() if repo.head is not None else []
+        p = plan(backups, policy, local=False)
+        if dry_run or not p.delete:
+            return p, backups
+        gone = {d.id for d in p.delete}
+        drop = {d.number for d in p.delete} | {n.number for n in repo.notes() if n.backup in gone}
+        repo.commit(Change(drop=drop))
+        self.collect(rep)
+        return p, backups
 
-    def delete_objects(self, rec: BackupRecord) -> None:
-        for obj in offsite_objects(rec):
-            self.target.delete(_age(self.cfg, obj.path))
 
+def sync_after_backup(cfg: Config, local: Repository, rep: Reporter) -> tuple[SyncStats | None, DeltadumpError | None]:
+    """The offsite step of a backup run: never raises (the backup is safe locally whatever happens)."""
+    if not cfg.offsite_enabled:
+        return None, None
+    try:
+        off = Offsite(cfg, rep, write=True, expect=local.id)
+        p = cfg.keep
+        st = off.sync(local, cfg.dest, rep, Policy(p.daily, p.weekly, p.monthly, p.keep_last))
+        rep.info(f"offsite: sent {st.objects} object(s), {st.uploaded / 1e6:.2f} MB to {off.describe()}")
+        return st, None
+    except DeltadumpError as exc:
+        return None, exc
+    except OSError as exc:  # reading what is to be sent
+        from ..fsio import storage_error
 
-def apply_retention(cfg: Config, dest: Path, rep: Reporter, off: Offsite | None = None) -> dict[str, str]:
-    """Carry out the retention plan, locally and (with `off`) offsite; references before data: the
-    manifest (here, then offsite) marks what goes, then the objects are deleted. Without an offsite
-    copy only chain objects are local work (rotation slots are the name template's business).
-    Returns {backup id: why} of what was removed."""
-    k = cfg.offsite.keep
-    m = manifest.load(dest)
-    plan = plan_retention(m, k.daily, k.weekly, k.monthly)
-    doomed = [r for bid in plan.delete if (r := m.by_id(bid)) is not None and (off is not None or r.in_chain)]
-    if not doomed:
-        return {}
-    ids = {r.id for r in doomed}
-    with manifest.updating(dest) as mm:
-        for b in mm.backups:
-            if b.id in ids:
-                if b.in_chain:
-                    b.pruned = True
-                else:
-                    b.offsite_pruned = True
-    if off is not None:
-        off.publish_manifest(dest)
-    for rec in doomed:
-        if off is not None:
-            off.delete_objects(rec)
-        if rec.in_chain:
-            for obj in rec.objects:
-                with contextlib.suppress(FileNotFoundError):
-                    (dest / obj.path).unlink()
-        rep.info(f"retention: removed backup {rec.id} ({plan.delete[rec.id]})")
-    return {r.id: plan.delete[r.id] for r in doomed}
+        return None, storage_error(exc, Path(exc.filename or cfg.dest), "sending from")

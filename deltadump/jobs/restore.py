@@ -1,28 +1,38 @@
 """The restore job: check the server and the target database (refuse a non-empty one unless clean),
-find the backup (here or in the offsite copy), bring its dump into being (its slot file, or a
-reconstruction from its delta chain, checked against the recorded sha256) while a new database is
-created, then pg_restore or psql, failing on any error. Physical backups: lay out a data directory."""
+find the backup (here or in the offsite copy, whose head's time and sequence are reported), bring its
+dump into being (its slot file, or a reconstruction from its delta chain, checked against the recorded
+sha256) while a new database is created, then pg_restore or psql, failing on any error.
+
+What pg_restore reads is what was checked: a slot file is opened once, hashed through that descriptor
+and handed to pg_restore as /dev/fd/N (the very same file, whatever happens to its name meanwhile); a
+rebuilt dump lives in a private work folder; and the backup folder's read lock keeps a concurrent
+backup or prune from switching or deleting what is being read. Physical backups: lay out a data
+directory."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 
 from ..config import Config
 from ..errors import DeltadumpError, IntegrityError, RestoreError
+from ..fsio import open_under, work_folder
 from ..pg.conn import psql
 from ..pg.dump import run_restore
-from ..store import manifest
-from ..store.manifest import BackupRecord, Manifest
+from ..store.records import BackupRecord
+from ..store.repository import Repository
+from ..store.resolve import resolve
 from . import chain
 from .common import Reporter, Server, SilentReporter, major_of, server_for, tool
-from .verify import check_record, resolve
+from .repo import LocalView, file_location, local_view, open_local, reading, slot_location
+from .verify import check_slot, hash_fd
 
 NONEMPTY_SQL = """
 select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace
@@ -48,22 +58,107 @@ def _lit(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
-def pick(m: Manifest, ref: str, dest: Path | None = None) -> BackupRecord:
-    """A backup by id, 'latest', path (inside dest, when given), or a date (the newest restorable
-    backup of that day or before)."""
-    rec = resolve(m, dest, ref)
-    if rec is None:
-        try:
-            day = date.fromisoformat(ref[:10])
-        except ValueError:
-            day = None
-        if day is not None:
-            cands = [b for b in m.backups if b.restorable and b.started.date() <= day]
-            rec = max(cands, key=lambda b: b.started, default=None)
-    if rec is None:
-        where = f" in {dest / manifest.MANIFEST_NAME}" if dest is not None else ""
-        raise RestoreError(f"no restorable backup {ref!r} is recorded{where}")
-    return rec
+@dataclass
+class Source:
+    """Where a backup is read from: the local repository or the offsite copy."""
+
+    repo: Repository
+    backups: list[BackupRecord]
+    offsite: object | None = None  # an offsite.Offsite when restoring from the offsite copy
+    view: LocalView | None = None  # the backup folder as it is (local restores)
+
+    def pick(self, ref: str, dest: Path | None = None) -> BackupRecord:
+        def restorable(b: BackupRecord) -> bool:
+            return b.status == "ok" if self.view is None else self.view.restorable(b)
+
+        rec = resolve(self.backups, ref, restorable=restorable, dest=dest)
+        if rec is None:
+            raise RestoreError(f"no restorable backup {ref!r} is recorded in {self.repo.describe()}")
+        if not restorable(rec):
+            why = f"failed: {rec.error}" if rec.status == "failed" else "its slot was reused and it is in no chain"
+            raise RestoreError(f"backup {rec.id} cannot be restored: it {why}")
+        return rec
+
+
+@contextlib.contextmanager
+def open_source(
+    cfg: Config, rep: Reporter, *, from_offsite: bool, identity: Path | None = None, trust: str | None = None,
+    allow_older: bool = False,
+) -> Iterator[Source]:  # fmt: skip
+    """The local repository (holding the read lock while in use), or the offsite copy alone."""
+    if from_offsite:
+        from .offsite import Offsite
+
+        local_id = None
+        with contextlib.suppress(DeltadumpError):
+            if cfg.dest.is_dir():
+                local_id = open_local(cfg, SilentReporter(), trust=trust).id
+        off = Offsite(cfg, rep, identity=identity, trust=trust, allow_older=allow_older, expect=local_id)
+        repo = off.load()
+        if repo.head is None:
+            raise RestoreError(f"the offsite copy at {off.describe()} holds no backup")
+        rep.info(f"offsite copy {off.describe()}: head {repo.head.seq}, committed "
+                 f"{repo.head.time.isoformat(timespec='seconds')}, repository {repo.head.repository}")  # fmt: skip
+        yield Source(repo, repo.backups(), off)
+        return
+    repo = open_local(cfg, rep, trust=trust, allow_older=allow_older)
+    if repo.head is not None:
+        rep.info(f"backup folder {cfg.dest}: head {repo.head.seq}, committed "
+                 f"{repo.head.time.isoformat(timespec='seconds')}")  # fmt: skip
+    with reading(cfg.dest):
+        repo.refresh()  # what the lock now protects is what we read
+        view = local_view(repo, cfg.dest)
+        yield Source(repo, view.backups, view=view)
+
+
+@contextlib.contextmanager
+def checked_dump(
+    cfg: Config, src: Source, rec: BackupRecord, work: Path, rep: Reporter
+) -> Iterator[tuple[Path, str, list[int]]]:
+    """The dump of `rec`, checked: (path to hand to pg_restore, source, file descriptors to pass on)."""
+    dest = cfg.dest
+    if src.offsite is not None:
+        from .offsite import Offsite
+
+        off = src.offsite
+        assert isinstance(off, Offsite)
+        if rec.in_chain:
+            yield chain.reconstruct(src.backups, rec, off.fetcher(), work, rep), "offsite", []
+        else:
+            yield off.fetch_full(rec, work), "offsite", []
+        return
+    if src.view is not None and src.view.in_slot(rec):
+        rep.info(f"checking {rec.path} against its recorded checksums")
+        if rec.format in ("custom", "plain", "tar") and len(rec.files) == 1:
+            problem = ""
+            located = file_location(src.repo, dest, rec, rec.files[0])
+            try:
+                fd = open_under(dest, located.relative_to(dest).as_posix())
+            except OSError as exc:
+                problem = f"{located}: cannot be opened ({exc.strerror})"
+            else:
+                try:
+                    if hash_fd(fd) == (rec.files[0].size, rec.files[0].sha256):
+                        yield Path(f"/dev/fd/{fd}"), "slot", [fd]  # the very file that was hashed
+                        return
+                    problem = f"{located}: sha256 mismatch (content changed or corrupt)"
+                finally:
+                    os.close(fd)
+            problems = [problem]
+        else:
+            problems = check_slot(src.repo, dest, rec, cfg.database.pg_bin, structure=False)
+            if not problems:
+                yield slot_location(src.repo, dest, rec), "slot", []
+                return
+        if not rec.in_chain:
+            raise IntegrityError(f"backup {rec.id} is damaged: {problems[0]}", hint="restore another backup")
+        rep.info(f"{problems[0]}; rebuilding it from its delta chain")
+    rep.info(f"reconstructing backup {rec.id} from its delta chain")
+    yield chain.reconstruct(src.backups, rec, chain.local_fetch(dest), work, rep), "chain", []
+
+
+def _work_parent(cfg: Config) -> Path:
+    return cfg.dest if cfg.dest.is_dir() else Path(tempfile.gettempdir())
 
 
 def restore(
@@ -77,54 +172,37 @@ def restore(
     reporter: Reporter | None = None,
     from_offsite: bool = False,
     identity: Path | None = None,
+    trust: str | None = None,
+    allow_older: bool = False,
 ) -> RestoreResult:
     rep = reporter or SilentReporter()
     t0 = time.monotonic()
-    dest = cfg.dest
     # the server and the target first: a wrong password or a non-empty database fails at once, not after
     # a long reconstruction; a new database is created meanwhile (and dropped if the backup fails)
     srv = server_for(cfg, dsn)
     state = _target_state(srv, to_db, clean)
     pool = ThreadPoolExecutor(1, thread_name_prefix="createdb")
     creating = pool.submit(_create, srv, to_db) if state == "absent" else None
-    work = Path(tempfile.mkdtemp(prefix="deltadump-restore-", dir=dest if dest.is_dir() else None))
     try:
-        if from_offsite:
-            from .offsite import Offsite
-
-            off = Offsite(cfg, identity)
-            m = off.manifest()
-            rec = pick(m, ref)
-            rep.info(f"restoring backup {rec.id} from the offsite copy at {off.target.describe()}")
-            fetch = off.fetcher()
-            dump = chain.reconstruct(m, rec, fetch, work, rep) if rec.in_chain else off.fetch_full(rec, work)
-            source = "offsite"
-        else:
-            m = manifest.load(dest)
-            rec = pick(m, ref, dest)
-            if not rec.restorable:
-                why = f"failed: {rec.error}" if rec.status == "failed" else f"replaced by {rec.replaced_by}"
-                raise RestoreError(f"backup {rec.id} cannot be restored: it {why}")
-            rep.info(f"checking {rec.path} against its recorded checksums")
-            check = check_record(dest, rec, cfg.database.pg_bin, structure=False) if rec.current else None
-            if check is not None and check.ok:
-                dump, source = dest / rec.path, "slot"
-            elif rec.in_chain:
-                rep.info(f"reconstructing backup {rec.id} from its delta chain")
-                dump, source = chain.reconstruct(m, rec, chain.local_fetch(dest), work, rep), "chain"
-            else:
-                problem = check.problems[0] if check is not None else "its files were replaced or removed"
-                raise IntegrityError(f"backup {rec.id} is damaged: {problem}", hint="restore another backup")
-        if creating is not None:
-            creating.result()
-        elif state == "replace":
-            rep.info(f'dropping and recreating database "{to_db}" (--clean)')
-            _drop(srv, to_db)
-            _create(srv, to_db)
-        created = state != "empty"
-        pg_restore = tool("pg_restore", cfg, max(srv.major, major_of(rec.pg_dump_version))).path
-        rep.info(f'restoring {rec.id} into database "{to_db}"')
-        run_restore(pg_restore, srv.psql, srv.conn.with_db(to_db), dump, rec.format, jobs=jobs)
+        with (
+            open_source(cfg, rep, from_offsite=from_offsite, identity=identity, trust=trust,
+                        allow_older=allow_older) as src,
+            work_folder(_work_parent(cfg), "restore") as work,
+        ):  # fmt: skip
+            rec = src.pick(ref, cfg.dest)
+            rep.info(f"restoring backup {rec.id} (record {rec.number}, {rec.started.isoformat(timespec='seconds')})")
+            with checked_dump(cfg, src, rec, work, rep) as (dump, source, fds):
+                if creating is not None:
+                    creating.result()
+                elif state == "replace":
+                    rep.info(f'dropping and recreating database "{to_db}" (--clean)')
+                    _drop(srv, to_db)
+                    _create(srv, to_db)
+                created = state != "empty"
+                pg_restore = tool("pg_restore", cfg, max(srv.major, major_of(rec.pg_dump_version))).path
+                rep.info(f'restoring {rec.id} into database "{to_db}"')
+                run_restore(pg_restore, srv.psql, srv.conn.with_db(to_db), dump, rec.format, jobs=jobs,
+                            pass_fds=fds)  # fmt: skip
         return RestoreResult(rec, to_db, created, time.monotonic() - t0, source)
     except BaseException:
         if creating is not None and creating.exception() is None:
@@ -133,7 +211,6 @@ def restore(
         raise
     finally:
         pool.shutdown()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _need_physical(rec: BackupRecord) -> None:
@@ -171,6 +248,7 @@ def _drop(srv: Server, to_db: str) -> None:
 def restore_datadir(
     cfg: Config, ref: str, datadir: Path, *, start: bool = False, port: int | None = None,
     reporter: Reporter | None = None, from_offsite: bool = False, identity: Path | None = None,
+    trust: str | None = None, allow_older: bool = False,
 ) -> RestoreResult:  # fmt: skip
     """Lay out a physical backup (from here, or from the offsite copy alone) as a data directory,
     refusing a non-empty one; with start, start a server on it (PostgreSQL replays the WAL, as after
@@ -183,44 +261,39 @@ def restore_datadir(
     t0 = time.monotonic()
     if datadir.exists() and any(datadir.iterdir()):
         raise RestoreError(f"{datadir} is not empty; a data directory is only laid out in an empty folder")
-    work: Path | None = None
-    try:
-        if from_offsite:
-            from .offsite import Offsite
+    with open_source(cfg, rep, from_offsite=from_offsite, identity=identity, trust=trust,
+                     allow_older=allow_older) as src:  # fmt: skip
+        rec = src.pick(ref, cfg.dest)
+        _need_physical(rec)
+        parent = datadir.parent if from_offsite else _work_parent(cfg)
+        parent.mkdir(parents=True, exist_ok=True)
+        with work_folder(parent, "restore") as work:
+            if from_offsite:
+                from .offsite import Offsite
 
-            off = Offsite(cfg, identity)
-            m = off.manifest()
-            rec = pick(m, ref)
-            _need_physical(rec)
-            datadir.parent.mkdir(parents=True, exist_ok=True)
-            work = Path(tempfile.mkdtemp(prefix="deltadump-restore-", dir=datadir.parent))
-            rep.info(f"fetching {rec.id} from the offsite copy at {off.target.describe()}")
-            backup = off.fetch_full(rec, work)
-        else:
-            m = manifest.load(cfg.dest)
-            rec = pick(m, ref, cfg.dest)
-            _need_physical(rec)
-            check = check_record(cfg.dest, rec, cfg.database.pg_bin, structure=False)
-            if not check.ok:
-                raise IntegrityError(f"backup {rec.id} is damaged: {check.problems[0]}")
-            backup = cfg.dest / rec.path
-        rep.info(f"laying out {rec.id} in {datadir}")
-        existed = datadir.exists()
-        try:
-            physical.extract(backup, datadir)
-        except BaseException:  # never leave half a data directory that could be taken for a good one
-            if existed:
-                for p in datadir.iterdir():
-                    if p.is_dir() and not p.is_symlink():
-                        shutil.rmtree(p)
-                    else:
-                        p.unlink()
+                off = src.offsite
+                assert isinstance(off, Offsite)
+                rep.info(f"fetching {rec.id} from the offsite copy at {off.describe()}")
+                backup = off.fetch_full(rec, work)
             else:
-                shutil.rmtree(datadir, ignore_errors=True)
-            raise
-    finally:
-        if work is not None:
-            shutil.rmtree(work, ignore_errors=True)
+                problems = check_slot(src.repo, cfg.dest, rec, cfg.database.pg_bin, structure=False)
+                if problems:
+                    raise IntegrityError(f"backup {rec.id} is damaged: {problems[0]}")
+                backup = file_location(src.repo, cfg.dest, rec, rec.files[0]).parent
+            rep.info(f"laying out {rec.id} in {datadir}")
+            existed = datadir.exists()
+            try:
+                physical.extract(backup, datadir)
+            except BaseException:  # never leave half a data directory that could be taken for a good one
+                if existed:
+                    for p in datadir.iterdir():
+                        if p.is_dir() and not p.is_symlink():
+                            shutil.rmtree(p)
+                        else:
+                            p.unlink()
+                else:
+                    shutil.rmtree(datadir, ignore_errors=True)
+                raise
     if start:
         pg_ctl = find("pg_ctl", cfg.database.pg_bin, min_major=major_of(rec.server_version))
         if pg_ctl.major != major_of(rec.server_version):

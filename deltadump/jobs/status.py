@@ -1,5 +1,7 @@
-"""Status for monitoring: the last backup, its age, the last drill, the offsite state; 'stale' when
-the last good backup is older than [schedule] alert_after."""
+"""Status for monitoring: the last run, the newest good backup and its age, the last drill, and the
+offsite copy as it really is (its head is read and compared with the records, never assumed). Stale
+when the newest good backup is older than [schedule] alert_after, or has not reached the offsite copy
+after [offsite] alert_after."""
 
 from __future__ import annotations
 
@@ -7,7 +9,52 @@ from dataclasses import asdict, dataclass
 
 from ..clock import now
 from ..config import Config, parse_duration
-from ..store import manifest
+from ..errors import DeltadumpError
+from ..store.records import BackupRecord
+from ..store.repository import Repository, newest_good
+from .common import Reporter, SilentReporter
+
+
+@dataclass
+class OffsiteState:
+    text: str
+    newest_sent: bool | None  # None: unknown (the copy could not be read)
+    lag_seconds: float | None
+    stale: bool
+
+
+def offsite_state(cfg: Config, local: Repository, backups: list[BackupRecord], rep: Reporter) -> OffsiteState:
+    from .offsite import Offsite
+
+    good = newest_good(backups)
+    alert = parse_duration(cfg.offsite.alert_after)
+    if good is None:
+        return OffsiteState(f"{cfg.offsite.url}: nothing to send yet", True, 0.0, False)
+    lag = (now() - (good.finished or good.started)).total_seconds()
+    try:
+        off = Offsite(cfg, rep, expect=local.id)
+        head = off.mirror.load(fresh=True)
+        have = off.target.list()  # the store as it is: what this host committed must really be there
+    except DeltadumpError as exc:
+        return OffsiteState(f"{cfg.offsite.url}: newest good backup {good.id} is NOT there for {lag / 3600:.1f} h "
+                            f"as far as can be told: the copy cannot be read ({exc.message})", None, lag,
+                            lag > alert)  # fmt: skip
+    from .offsite import offsite_objects
+
+    there = head is not None and good.number in head.live_numbers()
+    missing = [o.path for o in offsite_objects(good) if o.path not in have]
+    if there and good.file_name not in have:
+        missing.append(good.file_name)
+    if there and not missing and head is not None:
+        return OffsiteState(f"{cfg.offsite.url}: newest good backup {good.id} is there (head {head.seq}, "
+                            f"{head.time.isoformat(timespec='seconds')})", True, 0.0, False)  # fmt: skip
+    why = f"{len(missing)} of its files are missing there" if there else "not sent yet"
+    return OffsiteState(
+        f"{cfg.offsite.url}: newest good backup {good.id} NOT there ({why}) for {lag / 3600:.1f} h",
+        False,
+        lag,
+        lag > alert,
+    )
 
 
 @dataclass
@@ -23,27 +70,31 @@ class Status:
     last_drill_at: str | None
     last_drill_ok: bool | None
     offsite: str
+    offsite_stale: bool
     backups: int
+    head_seq: int | None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
-def status(cfg: Config) -> Status:
-    m = manifest.load(cfg.dest) if (cfg.dest / manifest.MANIFEST_NAME).exists() else manifest.Manifest()
-    last = m.backups[-1] if m.backups else None
-    good = [b for b in m.backups if b.status == "ok"]
-    lg = good[-1] if good else None
+def status(cfg: Config, reporter: Reporter | None = None) -> Status:
+    from .monitor import latest_drill
+    from .repo import open_local
+
+    rep = reporter or SilentReporter()
+    repo = open_local(cfg, rep)
+    backups = repo.backups()
+    last = backups[-1] if backups else None
+    lg = newest_good(backups)
     age = (now() - lg.started).total_seconds() / 3600 if lg else None
     alert = parse_duration(cfg.schedule.alert_after) / 3600
-    drills = [b for b in m.backups if b.drill is not None]
-    ld = max(drills, key=lambda b: b.drill.at) if drills else None  # type: ignore[union-attr]
+    ld = latest_drill(repo.notes())
     if not cfg.offsite_enabled:
-        off = "not configured"
-    elif lg is None:
-        off = f"{cfg.offsite.url}: nothing yet"
+        off_text, off_stale = "not configured", False
     else:
-        off = f"{cfg.offsite.url}: last good backup {'sent' if lg.uploaded or not lg.in_chain else 'NOT sent yet'}"
+        st = offsite_state(cfg, repo, backups, rep)
+        off_text, off_stale = st.text, st.stale
     return Status(
         last_id=last.id if last else None,
         last_status=last.status if last else None,
@@ -52,9 +103,11 @@ def status(cfg: Config) -> Status:
         last_good_id=lg.id if lg else None,
         last_good_age_hours=round(age, 2) if age is not None else None,
         alert_after_hours=alert,
-        stale=age is None or age > alert,
-        last_drill_at=ld.drill.at.isoformat(timespec="seconds") if ld and ld.drill else None,
-        last_drill_ok=ld.drill.ok if ld and ld.drill else None,
-        offsite=off,
-        backups=len(good),
+        stale=age is None or age > alert or off_stale,
+        last_drill_at=ld.at.isoformat(timespec="seconds") if ld else None,
+        last_drill_ok=ld.ok if ld else None,
+        offsite=off_text,
+        offsite_stale=off_stale,
+        backups=sum(1 for b in backups if b.status == "ok"),
+        head_seq=repo.head.seq if repo.head else None,
     )

@@ -1,93 +1,186 @@
-"""The verify job: every file of a backup has its recorded size and sha256, and the archive is
-structurally readable (pg_restore --list, or the plain dump's trailer)."""
+"""The verify job: everything that can be restored is checked. Every rotation slot that holds a backup
+(each file's size and sha256, and the archive's structure: pg_restore --list, the plain dump's trailer,
+pg_verifybackup), every object of every delta chain (size and sha256, each object hashed once however
+many backups need it), every chain's completeness, the signature the next delta will be made against,
+and (loading them) every record's signature. With `deep`, every chained backup's dump is rebuilt and
+compared with its recorded sha256. A damaged file is named with every backup that depends on it."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import Config
 from ..errors import DeltadumpError, IntegrityError
-from ..fsio import sha256_file
+from ..fsio import open_under, work_folder
 from ..pg.dump import validate
 from ..pg.tools import find
-from ..store import manifest
-from ..store.manifest import BackupRecord
-from .common import major_of
+from ..store.chain import chain_of
+from ..store.records import BackupRecord, FileRecord
+from ..store.repository import Repository
+from ..store.resolve import resolve
+from . import chain
+from .common import Reporter, SilentReporter, major_of
+from .repo import file_location, local_view, open_local, reading, slot_location
 
 
 @dataclass
 class VerifyResult:
     backup: BackupRecord
     problems: list[str] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)  # what was checked: "slot", "chain", "rebuilt"
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
-def check_record(dest: Path, rec: BackupRecord, pg_bin: str = "", structure: bool = True) -> VerifyResult:
-    res = VerifyResult(rec)
+@dataclass
+class Report:
+    results: list[VerifyResult]
+    damaged: dict[str, list[str]] = field(default_factory=dict)  # file -> ids of the backups that need it
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+
+def hash_fd(fd: int) -> tuple[int, str]:
+    import hashlib
+
+    h = hashlib.sha256()
+    size = 0
+    with os.fdopen(fd, "rb", closefd=False) as f:
+        while chunk := f.read(4 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
+
+
+def check_file(dest: Path, rel: str, want: FileRecord, *, located: Path | None = None) -> str:
+    """'' when the file under the backup folder has its recorded size and sha256, else the problem."""
+    p = located or dest / rel
+    try:
+        fd = open_under(dest, p.relative_to(dest).as_posix())
+    except FileNotFoundError:
+        return f"{p}: missing"
+    except OSError as exc:
+        if exc.errno == 40:
+            return f"{p}: a symbolic link (deltadump never writes one)"
+        return f"{p}: cannot be read ({exc.strerror})"
+    try:
+        size, digest = hash_fd(fd)
+    finally:
+        os.close(fd)
+    if size != want.size:
+        return f"{p}: size {size} bytes, recorded {want.size} (short or grown)"
+    if digest != want.sha256:
+        return f"{p}: sha256 mismatch (content changed or corrupt)"
+    return ""
+
+
+def check_slot(repo: Repository, dest: Path, rec: BackupRecord, pg_bin: str = "", structure: bool = True) -> list[str]:
+    """Problems of a backup's slot files (its size, sha256 and structure)."""
+    problems = []
     for f in rec.files:
-        p = dest / f.path
-        if not p.exists():
-            res.problems.append(f"{p}: missing")
-            continue
-        size, digest = sha256_file(p)
-        if size != f.size:
-            res.problems.append(f"{p}: size {size} bytes, recorded {f.size} (short or grown)")
-        elif digest != f.sha256:
-            res.problems.append(f"{p}: sha256 mismatch (content changed or corrupt)")
-    slot = dest / rec.path
-    if rec.format == "directory" and slot.is_dir():
-        recorded = {f.path for f in rec.files}
-        for extra in sorted(p for p in slot.rglob("*") if p.is_file()):
-            if extra.relative_to(dest).as_posix() not in recorded:
-                res.problems.append(f"{extra}: not part of the backup")
-    if structure and not res.problems:
+        problem = check_file(dest, f.path, f, located=file_location(repo, dest, rec, f))
+        if problem:
+            problems.append(problem)
+    slot = slot_location(repo, dest, rec)
+    if rec.format in ("directory", "physical") and slot.is_dir():
+        recorded = {file_location(repo, dest, rec, f) for f in rec.files}
+        for extra in sorted(p for p in slot.rglob("*") if p.is_file() or p.is_symlink()):
+            if extra not in recorded:
+                problems.append(f"{extra}: not part of the backup")
+    if structure and not problems:
         try:
             if rec.format == "physical":
-                from ..fsio import tmp_name
                 from ..pg import physical
 
                 verifier = find("pg_verifybackup", pg_bin, min_major=major_of(rec.pg_dump_version)).path
-                physical.verify(verifier, slot, tmp_name(dest / "verify"))
-                return res
-            pg_restore = find("pg_restore", pg_bin, min_major=major_of(rec.pg_dump_version)).path
-            validate(pg_restore, slot, rec.format)
+                with work_folder(dest, "verify") as scratch:
+                    physical.verify(verifier, slot, scratch)
+            else:
+                pg_restore = find("pg_restore", pg_bin, min_major=major_of(rec.pg_dump_version)).path
+                validate(pg_restore, slot, rec.format)
         except DeltadumpError as exc:
-            res.problems.append(str(exc))
-    return res
+            problems.append(str(exc))
+    return problems
 
 
-def resolve(m: manifest.Manifest, dest: Path | None, ref: str) -> BackupRecord | None:
-    """A backup by id, 'latest', or path (relative to dest, or absolute and inside it)."""
-    rec = m.find(ref)
-    if rec is None and dest is not None:
-        p = Path(ref)
-        if p.is_absolute() and _inside(p, dest):
-            rec = m.find(p.resolve().relative_to(dest.resolve()).as_posix())
-    return rec
-
-
-def select(m: manifest.Manifest, dest: Path, ref: str | None) -> list[BackupRecord]:
-    if ref is None:
-        return [b for b in m.backups if b.current]
-    rec = resolve(m, dest, ref)
-    if rec is None:
-        raise IntegrityError(f"no backup {ref!r} is recorded in {dest / manifest.MANIFEST_NAME}")
-    return [rec]
-
-
-def _inside(p: Path, root: Path) -> bool:
-    try:
-        p.resolve().relative_to(root.resolve())
-        return True
-    except ValueError:
-        return False
-
-
-def verify(cfg: Config, ref: str | None = None) -> list[VerifyResult]:
+def verify(cfg: Config, ref: str | None = None, *, deep: bool = False, reporter: Reporter | None = None) -> Report:
+    rep = reporter or SilentReporter()
     dest = cfg.dest
-    m = manifest.load(dest)
-    return [check_record(dest, rec, cfg.database.pg_bin) for rec in select(m, dest, ref)]
+    repo = open_local(cfg, rep)
+    view = local_view(repo, dest)
+    backups = view.backups
+    by_id = {b.id: b for b in backups}
+    restorable = view.restorable
+
+    if ref is None:
+        selected = [b for b in backups if restorable(b)]
+    else:
+        one = resolve(backups, ref, restorable=restorable, dest=dest)
+        if one is None:
+            raise IntegrityError(f"no backup {ref!r} is recorded in {dest}")
+        selected = [one]
+    report = Report([])
+    object_problem: dict[str, str] = {}  # each object hashed once
+
+    def obj(o: FileRecord) -> str:
+        if o.path not in object_problem:
+            object_problem[o.path] = check_file(dest, o.path, o)
+        return object_problem[o.path]
+
+    with reading(dest):
+        for rec in selected:
+            res = VerifyResult(rec)
+            if rec.status != "ok":
+                res.problems.append(f"run failed: {rec.error}")
+                report.results.append(res)
+                continue
+            if rec.tables is not None:
+                try:
+                    repo.tables(rec)  # the drill record: its hash, as the backup's record names it
+                except DeltadumpError as exc:
+                    res.problems.append(str(exc))
+            if view.in_slot(rec):
+                res.checked.append("slot")
+                res.problems += check_slot(repo, dest, rec, cfg.database.pg_bin)
+            if rec.in_chain:
+                res.checked.append("chain")
+                try:
+                    needed = chain_of(by_id, rec)
+                except ValueError as exc:
+                    res.problems.append(f"chain incomplete: {exc}")
+                    needed = []
+                for b in needed:
+                    for o in b.objects:
+                        if problem := obj(o):
+                            res.problems.append(problem)
+                            report.damaged.setdefault(o.path, []).append(rec.id)
+                if deep and needed and not res.problems:
+                    res.checked.append("rebuilt")
+                    try:
+                        with work_folder(dest, "verify") as work:
+                            chain.reconstruct(backups, rec, chain.local_fetch(dest), work, rep)
+                    except DeltadumpError as exc:
+                        res.problems.append(f"rebuilding the dump failed: {exc}")
+            if not res.checked:
+                res.problems.append(f"not restorable here: its slot {rec.path} was reused and it is in no chain")
+            report.results.append(res)
+        if ref is None and cfg.delta.enabled:  # the signature the next delta will be made against
+            tip = chain.needed_signature(backups, cfg.delta.mode)
+            rec_tip = by_id.get(tip) if tip else None
+            sig = rec_tip.signature if rec_tip is not None else None
+            if rec_tip is not None and sig is not None and (problem := check_file(dest, sig.path, sig)):
+                report.damaged[sig.path] = []
+                res = VerifyResult(rec_tip, [f"{problem} (the next delta will start a new base)"], ["signature"])
+                report.results.append(res)
+    for r in report.results:
+        for p in r.problems:
+            for path in list(report.damaged):
+                if path in p and r.backup.id not in report.damaged[path]:
+                    report.damaged[path].append(r.backup.id)
+    return report

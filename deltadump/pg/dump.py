@@ -149,8 +149,11 @@ def run_restore(
     jobs: int = 1,
     extra: list[str] | None = None,
     progress: Callable[[str], None] | None = None,
+    pass_fds: list[int] | None = None,
 ) -> None:
-    """Restore `archive` into conn's database; any error fails the restore."""
+    """Restore `archive` into conn's database; any error fails the restore. `pass_fds`: descriptors
+    the archive's path refers to (/dev/fd/N), handed on to the child."""
+    fds = tuple(pass_fds or ())
     with conn.env() as env:
         if fmt == "plain":
             argv = [str(psql_bin), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction"]
@@ -176,7 +179,7 @@ def run_restore(
                     rc, err = proc.returncode, b"".join(err_chunks).decode(errors="replace")
             else:
                 res = subprocess.run([*argv, "-f", str(archive)], env=env, capture_output=True, text=True,
-                                     stdin=subprocess.DEVNULL)  # fmt: skip
+                                     stdin=subprocess.DEVNULL, pass_fds=fds)  # fmt: skip
                 rc, err = res.returncode, res.stderr
         else:
             argv = [str(pg_restore), "--exit-on-error", f"--dbname={conn.dbname}"]
@@ -184,7 +187,8 @@ def run_restore(
                 argv.append(f"--jobs={jobs}")
             argv += [*(extra or []), str(archive)]
             t0 = time.monotonic()
-            res = subprocess.run(argv, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            res = subprocess.run(argv, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                                 pass_fds=fds)  # fmt: skip
             rc, err = res.returncode, res.stderr
             if progress:
                 progress(f"pg_restore finished in {time.monotonic() - t0:.1f} s")

@@ -14,7 +14,7 @@ from types import TracebackType
 
 from ..clock import now
 from ..errors import LockedError
-from ..fsio import storage_error
+from ..fsio import storage_error, unlock_close
 
 LOCK_NAME = "deltadump.lock"
 
@@ -63,5 +63,5 @@ class RunLock:
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         if self.fd is not None:
             os.ftruncate(self.fd, 0)
-            os.close(self.fd)
+            unlock_close(self.fd)
             self.fd = None

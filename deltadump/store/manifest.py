@@ -1,25 +1,19 @@
-"""The manifest: the record of every backup in a backup folder, and the commit point of each.
-
-Written last (after the data files it names, with their sizes and sha256), durably, and carrying a
-checksum of its own content. A backup not in the manifest does not exist.
+"""The repository format v1 (deltadump-manifest.json: one file listing every backup), read only to
+migrate a backup folder or an offsite copy to format v2 (store/migrate.py). Nothing writes it any more.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
-import os
-from collections.abc import Iterator
 from datetime import date, datetime
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ..errors import IntegrityError, StorageError
-from ..fsio import storage_error, write_bytes_atomic
+from ..errors import IntegrityError
+from ..fsio import storage_error
 
 MANIFEST_NAME = "deltadump-manifest.json"
 MANIFEST_LOCK = "deltadump-manifest.lock"
@@ -156,40 +150,3 @@ def load(dest: Path) -> Manifest:
         raise
     except (ValueError, KeyError, TypeError, ValidationError) as exc:
         raise IntegrityError(f"manifest {p} is corrupt or unreadable: {str(exc)[:200]}") from exc
-
-
-def save(dest: Path, m: Manifest) -> None:
-    backups = [b.model_dump(mode="json") for b in m.backups]
-    doc = {"format": FORMAT_TAG, "version": VERSION, "backups": backups, "sha256": _content_digest(backups)}
-    write_bytes_atomic(dest / MANIFEST_NAME, json.dumps(doc, indent=1).encode() + b"\n")
-
-
-@contextlib.contextmanager
-def updating(dest: Path) -> Iterator[Manifest]:
-    """Read-modify-write of the manifest under a short lock shared by every writer."""
-    try:
-        fd = os.open(dest / MANIFEST_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as exc:
-        raise storage_error(exc, dest, "locking the manifest in") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        m = load(dest)
-        yield m
-        save(dest, m)
-    finally:
-        os.close(fd)
-
-
-def file_records(root: Path, slot: Path) -> list[FileRecord]:
-    """Size and sha256 of a backup's file, or of every file of a directory-format backup."""
-    from ..fsio import sha256_file
-
-    paths = sorted(p for p in slot.rglob("*") if p.is_file()) if slot.is_dir() else [slot]
-    out = []
-    for p in paths:
-        try:
-            size, digest = sha256_file(p)
-        except OSError as exc:
-            raise StorageError(f"cannot read {p}: {exc.strerror}") from exc
-        out.append(FileRecord(path=p.relative_to(root).as_posix(), size=size, sha256=digest))
-    return out

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import builtins
 import os
 import shutil
 from pathlib import Path
 
 from ..errors import TargetError
 from ..fsio import atomic_write, tmp_name
+from ..naming import check_relpath
 
 
 class FolderTarget:
@@ -18,9 +20,17 @@ class FolderTarget:
         return f"file://{self.root}"
 
     def _path(self, key: str) -> Path:
+        """root/key, for a key that passed the one name check, with no symbolic link below the root."""
+        try:
+            check_relpath(key)
+        except ValueError as exc:
+            raise TargetError(f"refused key: {exc}") from None
         p = self.root / key
-        if ".." in Path(key).parts:
-            raise TargetError(f"invalid key {key!r}")
+        for parent in list(p.parents)[: len(Path(key).parts) - 1]:
+            if parent.is_symlink():
+                raise TargetError(f"{parent} is a symbolic link; refusing to follow it out of {self.root}")
+        if p.is_symlink():
+            raise TargetError(f"{p} is a symbolic link; refusing to follow it out of {self.root}")
         return p
 
     def _check_root(self) -> None:
@@ -69,11 +79,23 @@ class FolderTarget:
         self._check_root()
         out = {}
         for p in self.root.rglob("*"):
-            if p.is_file() and not p.name.startswith(".tmp-"):
+            if p.is_file() and not p.is_symlink() and not p.name.startswith(".tmp-"):
                 k = p.relative_to(self.root).as_posix()
                 if k.startswith(prefix):
                     out[k] = p.stat().st_size
         return out
+
+    def clean_temporaries(self) -> builtins.list[str]:
+        """Remove the temporary files puts killed mid-way left (ours: the .tmp- names); the caller holds
+        the only write access to this copy (its run lock)."""
+        gone: builtins.list[str] = []
+        if not self.root.is_dir():
+            return gone
+        for p in self.root.rglob(".tmp-*"):
+            if p.is_file() and not p.is_symlink():
+                p.unlink(missing_ok=True)
+                gone.append(p.relative_to(self.root).as_posix())
+        return gone
 
     def delete(self, key: str) -> None:
         p = self._path(key)
