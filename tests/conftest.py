@@ -171,3 +171,31 @@ def write_load(pg: LocalServer, db: str, sql: str) -> Iterator[None]:
     finally:
         stop.set()
         t.join()
+
+
+# --- real SMB and SSH servers (Samba's smbd, OpenSSH's sshd), started by the tests: tests/servers.py ---
+
+
+@pytest.fixture(scope="session")
+def smb_server() -> Iterator[object]:
+    from servers import SambaServer
+
+    server = SambaServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture(scope="session")
+def sftp_server() -> Iterator[object]:
+    from servers import SSHServer
+
+    server = SSHServer()
+    try:
+        server.trust()
+        server.start()
+        yield server
+    finally:
+        server.remove()

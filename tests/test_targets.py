@@ -1,4 +1,5 @@
-"""The shared conformance suite every Target passes (restic-style): folder, and S3 over HTTP."""
+"""The shared conformance suite every Target passes (restic-style): folder, S3 over HTTP (moto), SMB
+(Samba's smbd) and SFTP (OpenSSH's sshd), each a real server started by the tests."""
 
 from __future__ import annotations
 
@@ -9,17 +10,40 @@ from pathlib import Path
 import pytest
 
 from deltadump.errors import TargetError
-from deltadump.targets import Target, open_target
+from deltadump.targets import Target, TargetOptions, open_target
+
+KINDS = ["folder", "s3", "smb", "sftp"]
+_folders = iter(range(10**6))
 
 
-@pytest.fixture(params=["folder", "s3"])
-def target(request: pytest.FixtureRequest, tmp: Path) -> Target:
-    if request.param == "folder":
+def smb_options(server: object) -> TargetOptions:
+    return TargetOptions(password_file=str(server.password_file))  # type: ignore[attr-defined]
+
+
+def sftp_options(server: object) -> TargetOptions:
+    return TargetOptions(identity=str(server.identity), known_hosts=str(server.known_hosts))  # type: ignore[attr-defined]
+
+
+def make_target(kind: str, request: pytest.FixtureRequest, tmp: Path) -> Target:
+    """A target of that kind over an empty folder (prefix, share folder) of its own."""
+    n = next(_folders)
+    if kind == "folder":
         (tmp / "remote").mkdir()
         return open_target(f"file://{tmp / 'remote'}")
-    s3 = request.getfixturevalue("s3_server")
-    bucket = request.getfixturevalue("bucket")
-    return open_target(f"s3://{bucket}/some/prefix", s3)
+    if kind == "s3":
+        s3 = request.getfixturevalue("s3_server")
+        bucket = request.getfixturevalue("bucket")
+        return open_target(f"s3://{bucket}/some/prefix", s3)
+    if kind == "smb":
+        smb = request.getfixturevalue("smb_server")
+        return open_target(smb.url("share", f"t{n}/offsite"), options=smb_options(smb))
+    sftp = request.getfixturevalue("sftp_server")
+    return open_target(sftp.url(sftp.root / f"t{n}" / "offsite"), options=sftp_options(sftp))
+
+
+@pytest.fixture(params=KINDS)
+def target(request: pytest.FixtureRequest, tmp: Path) -> Target:
+    return make_target(request.param, request, tmp)
 
 
 def _file(tmp: Path, name: str, data: bytes) -> tuple[Path, str]:
