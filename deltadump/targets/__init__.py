@@ -74,6 +74,13 @@ def check_key(key: object) -> str:
     return name
 
 
+def check_prefix(prefix: str) -> str:
+    """A listing's prefix: empty, or a key (or the start of one) that check_key accepts."""
+    if prefix:
+        check_key(prefix.removesuffix("/"))
+    return prefix
+
+
 def listed_key(name: str) -> str | None:
     """A name found in a listing, as a key, or None when it is not one of ours (a temporary name, or
     a name check_relpath refuses: a listing is hostile input)."""

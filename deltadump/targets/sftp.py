@@ -30,7 +30,7 @@ from urllib.parse import SplitResult, unquote
 
 from ..errors import TargetError
 from ..fsio import atomic_write, tmp_name
-from . import TMP_PREFIX, MissingObject, TargetOptions, check_key, listed_key, split_url
+from . import TMP_PREFIX, MissingObject, TargetOptions, check_key, check_prefix, listed_key, split_url
 
 CHUNK = 4 << 20
 WRITE_REQUEST = 255 << 10  # bytes per SFTP write (OpenSSH's sftp-server takes messages up to 256 KiB)
@@ -302,9 +302,7 @@ class SFTPTarget:
 
     def list(self, prefix: str = "") -> dict[str, int]:
         out: dict[str, int] = {}
-        start = prefix.rpartition("/")[0]
-        if start:
-            check_key(start)
+        start = check_prefix(prefix).rpartition("/")[0]
 
         def walk(sftp: Any, folder: str, rel: str) -> None:
             try:

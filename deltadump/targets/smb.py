@@ -26,7 +26,7 @@ from urllib.parse import SplitResult, unquote
 
 from ..errors import TargetError
 from ..fsio import tmp_name
-from . import TMP_PREFIX, MissingObject, TargetOptions, check_key, listed_key
+from . import TMP_PREFIX, MissingObject, TargetOptions, check_key, check_prefix, listed_key
 
 CHUNK = 4 << 20
 DIALECTS = {"3.1.1": 0x0311, "3.0.2": 0x0302, "3.0": 0x0300, "2.1": 0x0210, "2.0.2": 0x0202}
@@ -282,9 +282,9 @@ class SMBTarget:
         import smbclient
 
         out: dict[str, int] = {}
-        start = prefix.rpartition("/")[0]
-        if start:
-            self._key(start)
+        start = check_prefix(prefix).rpartition("/")[0]
+        if prefix:
+            self._key(prefix.removesuffix("/"))
 
         def walk(folder: str, rel: str) -> None:
             try:
