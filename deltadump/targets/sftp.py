@@ -74,6 +74,7 @@ class SFTPTarget:
         self._transport: Any = None
         self._sftp: Any = None
         self._real_root = ""
+        self._free_at_failure = ""  # free space on the server when a write failed, for the message
 
     @classmethod
     def from_url(cls, u: SplitResult, opts: TargetOptions) -> SFTPTarget:
@@ -163,7 +164,7 @@ class SFTPTarget:
                 return TargetError(f"SSH server refused {action} {where}: permission denied",
                                    hint=f"check that {self.user!r} may write to {self.root} on {self.host}")  # fmt: skip
             text = str(exc.args[-1] if exc.args else exc)
-            free = self._free(where.rsplit("/", 1)[0]) if action.startswith("upload") else ""
+            free, self._free_at_failure = self._free_at_failure, ""
             return TargetError(f"SSH server failed {action} {where}: {text}{free}",
                                hint="the server's disk may be full (or a quota reached); earlier copies are untouched"
                                if action.startswith("upload") else "")  # fmt: skip
@@ -180,7 +181,7 @@ class SFTPTarget:
 
             _, msg = self._sftp._request(proto.CMD_EXTENDED, "statvfs@openssh.com", folder)
             _bsize, frsize, _blocks, _bfree, bavail = (msg.get_int64() for _ in range(5))
-            return f" ({bavail * frsize / 1e6:.1f} MB free)"
+            return f" ({bavail * frsize / 1e6:.1f} MB free with the partial upload)"
         return ""
 
     def _call(self, action: str, key: str, fn: Any) -> Any:
@@ -218,16 +219,29 @@ class SFTPTarget:
             h = hashlib.sha256()
             try:
                 with open(src, "rb") as s, sftp.open(tmp, "wb") as f:
+                    f.chmod(0o600)  # readable by its owner only
                     f.MAX_REQUEST_SIZE = WRITE_REQUEST
                     f.set_pipelined(True)
+                    size = 0
                     while chunk := s.read(CHUNK):
                         h.update(chunk)
                         f.write(chunk)
+                        size += len(chunk)
+                    f.flush()
+                    # paramiko reads the answers to pipelined writes only now and then, and drops the ones
+                    # still due at close: every write is confirmed here (a failed one raises)
+                    while f._reqs:
+                        sftp._read_response(f._reqs.popleft())
                 if h.hexdigest() != sha256:
                     raise TargetError(f"{src} changed while being copied to {self.describe()}/{key}; not stored")
+                if sftp.stat(tmp).st_size != size:
+                    raise TargetError(f"{self.describe()}/{key}: the server kept {sftp.stat(tmp).st_size} of "
+                                      f"{size} bytes; not stored")  # fmt: skip
                 self._replace(sftp, tmp, final)
-            except BaseException:
+            except BaseException as exc:
                 if self._transport is not None and self._transport.is_active():
+                    if isinstance(exc, OSError):
+                        self._free_at_failure = self._free(parent)  # before the partial file goes
                     with contextlib.suppress(Exception):
                         sftp.remove(tmp)
                 raise
@@ -403,7 +417,7 @@ def trust_host(url: str, known_hosts: str = "", replace: bool = False, timeout: 
     if known and not replace:
         had = ", ".join(f"{k.get_name()} {fingerprint(k)}" for k in known.values())
         raise TargetError(f"{path} already lists another key for {entry} ({had}); the server now offers "
-                          f"{key.get_name()} {fingerprint(key)}",
+                          f"{key.get_name()} {fingerprint(key)}; not replaced without --replace",
                           hint="if the server was reinstalled and that fingerprint is right, run again with --replace")  # fmt: skip
     kept = []
     if path.exists():

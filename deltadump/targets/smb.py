@@ -70,6 +70,7 @@ class SMBTarget:
         self.dialect = dialect
         self.timeout = timeout
         self._cache: dict[str, Any] = {}  # smbclient's connection cache, private to this target
+        self._free_at_failure = ""  # free space on the share when a write failed, for the message
         if dialect and dialect not in DIALECTS:
             raise TargetError(f"unknown SMB dialect {dialect!r}", hint=f"use one of {', '.join(DIALECTS)}")
         if require_encryption and dialect.startswith("2"):
@@ -113,6 +114,7 @@ class SMBTarget:
             return
         import smbclient
         from smbprotocol.connection import Connection
+        from smbprotocol.tree import TreeConnect
 
         password = self._password()
         user = f"{self.domain}\\{self.username}" if self.domain else self.username
@@ -123,9 +125,12 @@ class SMBTarget:
             except ValueError as exc:  # smbprotocol's "Failed to connect to host:port: ..." (refused, timeout)
                 raise self._translate(exc, "connecting to", "") from None
             self._cache[key] = conn
-            smbclient.register_session(self.host, username=user, password=password, port=self.port,
-                                       encrypt=True if self.require_encryption else None,
-                                       connection_timeout=self.timeout, connection_cache=self._cache)  # fmt: skip
+            session = smbclient.register_session(self.host, username=user, password=password, port=self.port,
+                                                 encrypt=True if self.require_encryption else None,
+                                                 connection_timeout=self.timeout, connection_cache=self._cache)  # fmt: skip
+            # the share first, on its own: a missing share is then told apart from a missing object
+            # (smbclient would go on to a DFS referral that answers "not found")
+            TreeConnect(session, rf"\\{self.host}\{self.share}").connect()
         except TargetError:
             self.close()
             raise
@@ -172,7 +177,8 @@ class SMBTarget:
             return TargetError(f"SMB server refused {action} {where}: permission denied",
                                hint=f"check that {self.username!r} may write to the share and folder")  # fmt: skip
         if status in FULL:
-            return TargetError(f"{FULL[status]} while {action} {where}{self._free()}",
+            free, self._free_at_failure = self._free_at_failure, ""
+            return TargetError(f"{FULL[status]} while {action} {where}{free}",
                                hint="free some space on the share or raise the quota; earlier copies are untouched")  # fmt: skip
         if status in MISSING:
             return MissingObject(f"{where} is missing offsite")
@@ -198,7 +204,7 @@ class SMBTarget:
 
         with contextlib.suppress(Exception):
             vol = smbclient.stat_volume(self._unc(), **self._kw())
-            return f" ({vol.caller_available_size / 1e6:.1f} MB free)"
+            return f" ({vol.caller_available_size / 1e6:.1f} MB free with the partial upload)"
         return ""
 
     def _call(self, action: str, key: str, fn: Any) -> Any:
@@ -233,7 +239,9 @@ class SMBTarget:
                 if h.hexdigest() != sha256:
                     raise TargetError(f"{src} changed while being copied to {self.describe()}/{key}; not stored")
                 smbclient.replace(tmp, final, **self._kw())
-            except BaseException:
+            except BaseException as exc:
+                if _status(exc) in FULL:
+                    self._free_at_failure = self._free()  # before the partial file goes
                 with contextlib.suppress(Exception):
                     smbclient.remove(tmp, **self._kw())
                 raise
