@@ -50,8 +50,11 @@ class Remote:
 
             bucket = self.url.split("/")[2]
             res = boto3.client("s3", endpoint_url=self.endpoint).list_objects_v2(Bucket=bucket)
-            return {o["Key"]: (o["Size"], o["LastModified"].timestamp()) for o in res.get("Contents", [])
-                    if not o["Key"].startswith("some/prefix/")}
+            return {
+                o["Key"]: (o["Size"], o["LastModified"].timestamp())
+                for o in res.get("Contents", [])
+                if not o["Key"].startswith("some/prefix/")
+            }
         top = self.disk.parent.parent if self.kind in ("smb", "sftp") else self.disk.parent
         out = {}
         for p in top.rglob("*"):
@@ -349,3 +352,50 @@ def _upload_under_way(remote: Remote) -> bool:
         return any(s3.list_parts(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"]).get("Parts") for u in ups)
     return any(p.stat().st_size > (1 << 20) for p in remote.disk.rglob(".tmp-*"))
 
+
+# --- [offsite] keys of the config, checked when it loads ---------------------------------------------
+
+OFFSITE_CONFIGS = [
+    ('url = "ftp://host/x"', "unsupported offsite url scheme ftp:// (use file://, s3://, smb://, sftp://)"),
+    ('url = "smb://ddsmb:hunter2@nas/share/x"\npassword_file = "/p"', "a password does not belong in the url"),
+    ('url = "sftp://me:hunter2@host/x"', "a password does not belong in the url"),
+    ('url = "smb://ddsmb@nas"\npassword_file = "/p"', "without a share"),
+    ('url = "smb://nas/share/x"', "needs a username"),
+    ('url = "smb://nas/share/x"\nusername = "u"', "and a password_file"),
+    ('url = "smb://a@nas/share"\nusername = "b"\npassword_file = "/p"', "the url names user 'a' but username is 'b'"),
+    ('url = "smb://u@nas/share"\npassword_file = "/p"\ndialect = "2.1"', "dialect 2.1 has no encryption"),
+    ('url = "smb://u@nas/share"\npassword_file = "/p"\ndialect = "1.0"', "offsite.dialect"),
+    ('url = "s3://bucket/x"\npassword_file = "/p"', "password_file applies to smb:// urls only"),
+    ('url = "smb://u@nas/share"\npassword_file = "/p"\nidentity = "/k"', "identity applies to sftp:// urls only"),
+    ('url = "sftp://host/x"', "without a user"),
+    ('url = "sftp://me@host:99999/x"', "invalid port"),
+    ('url = "sftp://me@host/a/../b"', "must not contain '..'"),
+]
+
+
+@pytest.mark.parametrize(("offsite", "message"), OFFSITE_CONFIGS, ids=[m for _, m in OFFSITE_CONFIGS])
+def test_offsite_config_is_checked_at_load(tmp: Path, offsite: str, message: str) -> None:
+    from conftest import cli
+
+    c = tmp / "c.toml"
+    c.write_text(f'[database]\ndsn = "dbname=x"\n\n[backup]\ndest = "{tmp}"\n\n[offsite]\n{offsite}\n')
+    r = cli("status", "--config", c)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert "hunter2" not in r.stderr + r.stdout
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_offsite_config_gives_the_target_what_it_needs(tmp: Path) -> None:
+    from deltadump.config import parse
+
+    cfg = parse({"database": {"dsn": "dbname=x"}, "backup": {"dest": str(tmp)},
+                 "offsite": {"url": "smb://nas.lan/backups/mail", "username": "backup", "password_file": "/etc/pw",
+                             "domain": "OFFICE", "dialect": "3.0.2"}})  # fmt: skip
+    opts = cfg.offsite.target_options()
+    assert (opts.username, opts.password_file, opts.domain, opts.dialect, opts.require_encryption) == (
+        "backup", "/etc/pw", "OFFICE", "3.0.2", True)  # fmt: skip
+    t = open_target(cfg.offsite.url, options=opts)
+    assert t.describe() == "smb://backup@nas.lan/backups/mail"
+    cfg = parse({"database": {"dsn": "dbname=x"}, "backup": {"dest": str(tmp)},
+                 "offsite": {"url": "sftp://me@host:2222/srv/b", "identity": "~/.ssh/id_ed25519"}})  # fmt: skip
+    assert open_target(cfg.offsite.url, options=cfg.offsite.target_options()).describe() == "sftp://me@host:2222/srv/b"

@@ -126,7 +126,7 @@ def test_smb_dialects_and_encryption(smb_server: SambaServer, tmp: Path, dialect
 
 
 def test_smb_dialect_without_encryption_is_refused_unless_allowed(smb_server: SambaServer) -> None:
-    with pytest.raises(TargetError, match="dialect 2.1 has no encryption") as e:
+    with pytest.raises(TargetError, match=r"dialect 2\.1 has no encryption") as e:
         open_target(smb_server.url(), options=TargetOptions(password_file=str(smb_server.password_file), dialect="2.1"))
     assert "require_encryption = false" in e.value.hint
 
@@ -234,7 +234,7 @@ def test_sftp_unknown_host_key_is_refused_with_its_fingerprint(sftp_server: SSHS
     empty.write_text("")
     t = open_target(sftp_server.url(), options=TargetOptions(identity=str(sftp_server.identity),
                                                              known_hosts=str(empty)))  # fmt: skip
-    with pytest.raises(TargetError, match="host key of .* is unknown") as e:
+    with pytest.raises(TargetError, match=r"host key of .* is unknown") as e:
         t.list()
     assert not e.value.transient
     fp = _fingerprint(sftp_server)
@@ -251,7 +251,7 @@ def test_sftp_changed_host_key_is_refused(fresh_sftp: SSHServer, tmp: Path) -> N
     fresh_sftp.new_host_key()  # a reinstalled server, or someone in the middle
     fresh_sftp.start()
     t2 = open_target(fresh_sftp.url(), options=sftp_options(fresh_sftp))
-    with pytest.raises(TargetError, match="host key of .* has CHANGED") as e:
+    with pytest.raises(TargetError, match=r"host key of .* has CHANGED") as e:
         t2.stat("k")
     assert not e.value.transient
     assert old_fp in str(e.value) and _fingerprint(fresh_sftp) in str(e.value)

@@ -74,7 +74,7 @@ class Offsite:
         if not cfg.offsite_enabled:
             raise ConfigError("no [offsite] url in the config")
         self.cfg = cfg
-        self.target = target or open_target(cfg.offsite.url, cfg.offsite.endpoint_url)
+        self.target = target or open_target(cfg.offsite.url, cfg.offsite.endpoint_url, cfg.offsite.target_options())
         self.identity = identity
         self._recipients: list[Any] | None = None
         self._identities: list[Any] | None = None

@@ -94,8 +94,8 @@ def split_url(url: str) -> SplitResult:
     """The URL split and checked: a known scheme, and never a password in it. ValueError otherwise."""
     u = urlsplit(url)
     if u.scheme not in SCHEMES:
-        raise ValueError(f"unsupported offsite url scheme {u.scheme + '://' if u.scheme else url!r} "
-                         f"(use {', '.join(s + '://' for s in SCHEMES)})")  # fmt: skip
+        what = f"scheme {u.scheme}://" if u.scheme else "without a scheme"  # never the url: it may hold a password
+        raise ValueError(f"unsupported offsite url {what} (use {', '.join(s + '://' for s in SCHEMES)})")
     if u.password is not None or (u.scheme in ("smb", "sftp") and ":" in u.netloc.rpartition("@")[0]):
         raise ValueError("a password does not belong in the url: use password_file (smb) or a key (sftp)")
     if u.query or u.fragment:

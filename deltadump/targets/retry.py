@@ -22,11 +22,12 @@ from ..errors import TargetError
 from . import Target
 
 T = TypeVar("T")
+RETRY_HINT = "the server was unreachable or kept dropping the connection; the next run sends what is missing"
 
 
 def backoff(attempt: int, base: float, cap: float, rand: Callable[[], float] = random.random) -> float:
     """Seconds to wait after failed attempt number `attempt` (1, 2, ...): full jitter under a cap."""
-    return rand() * min(cap, base * 2 ** (attempt - 1))
+    return rand() * min(cap, base * 2.0 ** (attempt - 1))
 
 
 class RetryTarget:
@@ -60,8 +61,7 @@ class RetryTarget:
                 if n == self.attempts or time.monotonic() - start + wait > self.max_elapsed:
                     err = TargetError(
                         f"{self.describe()}: {what} failed after {n} attempts ({'; '.join(failures)})",
-                        hint=exc.hint or "the server was unreachable or kept dropping the connection; "
-                        "the next run sends what is missing",
+                        hint=exc.hint or RETRY_HINT,
                     )
                     err.transient = True
                     raise err from exc

@@ -206,8 +206,8 @@ class S3Target:
         out: dict[str, int] = {}
         base = f"{self.prefix}/" if self.prefix else ""
         try:
-            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
-                                                                          Prefix=base + check_prefix(prefix))  # fmt: skip
+            paginator = self.client.get_paginator("list_objects_v2")
+            pages = paginator.paginate(Bucket=self.bucket, Prefix=base + check_prefix(prefix))
             for page in pages:
                 for obj in page.get("Contents", []):
                     name = listed_key(obj["Key"][len(base) :])  # temporary and foreign names are not ours

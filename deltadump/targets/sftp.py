@@ -130,7 +130,8 @@ class SFTPTarget:
                 keys.extend(paramiko.Agent().get_keys())
         if not keys:
             raise TargetError(f"no SSH key to log in to {self.describe()}",
-                              hint="set identity (a private key file) in [offsite], or start ssh-agent with the key")  # fmt: skip
+                              hint="set identity (a private key file) in [offsite], or start ssh-agent "
+                              "with the key")  # fmt: skip
         for key in keys:
             with contextlib.suppress(paramiko.AuthenticationException):
                 transport.auth_publickey(self.user, key)
@@ -162,7 +163,8 @@ class SFTPTarget:
                 return MissingObject(f"{self.describe()}/{key} is missing offsite")
             if exc.errno == errno.EACCES:
                 return TargetError(f"SSH server refused {action} {where}: permission denied",
-                                   hint=f"check that {self.user!r} may write to {self.root} on {self.host}")  # fmt: skip
+                                   hint=f"check that {self.user!r} may write to {self.root} on "
+                                   f"{self.host}")  # fmt: skip
             text = str(exc.args[-1] if exc.args else exc)
             free, self._free_at_failure = self._free_at_failure, ""
             return TargetError(f"SSH server failed {action} {where}: {text}{free}",
@@ -418,7 +420,8 @@ def trust_host(url: str, known_hosts: str = "", replace: bool = False, timeout: 
         had = ", ".join(f"{k.get_name()} {fingerprint(k)}" for k in known.values())
         raise TargetError(f"{path} already lists another key for {entry} ({had}); the server now offers "
                           f"{key.get_name()} {fingerprint(key)}; not replaced without --replace",
-                          hint="if the server was reinstalled and that fingerprint is right, run again with --replace")  # fmt: skip
+                          hint="if the server was reinstalled and that fingerprint is right, run again "
+                          "with --replace")  # fmt: skip
     kept = []
     if path.exists():
         for line in path.read_text().splitlines():

@@ -93,7 +93,8 @@ class SMBTarget:
 
     def describe(self) -> str:
         port = f":{self.port}" if self.port != 445 else ""
-        return f"smb://{self.username + '@' if self.username else ''}{self.host}{port}/{self.share}/{self.path}".rstrip("/")
+        user = f"{self.username}@" if self.username else ""
+        return f"smb://{user}{self.host}{port}/{self.share}/{self.path}".rstrip("/")
 
     # -- connection -------------------------------------------------------------------------------
     def _password(self) -> str:
@@ -125,9 +126,11 @@ class SMBTarget:
             except ValueError as exc:  # smbprotocol's "Failed to connect to host:port: ..." (refused, timeout)
                 raise self._translate(exc, "connecting to", "") from None
             self._cache[key] = conn
-            session = smbclient.register_session(self.host, username=user, password=password, port=self.port,
-                                                 encrypt=True if self.require_encryption else None,
-                                                 connection_timeout=self.timeout, connection_cache=self._cache)  # fmt: skip
+            session = smbclient.register_session(
+                self.host, username=user, password=password, port=self.port,
+                encrypt=True if self.require_encryption else None, connection_timeout=self.timeout,
+                connection_cache=self._cache,
+            )  # fmt: skip
             # the share first, on its own: a missing share is then told apart from a missing object
             # (smbclient would go on to a DFS referral that answers "not found")
             TreeConnect(session, rf"\\{self.host}\{self.share}").connect()
@@ -168,7 +171,8 @@ class SMBTarget:
         if status in LOGIN or isinstance(exc, SMBAuthenticationError):
             why = LOGIN.get(status or 0, "authentication failed")
             return TargetError(f"SMB server {self.host}:{self.port} refused the login of {self.username!r}: {why}",
-                               hint="check username, domain and the password in password_file (its first line)")  # fmt: skip
+                               hint="check username, domain and the password in password_file "
+                               "(its first line)")  # fmt: skip
         if status in NO_SHARE:
             return TargetError(f"no share {self.share!r} on SMB server {self.host}:{self.port}",
                                hint=f"check the share in the url; smbclient -L //{self.host} -U {self.username} "
@@ -179,7 +183,8 @@ class SMBTarget:
         if status in FULL:
             free, self._free_at_failure = self._free_at_failure, ""
             return TargetError(f"{FULL[status]} while {action} {where}{free}",
-                               hint="free some space on the share or raise the quota; earlier copies are untouched")  # fmt: skip
+                               hint="free some space on the share or raise the quota; earlier copies "
+                               "are untouched")  # fmt: skip
         if status in MISSING:
             return MissingObject(f"{where} is missing offsite")
         transient = (status in TRANSIENT or isinstance(exc, SMBConnectionClosed | ConnectionError | TimeoutError)
