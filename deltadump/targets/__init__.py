@@ -10,6 +10,9 @@ URLs: file:///path, s3://bucket/prefix, smb://[user@]host[:port]/share/path, sft
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -60,6 +63,32 @@ class TargetOptions:
     dialect: str = ""
     identity: str = ""
     known_hosts: str = ""
+
+
+class HashedSource:
+    """A file read in chunks for an upload, sha256 computed while the chunks are sent: each chunk is
+    hashed on a second thread (hashlib releases the GIL) while the caller sends it."""
+
+    def __init__(self, path: Path, chunk: int = 4 << 20) -> None:
+        self.path = path
+        self.chunk = chunk
+        self.size = 0
+        self._h = hashlib.sha256()
+
+    def __iter__(self) -> Iterator[bytes]:
+        with open(self.path, "rb") as f, ThreadPoolExecutor(1, thread_name_prefix="put-hash") as pool:
+            pending: Future[None] | None = None
+            while data := f.read(self.chunk):
+                if pending is not None:
+                    pending.result()
+                pending = pool.submit(self._h.update, data)
+                self.size += len(data)
+                yield data
+            if pending is not None:
+                pending.result()
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
 
 
 def check_key(key: object) -> str:

@@ -15,20 +15,23 @@ retries); a refused login, a missing share, permission denied or a full share ar
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import secrets
 import socket
 import uuid
+from collections import deque
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import SplitResult, unquote
 
 from ..errors import TargetError
 from ..fsio import tmp_name
-from . import TMP_PREFIX, MissingObject, TargetOptions, check_key, check_prefix, listed_key
+from . import TMP_PREFIX, HashedSource, MissingObject, TargetOptions, check_key, check_prefix, listed_key
 
 CHUNK = 4 << 20
+WRITE = 1 << 20  # bytes per SMB write request (at most the server's max write size)
+DEPTH = 4  # write requests in flight: the next ones are built and encrypted while the server writes
 DIALECTS = {"3.1.1": 0x0311, "3.0.2": 0x0302, "3.0": 0x0300, "2.1": 0x0210, "2.0.2": 0x0202}
 WINDOWS_FORBIDDEN = set('<>:"|?*')  # ':' would name an alternate data stream on the server
 
@@ -233,15 +236,11 @@ class SMBTarget:
 
         def send() -> None:
             smbclient.makedirs(parent, exist_ok=True, **self._kw())
-            h = hashlib.sha256()
+            source = HashedSource(src, CHUNK)
             try:
-                with open(src, "rb") as s, smbclient.open_file(tmp, "wb", buffering=0, **self._kw()) as f:
-                    while chunk := s.read(CHUNK):
-                        h.update(chunk)
-                        view = memoryview(chunk)
-                        while view:
-                            view = view[f.write(view) :]
-                if h.hexdigest() != sha256:
+                with smbclient.open_file(tmp, "wb", buffering=0, **self._kw()) as f:
+                    _pipelined_write(f.fd, source)
+                if source.hexdigest() != sha256:
                     raise TargetError(f"{src} changed while being copied to {self.describe()}/{key}; not stored")
                 smbclient.replace(tmp, final, **self._kw())
             except BaseException as exc:
@@ -327,3 +326,34 @@ class SMBTarget:
         key = self._key(key)
         with contextlib.suppress(MissingObject):
             self._call("deleting", key, lambda: smbclient.remove(self._unc(key), **self._kw()))
+
+
+def _pipelined_write(handle: Any, chunks: Iterable[bytes]) -> None:
+    """Write the chunks to an open SMB file, DEPTH requests in flight (smbprotocol's out-of-band send),
+    each answer checked: a refused write raises, a short one is an error."""
+    conn = handle.connection
+    sid, tid = handle.tree_connect.session.session_id, handle.tree_connect.tree_connect_id
+    step = min(WRITE, conn.max_write_size)
+    pending: deque[tuple[Any, Any, int]] = deque()
+
+    def confirm() -> None:
+        request, receive, length = pending.popleft()
+        written = receive(request)
+        if written != length:
+            raise OSError(f"the server wrote {written} of {length} bytes")
+
+    offset = 0
+    for chunk in chunks:
+        for i in range(0, len(chunk), step):
+            piece = chunk[i : i + step]
+            credits = -(-len(piece) // 65536) if conn.supports_multi_credit else 1
+            window = conn.sequence_window
+            while pending and window["high"] - window["low"] < credits:  # what the server grants us
+                confirm()
+            message, receive = handle.write(piece, offset, send=False)
+            pending.append((conn.send(message, sid, tid), receive, len(piece)))
+            offset += len(piece)
+            if len(pending) >= DEPTH:
+                confirm()
+    while pending:
+        confirm()
