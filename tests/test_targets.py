@@ -269,12 +269,14 @@ def test_links_leading_outside_the_folder_are_refused(linked: Remote, tmp: Path)
     os.symlink("/etc/hostname", linked.disk / "abs.link")  # outside the share, too
     os.symlink(secret_dir / "secret", linked.disk / "chain" / "file.link")
     os.symlink(secret_dir, linked.disk / "dirlink")
+    os.symlink("real.base.zst", linked.disk / "chain" / "alias.link")  # a link to one of ours: no object either
     if linked.owner:
         for p in (secret_dir, secret_dir / "secret"):
             os.chown(p, *linked.owner)
     # smbd itself follows a link that stays inside its share (Samba's default) and refuses one that leaves
     # it (wide links = no): a client sees no link there, only the one that leaves the share is refused
-    refused = ["abs.link"] if linked.kind == "smb" else ["abs.link", "dirlink/secret", "chain/file.link"]
+    refused = ["abs.link"] if linked.kind == "smb" else ["abs.link", "dirlink/secret", "chain/file.link",
+                                                         "chain/alias.link"]  # fmt: skip
     for key in refused:
         with pytest.raises(TargetError):
             t.get(key, tmp / "got")

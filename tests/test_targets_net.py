@@ -135,7 +135,7 @@ def test_smb_full_share_is_a_permanent_clear_error(smb_server: SambaServer, tmp:
     mount_tmpfs(smb_server.small, "8m", smb_server.owner)
     try:
         t = open_target(smb_server.url("small", "offsite"), options=smb_options(smb_server))
-        p, h = _file(tmp, "big", 16 << 20)
+        p, h = _file(tmp, "big", (8 << 20) + (512 << 10))  # fails near its end: the last writes in flight
         start = time.monotonic()
         with pytest.raises(TargetError) as e:
             t.put("chain/big.base.zst", p, h)
@@ -322,7 +322,7 @@ def test_sftp_full_disk_is_a_permanent_clear_error(sftp_server: SSHServer, tmp: 
     mount_tmpfs(sftp_server.small, "8m", sftp_server.owner)
     try:
         t = open_target(sftp_server.url(sftp_server.small), options=sftp_options(sftp_server))
-        p, h = _file(tmp, "big", 16 << 20)
+        p, h = _file(tmp, "big", (8 << 20) + (512 << 10))  # fails near its end: the last writes in flight
         start = time.monotonic()
         with pytest.raises(TargetError) as e:
             t.put("chain/big.base.zst", p, h)
