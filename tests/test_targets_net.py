@@ -378,3 +378,40 @@ def test_recovery_by_hand_with_smbclient_and_sftp(smb_server: SambaServer, sftp_
     for key, data in objects.items():
         assert (tmp / "smb" / key).read_bytes() == data, key
         assert (tmp / "sftp" / "mail" / key).read_bytes() == data, key
+
+
+@pytest.mark.parametrize("kind", ["smb", "sftp"])
+def test_delta_backups_offsite_and_restore_from_it_alone(kind: str, request: pytest.FixtureRequest, pg: Any,
+                                                         pwfile: Path, maildb: str, tmp: Path) -> None:  # fmt: skip
+    """The whole path through the config: three days of delta backups copied to the share or the SSH
+    server, the local folder lost, every day restored from the offsite copy alone; verify --offsite."""
+    import shutil
+
+    from conftest import write_config
+    from test_delta_offsite import DAYS, add_sections, run_days, stats
+
+    if kind == "smb":
+        smb = request.getfixturevalue("smb_server")
+        offsite = {"url": smb.url("share", f"e2e-{maildb}"), "password_file": str(smb.password_file)}
+    else:
+        ssh = request.getfixturevalue("sftp_server")
+        offsite = {"url": ssh.url(ssh.root / f"e2e-{maildb}"), "identity": str(ssh.identity),
+                   "known_hosts": str(ssh.known_hosts)}  # fmt: skip
+    dest = tmp / "dest"
+    dest.mkdir()
+    c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest)
+    add_sections(c, delta={"enabled": True}, offsite=offsite)
+    snaps = run_days(pg, maildb, c, 3)
+    v = cli("verify", "--offsite", "--config", c, "-v")
+    assert v.returncode == 0, v.stdout + v.stderr
+    if kind == "smb":  # the password is in no record, log or output
+        secret = smb.password.encode()
+        assert secret not in (v.stdout + v.stderr).encode()
+        assert not [p for p in dest.rglob("*") if p.is_file() and secret in p.read_bytes()]
+    shutil.rmtree(dest)  # the local folder is gone
+    dest.mkdir()
+    for day in (2, 0):
+        db = f"{kind}_day{day}"
+        r = cli("restore", "--from", "offsite", "--at", DAYS[day][:10], "--to-db", db, "--config", c)
+        assert r.returncode == 0, r.stderr
+        assert stats(pg, db) == snaps[day]
