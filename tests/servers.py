@@ -267,10 +267,10 @@ MaxStartups 50
 LogLevel VERBOSE
 """)
 
-    def new_host_key(self) -> None:
+    def new_host_key(self, kind: str = "ed25519") -> None:
         for p in (self.host_key, self.host_key.with_suffix(".pub")):
             p.unlink(missing_ok=True)
-        subprocess.run([self.keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(self.host_key)], check=True)
+        subprocess.run([self.keygen, "-q", "-t", kind, "-N", "", "-f", str(self.host_key)], check=True)
 
     def trust(self) -> None:
         """Write the host key into the test's known_hosts file (what `deltadump trust-host` does)."""

@@ -144,6 +144,13 @@ def test_large_object_in_parts(target: Target, tmp: Path, monkeypatch: pytest.Mo
     assert hashlib.sha256((tmp / "big.back").read_bytes()).digest() == hashlib.sha256(data).digest()
 
 
+def test_missing_source_is_a_clear_permanent_error(target: Target, tmp: Path) -> None:
+    with pytest.raises(TargetError, match=r"cannot read .*nothing-here") as e:
+        target.put("k", tmp / "nothing-here", "0" * 64)
+    assert not e.value.transient
+    assert target.stat("k") is None
+
+
 def test_wrong_checksum_is_refused(target: Target, tmp: Path) -> None:
     p, _ = _file(tmp, "a", b"payload")
     with pytest.raises(TargetError):

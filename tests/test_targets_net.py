@@ -256,6 +256,12 @@ def test_sftp_changed_host_key_is_refused(fresh_sftp: SSHServer, tmp: Path) -> N
     assert not e.value.transient
     assert old_fp in str(e.value) and _fingerprint(fresh_sftp) in str(e.value)
     assert "--replace" in e.value.hint
+    fresh_sftp.stop()
+    fresh_sftp.new_host_key("ecdsa")  # now a key of a type known_hosts does not list for it
+    fresh_sftp.start()
+    with pytest.raises(TargetError, match="none of the key types known_hosts lists for it") as e:
+        t2.stat("k")
+    assert not e.value.transient and "--replace" in e.value.hint
 
 
 def test_sftp_wrong_key_fails_at_once(sftp_server: SSHServer, tmp: Path) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 from urllib.parse import SplitResult, unquote, urlsplit
 
 from ..errors import TargetError
@@ -76,9 +76,19 @@ class HashedSource:
         self._h = hashlib.sha256()
 
     def __iter__(self) -> Iterator[bytes]:
-        with open(self.path, "rb") as f, ThreadPoolExecutor(1, thread_name_prefix="put-hash") as pool:
+        try:
+            f = open(self.path, "rb")  # noqa: SIM115 (closed below; a local error is told apart from the store's)
+        except OSError as exc:
+            raise TargetError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+        with f, ThreadPoolExecutor(1, thread_name_prefix="put-hash") as pool:
             pending: Future[None] | None = None
-            while data := f.read(self.chunk):
+            while True:
+                try:
+                    data = f.read(self.chunk)
+                except OSError as exc:
+                    raise TargetError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+                if not data:
+                    break
                 if pending is not None:
                     pending.result()
                 pending = pool.submit(self._h.update, data)
@@ -89,6 +99,15 @@ class HashedSource:
 
     def hexdigest(self) -> str:
         return self._h.hexdigest()
+
+
+def write_local(out: BinaryIO, data: bytes, path: Path) -> None:
+    """Write a fetched chunk to the local file: a local failure (a full disk here) is a permanent
+    TargetError naming the local path, never taken for the store's."""
+    try:
+        out.write(data)
+    except OSError as exc:
+        raise TargetError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def check_key(key: object) -> str:

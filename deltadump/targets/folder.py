@@ -63,9 +63,13 @@ class FolderTarget:
         self._check_root()
         dst = self._path(key)
         try:
+            s = open(src, "rb")  # noqa: SIM115 (closed below)
+        except OSError as exc:
+            raise TargetError(f"cannot read {src}: {exc.strerror or exc}") from None
+        try:
             dst.parent.mkdir(parents=True, exist_ok=True)
             self._inside(os.path.realpath(dst.parent), key)
-            with atomic_write(dst) as f, open(src, "rb") as s:
+            with s, atomic_write(dst) as f:
                 while chunk := s.read(4 << 20):
                     f.write(chunk)
                 if f.sha256.hexdigest() != sha256:

@@ -83,7 +83,10 @@ class S3Target:
 
     def put(self, key: str, src: Path, sha256: str) -> None:
         k = self._key(key)
-        size, actual = sha256_file(src)
+        try:
+            size, actual = sha256_file(src)
+        except OSError as exc:
+            raise TargetError(f"cannot read {src}: {exc.strerror or exc}") from None
         if actual != sha256:
             raise TargetError(f"{src} does not match its expected sha256; not uploading it")
         try:

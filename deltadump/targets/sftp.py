@@ -30,7 +30,17 @@ from urllib.parse import SplitResult, unquote
 
 from ..errors import TargetError
 from ..fsio import atomic_write, tmp_name
-from . import TMP_PREFIX, HashedSource, MissingObject, TargetOptions, check_key, check_prefix, listed_key, split_url
+from . import (
+    TMP_PREFIX,
+    HashedSource,
+    MissingObject,
+    TargetOptions,
+    check_key,
+    check_prefix,
+    listed_key,
+    split_url,
+    write_local,
+)
 
 CHUNK = 4 << 20
 WRITE_REQUEST = 255 << 10  # bytes per SFTP write (OpenSSH's sftp-server takes messages up to 256 KiB)
@@ -211,7 +221,7 @@ class SFTPTarget:
     # -- the protocol -------------------------------------------------------------------------------
     def put(self, key: str, src: Path, sha256: str) -> None:
         final = self._path(key)
-        rel_parent = str(PurePosixPath(key).parent).strip(".")
+        rel_parent = "" if "/" not in key else key.rsplit("/", 1)[0]
         parent = f"{self.root}/{rel_parent}".rstrip("/")
         tmp = f"{parent}/{TMP_PREFIX}{PurePosixPath(key).name}.{os.getpid()}.{secrets.token_hex(4)}"
 
@@ -246,10 +256,7 @@ class SFTPTarget:
                         sftp.remove(tmp)
                 raise
 
-        try:
-            self._call("uploading to", key, send)
-        except FileNotFoundError as exc:
-            raise TargetError(f"cannot read {src}: {exc.strerror}") from exc
+        self._call("uploading to", key, send)
 
     @staticmethod
     def _replace(sftp: Any, tmp: str, final: str) -> None:
@@ -290,7 +297,7 @@ class SFTPTarget:
                 size = f.stat().st_size
                 f.prefetch(size, max_concurrent_requests=64)
                 while chunk := f.read(CHUNK):
-                    out.write(chunk)
+                    write_local(out, chunk, dst)
 
         try:
             self._call("downloading", key, fetch)
@@ -362,6 +369,16 @@ def open_transport(host: str, port: int, timeout: float, known: Any) -> Any:
         opts.key_types = offered
     try:
         transport.start_client(timeout=timeout)
+    except paramiko.IncompatiblePeer as exc:
+        transport.close()
+        if offered and "host key" in str(exc).lower():
+            raise TargetError(f"the SSH host key of {host_entry(host, port)} has CHANGED: the server offers none of "
+                              f"the key types known_hosts lists for it ({', '.join(sorted(types))}); refusing to "
+                              "connect",
+                              hint="someone may be intercepting the connection; if the server was "
+                              "reinstalled, check its fingerprint and run 'deltadump trust-host URL --replace'",
+                              ) from None  # fmt: skip
+        raise
     except BaseException:
         transport.close()
         raise
@@ -403,7 +420,11 @@ def trust_host(url: str, known_hosts: str = "", replace: bool = False, timeout: 
     host, port = u.hostname or "", u.port or 22
     path = Path(known_hosts or DEFAULT_KNOWN_HOSTS).expanduser()
     try:
-        transport = open_transport(host, port, timeout, paramiko.HostKeys())
+        # the key types known_hosts lists first (a server with several keys shows the one we know);
+        # --replace takes whichever the server prefers
+        transport = open_transport(host, port, timeout, paramiko.HostKeys() if replace else _known(path))
+    except TargetError:
+        raise
     except Exception as exc:
         raise TargetError(f"cannot reach SSH server {host}:{port}: {exc}") from None
     try:

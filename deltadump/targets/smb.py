@@ -27,7 +27,7 @@ from urllib.parse import SplitResult, unquote
 
 from ..errors import TargetError
 from ..fsio import tmp_name
-from . import TMP_PREFIX, HashedSource, MissingObject, TargetOptions, check_key, check_prefix, listed_key
+from . import TMP_PREFIX, HashedSource, MissingObject, TargetOptions, check_key, check_prefix, listed_key, write_local
 
 CHUNK = 4 << 20
 WRITE = 1 << 20  # bytes per SMB write request (at most the server's max write size)
@@ -250,10 +250,7 @@ class SMBTarget:
                     smbclient.remove(tmp, **self._kw())
                 raise
 
-        try:
-            self._call("uploading to", key, send)
-        except OSError as exc:  # the local source (smbclient's errors are translated in _call)
-            raise TargetError(f"cannot read {src}: {exc.strerror or exc}") from exc
+        self._call("uploading to", key, send)
 
     def get(self, key: str, dst: Path) -> None:
         import smbclient
@@ -264,7 +261,7 @@ class SMBTarget:
         def fetch() -> None:
             with smbclient.open_file(self._unc(key), "rb", buffering=0, **self._kw()) as f, open(tmp, "wb") as out:
                 while chunk := f.read(CHUNK):
-                    out.write(chunk)
+                    write_local(out, chunk, dst)
 
         try:
             self._call("downloading", key, fetch)
