@@ -8,11 +8,14 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .targets import TargetOptions
 
 DEFAULT_NAME = "deltadump.toml"
 SIGNING_KEY_NAME = "deltadump-signing.key"
@@ -84,7 +87,14 @@ class RetentionConfig(KeepConfig):
 
 class OffsiteConfig(_Model):
     url: str = ""
-    endpoint_url: str = ""
+    endpoint_url: str = ""  # s3
+    username: str = ""  # smb (or the url's user@)
+    password_file: str = ""  # smb: first line; never the password itself
+    domain: str = ""  # smb
+    require_encryption: bool = True  # smb
+    dialect: Literal["", "3.1.1", "3.0.2", "3.0", "2.1", "2.0.2"] = ""  # smb: "" negotiates the newest
+    identity: str = ""  # sftp: private key file ("" = ssh-agent)
+    known_hosts: str = ""  # sftp: "" = ~/.ssh/known_hosts
     encrypt: bool = False
     recipients: list[str] = []
     keep: KeepConfig = KeepConfig()  # the retention of configs written before [retention] existed
@@ -99,9 +109,39 @@ class OffsiteConfig(_Model):
     @field_validator("url")
     @classmethod
     def _check_url(cls, v: str) -> str:
-        if v and not v.startswith(("s3://", "file://")):
-            raise ValueError("url must start with s3:// or file://")
+        if v:
+            from .targets import split_url
+
+            split_url(v)  # a known scheme, no password in it, the parts each scheme needs
         return v
+
+    @model_validator(mode="after")
+    def _check_keys(self) -> OffsiteConfig:
+        scheme = self.url.partition("://")[0] if self.url else ""
+        only = {"endpoint_url": "s3", "username": "smb", "password_file": "smb", "domain": "smb", "dialect": "smb",
+                "identity": "sftp", "known_hosts": "sftp"}  # fmt: skip
+        for key, owner in only.items():
+            if getattr(self, key) and scheme != owner:
+                raise ValueError(f"{key} applies to {owner}:// urls only")
+        if scheme == "smb":
+            from urllib.parse import unquote, urlsplit
+
+            user = unquote(urlsplit(self.url).username or "")
+            if user and self.username and user != self.username:
+                raise ValueError(f"the url names user {user!r} but username is {self.username!r}")
+            if not (user or self.username) or not self.password_file:
+                raise ValueError("an smb:// url needs a username (or user@ in the url) and a password_file")
+            if self.require_encryption and self.dialect.startswith("2"):
+                raise ValueError(f"SMB dialect {self.dialect} has no encryption: set require_encryption = false "
+                                 "to use it")  # fmt: skip
+        return self
+
+    def target_options(self) -> TargetOptions:
+        from .targets import TargetOptions
+
+        return TargetOptions(username=self.username, password_file=self.password_file, domain=self.domain,
+                             require_encryption=self.require_encryption, dialect=self.dialect,
+                             identity=self.identity, known_hosts=self.known_hosts)  # fmt: skip
 
 
 def parse_duration(v: str) -> float:

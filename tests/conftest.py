@@ -203,3 +203,31 @@ class History:
 
 def history(cfg_path: Path) -> History:
     return History(cfg_path)
+
+
+# --- real SMB and SSH servers (Samba's smbd, OpenSSH's sshd), started by the tests: tests/servers.py ---
+
+
+@pytest.fixture(scope="session")
+def smb_server() -> Iterator[object]:
+    from servers import SambaServer
+
+    server = SambaServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture(scope="session")
+def sftp_server() -> Iterator[object]:
+    from servers import SSHServer
+
+    server = SSHServer()
+    try:
+        server.trust()
+        server.start()
+        yield server
+    finally:
+        server.remove()

@@ -1,25 +1,101 @@
-"""The shared conformance suite every Target passes (restic-style): folder, and S3 over HTTP."""
+"""The shared conformance suite every Target passes (restic-style): folder, S3 over HTTP (moto), SMB
+(Samba's smbd) and SFTP (OpenSSH's sshd), each a real server started by the tests."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from deltadump.errors import TargetError
-from deltadump.targets import Target, open_target
+from deltadump.targets import Target, TargetOptions, open_target
+
+KINDS = ["folder", "s3", "smb", "sftp"]
+_folders = iter(range(10**6))
 
 
-@pytest.fixture(params=["folder", "s3"])
-def target(request: pytest.FixtureRequest, tmp: Path) -> Target:
-    if request.param == "folder":
+def smb_options(server: object) -> TargetOptions:
+    return TargetOptions(password_file=str(server.password_file))  # type: ignore[attr-defined]
+
+
+def sftp_options(server: object) -> TargetOptions:
+    return TargetOptions(identity=str(server.identity), known_hosts=str(server.known_hosts))  # type: ignore[attr-defined]
+
+
+@dataclass
+class Remote:
+    """A target over an empty folder of its own, how to open it again (url, endpoint, options), and
+    where its bytes lie on this machine's disk (None for S3): the servers run here."""
+
+    kind: str
+    target: Target
+    url: str
+    endpoint: str
+    options: TargetOptions
+    disk: Path | None
+    owner: tuple[int, int] | None = None
+
+    def outside(self) -> dict[str, tuple[int, float]]:
+        """Every file beside the target's folder on the server's disk (or in the bucket): what must
+        stay untouched."""
+        if self.disk is None:
+            import boto3
+
+            bucket = self.url.split("/")[2]
+            res = boto3.client("s3", endpoint_url=self.endpoint).list_objects_v2(Bucket=bucket)
+            return {
+                o["Key"]: (o["Size"], o["LastModified"].timestamp())
+                for o in res.get("Contents", [])
+                if not o["Key"].startswith("some/prefix/")
+            }
+        top = self.disk.parent.parent if self.kind in ("smb", "sftp") else self.disk.parent
+        out = {}
+        for p in top.rglob("*"):
+            if not p.is_relative_to(self.disk):
+                st = p.lstat()
+                out[str(p)] = (st.st_size, st.st_mtime)
+        return out
+
+
+def make_remote(kind: str, request: pytest.FixtureRequest, tmp: Path) -> Remote:
+    n = next(_folders)
+    if kind == "folder":
         (tmp / "remote").mkdir()
-        return open_target(f"file://{tmp / 'remote'}")
-    s3 = request.getfixturevalue("s3_server")
-    bucket = request.getfixturevalue("bucket")
-    return open_target(f"s3://{bucket}/some/prefix", s3)
+        url = f"file://{tmp / 'remote'}"
+        return Remote(kind, open_target(url), url, "", TargetOptions(), tmp / "remote")
+    if kind == "s3":
+        s3 = request.getfixturevalue("s3_server")
+        bucket = request.getfixturevalue("bucket")
+        url = f"s3://{bucket}/some/prefix"
+        return Remote(kind, open_target(url, s3), url, s3, TargetOptions(), None)
+    if kind == "smb":
+        smb = request.getfixturevalue("smb_server")
+        url, opts = smb.url("share", f"t{n}/offsite"), smb_options(smb)
+        return Remote(kind, open_target(url, options=opts), url, "", opts, smb.share / f"t{n}" / "offsite", smb.owner)
+    sftp = request.getfixturevalue("sftp_server")
+    url, opts = sftp.url(sftp.root / f"t{n}" / "offsite"), sftp_options(sftp)
+    return Remote(kind, open_target(url, options=opts), url, "", opts, sftp.root / f"t{n}" / "offsite", sftp.owner)
+
+
+def make_target(kind: str, request: pytest.FixtureRequest, tmp: Path) -> Target:
+    return make_remote(kind, request, tmp).target
+
+
+@pytest.fixture(params=KINDS)
+def remote(request: pytest.FixtureRequest, tmp: Path) -> Remote:
+    return make_remote(request.param, request, tmp)
+
+
+@pytest.fixture
+def target(remote: Remote) -> Target:
+    return remote.target
 
 
 def _file(tmp: Path, name: str, data: bytes) -> tuple[Path, str]:
@@ -66,6 +142,13 @@ def test_large_object_in_parts(target: Target, tmp: Path, monkeypatch: pytest.Mo
     target.put("big", *_file(tmp, "big", data))
     target.get("big", tmp / "big.back")
     assert hashlib.sha256((tmp / "big.back").read_bytes()).digest() == hashlib.sha256(data).digest()
+
+
+def test_missing_source_is_a_clear_permanent_error(target: Target, tmp: Path) -> None:
+    with pytest.raises(TargetError, match=r"cannot read .*nothing-here") as e:
+        target.put("k", tmp / "nothing-here", "0" * 64)
+    assert not e.value.transient
+    assert target.stat("k") is None
 
 
 def test_wrong_checksum_is_refused(target: Target, tmp: Path) -> None:
@@ -123,3 +206,205 @@ def test_interrupted_multipart_upload_resumes_with_the_parts_it_lacks(s3_server:
         assert (tmp / "back2").read_bytes() == data
     finally:
         proxy.close()
+
+
+# --- hostile keys, hostile stores, interruptions -------------------------------------------------
+
+BAD_KEYS = ["../escape", "chain/../../escape", "/etc/passwd", "chain\\x", "a\x00b", "x" * 300, "a//b", "./a",
+            "chain/", "", ".tmp-k.1.ab", "chain/.tmp-k.1.ab", "a\nb"]  # fmt: skip
+
+
+@pytest.mark.parametrize("key", BAD_KEYS, ids=lambda k: repr(k)[:24])
+def test_hostile_keys_are_refused_by_every_method(remote: Remote, tmp: Path, key: str) -> None:
+    t = remote.target
+    p, h = _file(tmp, "a", b"payload")
+    before = remote.outside()
+    calls = {
+        "put": lambda: t.put(key, p, h),
+        "get": lambda: t.get(key, tmp / "got"),
+        "local_path": lambda: t.local_path(key),
+        "stat": lambda: t.stat(key),
+        "delete": lambda: t.delete(key),
+    }
+    for name, call in calls.items():
+        with pytest.raises(TargetError, match="refused offsite key") as e:
+            call()
+        assert not e.value.transient, name
+    for prefix in ("../", "chain/../../", "/etc/", "a\\b/", "a//", "x" * 300):
+        with pytest.raises(TargetError, match="refused offsite key"):
+            t.list(prefix)
+    assert not (tmp / "got").exists()
+    assert remote.outside() == before
+    assert t.list() == {}
+
+
+def test_listing_never_returns_temporary_or_foreign_names(remote: Remote, tmp: Path) -> None:
+    t = remote.target
+    t.put("chain/a.base.zst", *_file(tmp, "a", b"aaaa"))
+    planted = ["chain/.tmp-b.base.zst.123.abcd", ".tmp-deltadump-manifest.json.9.ffff", "chain/back\\slash",
+               "chain/ctl\x01name"]  # fmt: skip
+    if remote.kind == "smb":  # Samba shows such names as mangled 8.3 names (valid keys): plant the temporary ones only
+        planted = planted[:2]
+    if remote.disk is None:
+        import boto3
+
+        s3 = boto3.client("s3", endpoint_url=remote.endpoint)
+        for k in planted:
+            s3.put_object(Bucket=remote.url.split("/")[2], Key=f"some/prefix/{k}", Body=b"partial")
+    else:
+        for k in planted:
+            (remote.disk / k).write_bytes(b"partial")
+    assert t.list() == {"chain/a.base.zst": 4}
+    assert t.list("chain/") == {"chain/a.base.zst": 4}
+
+
+@pytest.fixture(params=["folder", "smb", "sftp"])
+def linked(request: pytest.FixtureRequest, tmp: Path) -> Remote:
+    """A remote whose folder lies on this machine's disk, where a test can plant links."""
+    return make_remote(request.param, request, tmp)
+
+
+def test_links_leading_outside_the_folder_are_refused(linked: Remote, tmp: Path) -> None:
+    """A store is not trusted: a link planted in it (to a file, or a folder, outside the target's
+    folder) never makes us read or write outside it."""
+    t = linked.target
+    assert linked.disk is not None
+    t.put("chain/real.base.zst", *_file(tmp, "a", b"ours"))
+    secret_dir = linked.disk.parent / "elsewhere"  # outside the target's folder (inside the share)
+    secret_dir.mkdir()
+    (secret_dir / "secret").write_bytes(b"not ours")
+    os.symlink("/etc/hostname", linked.disk / "abs.link")  # outside the share, too
+    os.symlink(secret_dir / "secret", linked.disk / "chain" / "file.link")
+    os.symlink(secret_dir, linked.disk / "dirlink")
+    os.symlink("real.base.zst", linked.disk / "chain" / "alias.link")  # a link to one of ours: no object either
+    if linked.owner:
+        for p in (secret_dir, secret_dir / "secret"):
+            os.chown(p, *linked.owner)
+    # smbd itself follows a link that stays inside its share (Samba's default) and refuses one that leaves
+    # it (wide links = no): a client sees no link there, only the one that leaves the share is refused
+    refused = ["abs.link"] if linked.kind == "smb" else ["abs.link", "dirlink/secret", "chain/file.link",
+                                                         "chain/alias.link"]  # fmt: skip
+    for key in refused:
+        with pytest.raises(TargetError):
+            t.get(key, tmp / "got")
+        assert not (tmp / "got").exists(), key
+        if linked.kind == "folder":
+            with pytest.raises(TargetError):
+                t.local_path(key)
+    before = sorted(p.name for p in secret_dir.iterdir())
+    if linked.kind != "smb":  # smbd follows a link inside its share itself (Samba's default): nothing to see
+        with pytest.raises(TargetError):
+            t.put("dirlink/new", *_file(tmp, "b", b"escape"))
+    assert sorted(p.name for p in secret_dir.iterdir()) == before
+    listed = t.list()
+    assert "chain/real.base.zst" in listed
+    assert not set(refused) & set(listed), listed
+    if linked.kind != "smb":
+        t.delete("dirlink")  # removes the link, never what it points to
+        assert not (linked.disk / "dirlink").exists()
+    assert (secret_dir / "secret").read_bytes() == b"not ours"
+
+
+PUT_CHILD = """
+import sys, json
+from pathlib import Path
+from deltadump.targets import TargetOptions, open_target
+url, endpoint, opts, key, src, sha = json.loads(sys.argv[1])
+t = open_target(url, endpoint, TargetOptions(**opts))
+print("start", flush=True)
+t.put(key, Path(src), sha)
+print("done", flush=True)
+"""
+
+
+def test_an_interrupted_put_leaves_nothing_under_the_final_name(remote: Remote, tmp: Path) -> None:
+    """A put killed (SIGKILL) mid-upload: the key still holds its previous object, whole; a key never
+    stored stays missing; the next put completes."""
+    import dataclasses
+    import json
+
+    t = remote.target
+    old, old_h = _file(tmp, "old", b"the previous version")
+    t.put("chain/x.base.zst", old, old_h)
+    data = os.urandom(256 << 20)
+    big, h = _file(tmp, "big", data)
+    for key in ("chain/x.base.zst", "chain/new.base.zst"):
+        args = json.dumps([remote.url, remote.endpoint, dataclasses.asdict(remote.options), key, str(big), h])
+        child = subprocess.Popen([sys.executable, "-c", PUT_CHILD, args], stdout=subprocess.PIPE, text=True)
+        assert child.stdout is not None and child.stdout.readline() == "start\n"
+        deadline = time.monotonic() + 60
+        while not _upload_under_way(remote) and time.monotonic() < deadline and child.poll() is None:
+            time.sleep(0.01)
+        assert child.poll() is None, "the put finished before it could be interrupted"
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        if key == "chain/x.base.zst":
+            assert t.stat(key) == len(b"the previous version")
+            t.get(key, tmp / "prev")
+            assert (tmp / "prev").read_bytes() == b"the previous version"
+        else:
+            assert t.stat(key) is None
+        assert set(t.list()) == {"chain/x.base.zst"}
+    t.put("chain/new.base.zst", big, h)
+    t.get("chain/new.base.zst", tmp / "back")
+    assert hashlib.sha256((tmp / "back").read_bytes()).hexdigest() == h
+
+
+def _upload_under_way(remote: Remote) -> bool:
+    """Bytes of an unfinished put are on the store: a temporary file, or a multipart upload's part."""
+    if remote.disk is None:
+        import boto3
+
+        s3 = boto3.client("s3", endpoint_url=remote.endpoint)
+        bucket = remote.url.split("/")[2]
+        ups = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        return any(s3.list_parts(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"]).get("Parts") for u in ups)
+    return any(p.stat().st_size > (1 << 20) for p in remote.disk.rglob(".tmp-*"))
+
+
+# --- [offsite] keys of the config, checked when it loads ---------------------------------------------
+
+OFFSITE_CONFIGS = [
+    ('url = "ftp://host/x"', "unsupported offsite url scheme ftp:// (use file://, s3://, smb://, sftp://)"),
+    ('url = "smb://ddsmb:hunter2@nas/share/x"\npassword_file = "/p"', "a password does not belong in the url"),
+    ('url = "sftp://me:hunter2@host/x"', "a password does not belong in the url"),
+    ('url = "smb://ddsmb@nas"\npassword_file = "/p"', "without a share"),
+    ('url = "smb://nas/share/x"', "needs a username"),
+    ('url = "smb://nas/share/x"\nusername = "u"', "and a password_file"),
+    ('url = "smb://a@nas/share"\nusername = "b"\npassword_file = "/p"', "the url names user 'a' but username is 'b'"),
+    ('url = "smb://u@nas/share"\npassword_file = "/p"\ndialect = "2.1"', "dialect 2.1 has no encryption"),
+    ('url = "smb://u@nas/share"\npassword_file = "/p"\ndialect = "1.0"', "offsite.dialect"),
+    ('url = "s3://bucket/x"\npassword_file = "/p"', "password_file applies to smb:// urls only"),
+    ('url = "smb://u@nas/share"\npassword_file = "/p"\nidentity = "/k"', "identity applies to sftp:// urls only"),
+    ('url = "sftp://host/x"', "without a user"),
+    ('url = "sftp://me@host:99999/x"', "invalid port"),
+    ('url = "sftp://me@host/a/../b"', "must not contain '..'"),
+]
+
+
+@pytest.mark.parametrize(("offsite", "message"), OFFSITE_CONFIGS, ids=[m for _, m in OFFSITE_CONFIGS])
+def test_offsite_config_is_checked_at_load(tmp: Path, offsite: str, message: str) -> None:
+    from conftest import cli
+
+    c = tmp / "c.toml"
+    c.write_text(f'[database]\ndsn = "dbname=x"\n\n[backup]\ndest = "{tmp}"\n\n[offsite]\n{offsite}\n')
+    r = cli("status", "--config", c)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert "hunter2" not in r.stderr + r.stdout
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_offsite_config_gives_the_target_what_it_needs(tmp: Path) -> None:
+    from deltadump.config import parse
+
+    cfg = parse({"database": {"dsn": "dbname=x"}, "backup": {"dest": str(tmp)},
+                 "offsite": {"url": "smb://nas.lan/backups/mail", "username": "backup", "password_file": "/etc/pw",
+                             "domain": "OFFICE", "dialect": "3.0.2"}})  # fmt: skip
+    opts = cfg.offsite.target_options()
+    assert (opts.username, opts.password_file, opts.domain, opts.dialect, opts.require_encryption) == (
+        "backup", "/etc/pw", "OFFICE", "3.0.2", True)  # fmt: skip
+    t = open_target(cfg.offsite.url, options=opts)
+    assert t.describe() == "smb://backup@nas.lan/backups/mail"
+    cfg = parse({"database": {"dsn": "dbname=x"}, "backup": {"dest": str(tmp)},
+                 "offsite": {"url": "sftp://me@host:2222/srv/b", "identity": "~/.ssh/id_ed25519"}})  # fmt: skip
+    assert open_target(cfg.offsite.url, options=cfg.offsite.target_options()).describe() == "sftp://me@host:2222/srv/b"

@@ -412,6 +412,14 @@ def _last_success(cfg: Config) -> datetime | None:
     return good.started if good is not None else None
 
 
+def cmd_trust_host(args: argparse.Namespace) -> int:
+    from ..targets.sftp import DEFAULT_KNOWN_HOSTS, trust_host
+
+    shown, done = trust_host(args.url, args.known_hosts or "", replace=args.replace)
+    out.print(f"{shown}: {done} in {args.known_hosts or DEFAULT_KNOWN_HOSTS}", markup=False)
+    return 0
+
+
 def cmd_rdiff(args: argparse.Namespace) -> int:
     from .rdiff import run
 
@@ -515,6 +523,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("run", parents=[common], help="stay in the foreground and back up on schedule")
     s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("trust-host", help="add an SFTP server's host key to known_hosts, once (prints its fingerprint)")
+    s.add_argument("url", help="sftp://user@host[:port]/path (only host and port are used)")
+    s.add_argument("--known-hosts", metavar="FILE", help="the known_hosts file ([offsite] known_hosts; "
+                   "default ~/.ssh/known_hosts)")  # fmt: skip
+    s.add_argument("--replace", action="store_true", help="replace a different key already listed for the server")
+    s.set_defaults(func=cmd_trust_host)
 
     s = sub.add_parser("rdiff", help="librsync rdiff stand-in: signature | delta | patch (see --help)",
                        add_help=False, prefix_chars="\0")  # fmt: skip

@@ -103,7 +103,7 @@ class Offsite:
         if not cfg.offsite_enabled:
             raise ConfigError("no [offsite] url in the config")
         self.cfg = cfg
-        self.raw = target or open_target(cfg.offsite.url, cfg.offsite.endpoint_url)
+        self.raw = target or open_target(cfg.offsite.url, cfg.offsite.endpoint_url, cfg.offsite.target_options())
         self.target: Target = self.raw
         if cfg.offsite.encrypt:
             from ..targets.age import AgeTarget

@@ -1,15 +1,21 @@
-"""A folder target: any mounted folder (NFS, SMB, a second disk). Durable writes, sha256 checked."""
+"""A folder target: any mounted folder (NFS, SMB, a second disk). Durable writes, sha256 checked.
+
+Every key is checked (targets.check_key) and every path resolved before use: a link planted in the
+folder never makes us read or write outside it (objects are opened with O_NOFOLLOW and the opened
+file's real path must lie inside the folder; the folder a put writes into is resolved first)."""
 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import os
 import shutil
+import stat
 from pathlib import Path
 
-from ..errors import TargetError
+from ..errors import StorageError, TargetError
 from ..fsio import atomic_write, tmp_name
-from ..naming import check_relpath
+from . import MissingObject, check_key, check_prefix, listed_key
 
 
 class FolderTarget:
@@ -20,90 +26,127 @@ class FolderTarget:
         return f"file://{self.root}"
 
     def _path(self, key: str) -> Path:
-        """root/key, for a key that passed the one name check, with no symbolic link below the root."""
-        try:
-            check_relpath(key)
-        except ValueError as exc:
-            raise TargetError(f"refused key: {exc}") from None
-        p = self.root / key
-        for parent in list(p.parents)[: len(Path(key).parts) - 1]:
-            if parent.is_symlink():
-                raise TargetError(f"{parent} is a symbolic link; refusing to follow it out of {self.root}")
-        if p.is_symlink():
-            raise TargetError(f"{p} is a symbolic link; refusing to follow it out of {self.root}")
-        return p
+        return self.root / check_key(key)
 
     def _check_root(self) -> None:
         if not self.root.is_dir():
             raise TargetError(f"offsite folder {self.root} does not exist", hint="is the share mounted?")
 
+    def _inside(self, real: str, key: str) -> None:
+        root = os.path.realpath(self.root)
+        if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
+            raise TargetError(f"{self.root / key} leads outside the offsite folder (to {real}); refused",
+                              hint="someone planted a link in the offsite folder; remove it")  # fmt: skip
+
+    def _open(self, key: str) -> int:
+        """A read descriptor of the object: never through a link at its name, and only a regular file
+        whose real path lies inside the folder."""
+        p = self._path(key)
+        try:
+            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise MissingObject(f"{p} is missing offsite") from None
+        except OSError as exc:
+            if os.path.islink(p):
+                raise TargetError(f"{p} is a link, not an object; refused",
+                                  hint="someone planted a link in the offsite folder; remove it") from None  # fmt: skip
+            raise TargetError(f"cannot read {p}: {exc.strerror or exc}") from exc
+        try:
+            self._inside(os.readlink(f"/proc/self/fd/{fd}"), key)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise TargetError(f"{p} is not a file")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
     def put(self, key: str, src: Path, sha256: str) -> None:
         self._check_root()
         dst = self._path(key)
         try:
+            s = open(src, "rb")  # noqa: SIM115 (closed below)
+        except OSError as exc:
+            raise TargetError(f"cannot read {src}: {exc.strerror or exc}") from None
+        try:
             dst.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_write(dst) as f, open(src, "rb") as s:
+            self._inside(os.path.realpath(dst.parent), key)
+            with s, atomic_write(dst) as f:
                 while chunk := s.read(4 << 20):
                     f.write(chunk)
                 if f.sha256.hexdigest() != sha256:
                     raise TargetError(f"{src} changed while being copied to {dst}")
+        except StorageError as exc:  # full disk, permission denied: fsio's message and hint
+            raise TargetError(exc.message, hint=exc.hint) from exc
         except OSError as exc:
             raise TargetError(f"cannot write {dst}: {exc.strerror or exc}") from exc
 
     def get(self, key: str, dst: Path) -> None:
-        src = self._path(key)
+        fd = self._open(key)
         tmp = tmp_name(dst)
         try:  # a fetched copy is scratch, checked by its user: a kernel copy, no fsync
-            shutil.copyfile(src, tmp)
+            with os.fdopen(fd, "rb") as s, open(tmp, "wb") as out:
+                shutil.copyfileobj(s, out, 4 << 20)
             os.replace(tmp, dst)
-        except FileNotFoundError as exc:
-            tmp.unlink(missing_ok=True)
-            raise TargetError(f"{src} is missing offsite") from exc
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise TargetError(f"cannot read {src}: {exc.strerror or exc}") from exc
+            raise TargetError(f"cannot read {self._path(key)}: {exc.strerror or exc}") from exc
 
     def local_path(self, key: str) -> Path | None:
-        p = self._path(key)
-        if not p.is_file():
-            raise TargetError(f"{p} is missing offsite")
-        return p
+        os.close(self._open(key))
+        return self._path(key)
 
     def stat(self, key: str) -> int | None:
+        p = self._path(key)
         try:
-            return self._path(key).stat().st_size
+            s = os.lstat(p)
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise TargetError(f"cannot read {p}: {exc.strerror or exc}") from exc
+        if not stat.S_ISREG(s.st_mode):
+            return None  # a link or a folder is no object
+        self._inside(os.path.realpath(p.parent), key)
+        return s.st_size
 
     def list(self, prefix: str = "") -> dict[str, int]:
+        check_prefix(prefix)
         self._check_root()
         out = {}
-        for p in self.root.rglob("*"):
-            if p.is_file() and not p.is_symlink() and not p.name.startswith(".tmp-"):
-                k = p.relative_to(self.root).as_posix()
-                if k.startswith(prefix):
-                    out[k] = p.stat().st_size
+        for folder, dirs, files in os.walk(self.root):  # links to folders are not followed
+            rel = Path(folder).relative_to(self.root).as_posix()
+            dirs[:] = [d for d in dirs if listed_key(f"{rel}/{d}" if rel != "." else d)]
+            for name in files:
+                k = f"{rel}/{name}" if rel != "." else name
+                if listed_key(k) is None or not k.startswith(prefix):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    s = os.lstat(os.path.join(folder, name))
+                    if stat.S_ISREG(s.st_mode):  # links are never objects
+                        out[k] = s.st_size
         return out
 
     def clean_temporaries(self) -> builtins.list[str]:
         """Remove the temporary files puts killed mid-way left (ours: the .tmp- names); the caller holds
-        the only write access to this copy (its run lock)."""
+        the only write access to this copy (its run lock). Links are never followed."""
         gone: builtins.list[str] = []
         if not self.root.is_dir():
             return gone
-        for p in self.root.rglob(".tmp-*"):
-            if p.is_file() and not p.is_symlink():
-                p.unlink(missing_ok=True)
-                gone.append(p.relative_to(self.root).as_posix())
+        for folder, _dirs, files in os.walk(self.root):
+            for name in files:
+                p = Path(folder) / name
+                if name.startswith(".tmp-") and stat.S_ISREG(os.lstat(p).st_mode):
+                    p.unlink(missing_ok=True)
+                    gone.append(p.relative_to(self.root).as_posix())
         return gone
 
     def delete(self, key: str) -> None:
         p = self._path(key)
         try:
-            if p.is_dir():
+            self._inside(os.path.realpath(p.parent), key)
+            if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p)
             else:
-                os.unlink(p)
+                os.unlink(p)  # a link is removed, never what it points to
         except FileNotFoundError:
             pass
         except OSError as exc:

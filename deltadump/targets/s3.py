@@ -18,6 +18,7 @@ from typing import Any
 
 from ..errors import TargetError
 from ..fsio import sha256_file, tmp_name
+from . import MissingObject, check_key, check_prefix, listed_key
 
 PART = 16 << 20  # bytes per part (S3: at least 5 MiB but the last, at most 10,000 parts)
 MAX_PARTS = 10_000
@@ -45,6 +46,9 @@ class S3Target:
         return f"s3://{self.bucket}/{self.prefix}{where}"
 
     def _key(self, key: str) -> str:
+        return self._join(check_key(key))
+
+    def _join(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _error(self, exc: Exception, action: str, key: str) -> TargetError:
@@ -66,10 +70,10 @@ class S3Target:
             attempts = exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
             if code in PERMANENT or status in (401, 403):
                 return TargetError(
-                    f"S3 refused {action} s3://{self.bucket}/{self._key(key)}: {code}",
+                    f"S3 refused {action} s3://{self.bucket}/{self._join(key)}: {code}",
                     hint="check the bucket name and the credentials (AWS environment variables or ~/.aws)",
                 )
-            err = TargetError(f"S3 failed {action} s3://{self.bucket}/{self._key(key)}: {code or status} "
+            err = TargetError(f"S3 failed {action} s3://{self.bucket}/{self._join(key)}: {code or status} "
                               f"(gave up after {attempts + 1} attempts)")  # fmt: skip
             err.transient = True
             return err
@@ -78,10 +82,13 @@ class S3Target:
         return err
 
     def put(self, key: str, src: Path, sha256: str) -> None:
-        size, actual = sha256_file(src)
+        k = self._key(key)
+        try:
+            size, actual = sha256_file(src)
+        except OSError as exc:
+            raise TargetError(f"cannot read {src}: {exc.strerror or exc}") from None
         if actual != sha256:
             raise TargetError(f"{src} does not match its expected sha256; not uploading it")
-        k = self._key(key)
         try:
             if size <= self.part_size:
                 self.client.put_object(Bucket=self.bucket, Key=k, Body=src.read_bytes(), Metadata={"sha256": sha256},
@@ -167,9 +174,10 @@ class S3Target:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=k, UploadId=upload_id)
 
     def get(self, key: str, dst: Path) -> None:
+        k = self._key(key)
         tmp = tmp_name(dst)
         try:
-            self.client.download_file(self.bucket, self._key(key), str(tmp), Config=self.transfer)
+            self.client.download_file(self.bucket, k, str(tmp), Config=self.transfer)
             os.replace(tmp, dst)
         except Exception as exc:
             with contextlib.suppress(OSError):
@@ -177,17 +185,19 @@ class S3Target:
             from botocore.exceptions import ClientError
 
             if isinstance(exc, ClientError) and str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey"):
-                raise TargetError(f"s3://{self.bucket}/{self._key(key)} is missing offsite") from exc
+                raise MissingObject(f"s3://{self.bucket}/{k} is missing offsite") from exc
             raise self._error(exc, "downloading", key) from exc
 
     def local_path(self, key: str) -> Path | None:
+        check_key(key)
         return None  # objects are downloaded
 
     def stat(self, key: str) -> int | None:
         from botocore.exceptions import ClientError
 
+        k = self._key(key)
         try:
-            return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
+            return int(self.client.head_object(Bucket=self.bucket, Key=k)["ContentLength"])
         except ClientError as exc:
             if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
                 return None
@@ -197,19 +207,23 @@ class S3Target:
 
     def list(self, prefix: str = "") -> dict[str, int]:
         out: dict[str, int] = {}
-        base = self._key("")
+        base = f"{self.prefix}/" if self.prefix else ""
         try:
-            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(prefix))
+            paginator = self.client.get_paginator("list_objects_v2")
+            pages = paginator.paginate(Bucket=self.bucket, Prefix=base + check_prefix(prefix))
             for page in pages:
                 for obj in page.get("Contents", []):
-                    out[obj["Key"][len(base) :]] = int(obj["Size"])
+                    name = listed_key(obj["Key"][len(base) :])  # temporary and foreign names are not ours
+                    if name is not None:
+                        out[name] = int(obj["Size"])
         except Exception as exc:
             raise self._error(exc, "listing", prefix) from exc
         return out
 
     def delete(self, key: str) -> None:
+        k = self._key(key)
         try:
-            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+            self.client.delete_object(Bucket=self.bucket, Key=k)
         except Exception as exc:
             raise self._error(exc, "deleting", key) from exc
 
