@@ -8,7 +8,6 @@ the directory format, delta chains with an offsite folder, and an S3 server; the
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -22,6 +21,7 @@ from deltadump.config import load
 from deltadump.jobs import sample
 from deltadump.jobs.common import SilentReporter
 from deltadump.jobs.restore import restore
+from deltadump.jobs.verify import verify
 from deltadump.pg.conn import psql
 from deltadump.pg.inspect import table_stats
 from deltadump.pg.server import LocalServer
@@ -40,10 +40,11 @@ def run(c: Path, day: int, kill_at: int = 0, *args: str, log: Path | None = None
 
 
 def listed(c: Path) -> list[dict[str, object]]:
-    out = subprocess.run([sys.executable, "-m", "deltadump.cli.main", "list", "--json", "--config", str(c)],
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)  # type: ignore[no-any-return]
+    """What `deltadump list --json` prints (in-process: the same rows, without an interpreter's start)."""
+    from deltadump.cli.main import backup_rows
+
+    h = history(c)
+    return backup_rows(h.backups, h.notes, h.view)
 
 
 def good_ids(c: Path) -> list[str]:
@@ -109,9 +110,8 @@ def kill_everywhere(
         assert not missing, f"kill at step {n} lost {missing}"
         for bid in after:
             snaps.setdefault(bid, want)  # a backup committed by the killed run holds today's data
-        v = subprocess.run([sys.executable, "-m", "deltadump.cli.main", "verify", "--config", str(c)],
-                           capture_output=True, text=True, timeout=300)  # fmt: skip
-        assert v.returncode == 0, f"kill at step {n}: {v.stdout} {v.stderr}"
+        report = verify(cfg, reporter=SilentReporter())
+        assert report.ok, f"kill at step {n}: {[r.problems for r in report.results]}"
         newest = after[0]
         target = f"k{n}_{os.getpid()}"
         restore(cfg, newest, target, reporter=SilentReporter())
@@ -155,11 +155,12 @@ def setup(
         ("weekly ring", {"name": "DBBACK-%w.DMP"}, False, ""),
         ("directory format", {"name": "DIR.DMP", "format": "directory", "compress": 0}, False, ""),
         ("delta, offsite folder", {"name": "DBBACK.DMP"}, True, "file"),
+        ("delta, offsite S3 server", {"name": "DBBACK-%w.DMP"}, True, "s3"),
     ],
 )
 def test_kill_a_backup_at_every_step(
     pg: LocalServer, pwfile: Path, maildb: str, tmp: Path, name: str, backup: dict[str, object], delta: bool,
-    offsite: str,
+    offsite: str, request: pytest.FixtureRequest,
 ) -> None:  # fmt: skip
     c, dest, remote = setup(pg, pwfile, maildb, tmp, **backup)
     if delta or offsite:
@@ -168,12 +169,64 @@ def test_kill_a_backup_at_every_step(
             remote = tmp / "remote"
             remote.mkdir()
             text += f'\n[offsite]\nurl = "file://{remote}"\n'
+        elif offsite == "s3":
+            s3, bucket = request.getfixturevalue("s3_server"), request.getfixturevalue("bucket")
+            text += f'\n[offsite]\nurl = "s3://{bucket}/p"\nendpoint_url = "{s3}"\n'
         c.write_text(text)
         assert run(c, 2).returncode == 0
     figures = kill_everywhere(pg, maildb, c, dest, remote, first_day=3)
     print(f"\nF04 {name}: {figures}")
     assert figures["kill points"] >= 8 and figures["backups lost"] == 0
-    if remote is not None:
+    if offsite:
         v = subprocess.run([sys.executable, "-m", "deltadump.cli.main", "verify", "--offsite", "--config", str(c)],
                            capture_output=True, text=True)  # fmt: skip
         assert v.returncode == 0, v.stdout + v.stderr
+        r = subprocess.run([sys.executable, "-m", "deltadump.cli.main", "restore", "--from", "offsite", "--to-db",
+                            f"off_{offsite}", "--config", str(c)], capture_output=True, text=True)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert table_stats(pg.psql_bin(), pg.conn(), f"off_{offsite}") == table_stats(pg.psql_bin(), pg.conn(), maildb)
+
+
+def test_kill_prune_and_restore_at_every_step(pg: LocalServer, pwfile: Path, maildb: str, tmp: Path) -> None:
+    """prune (here and offsite) and restore, killed at each of their steps: nothing kept is lost, the
+    next run leaves nothing behind."""
+    c, dest, remote = setup(pg, pwfile, maildb, tmp, name="DBBACK.DMP")
+    remote = tmp / "remote"
+    remote.mkdir()
+    c.write_text(c.read_text() + f'\n[delta]\nenabled = true\n[offsite]\nurl = "file://{remote}"\n')
+    for day in range(2, 8):
+        sample.mail_day(pg.psql_bin(), pg.conn(), maildb, day, new=5, words=10)
+        assert run(c, day).returncode == 0
+    want = table_stats(pg.psql_bin(), pg.conn(), maildb)
+    c.write_text(c.read_text() + "\n[retention]\ndaily = 2\nweekly = 0\nmonthly = 0\n")
+    figures = {"prune": 0, "restore": 0}
+    for what, args in (("prune", ("prune",)), ("prune", ("prune", "--offsite")),
+                       ("restore", ("restore", "latest", "--to-db", "KILLED"))):  # fmt: skip
+        n = 1
+        while True:
+            before = [b for b in listed(c) if b["state"] == "ok"]
+            argv = tuple(a.replace("KILLED", f"killed_{n}") for a in args)
+            r = run(c, 8, n, *argv)
+            if r.returncode != -signal.SIGKILL:
+                assert r.returncode == 0, r.stderr
+                break
+            figures[what] += 1
+            after = {b["id"] for b in listed(c) if b["state"] == "ok"}
+            # prune may have dropped what it was deleting (its plan said so), never the newest backup
+            assert before[0]["id"] in after, f"{args} killed at step {n}"
+            report = verify(load(c), reporter=SilentReporter())
+            assert report.ok, f"{args} killed at step {n}: {[x.problems for x in report.results]}"
+            v = subprocess.run([sys.executable, "-m", "deltadump.cli.main", "verify", "--offsite", "--config", str(c)],
+                               capture_output=True, text=True)  # fmt: skip
+            assert v.returncode == 0, f"{args} killed at step {n}: {v.stdout}"
+            n += 1
+        assert run(c, 9, 0, *(a.replace("KILLED", "final") for a in args)).returncode in (0, 1)
+    # the next backup completes what was interrupted and leaves nothing behind
+    sample.mail_day(pg.psql_bin(), pg.conn(), maildb, 10, new=5, words=10)
+    assert run(c, 10).returncode == 0
+    assert leftovers(dest, remote) == []
+    target = "after_kills"
+    restore(load(c), "latest", target, reporter=SilentReporter())
+    assert table_stats(pg.psql_bin(), pg.conn(), target) != want  # day 10's data, not the older one
+    print(f"\nF06 prune and restore killed at every step: {figures}")
+    assert figures["prune"] >= 4 and figures["restore"] >= 2
