@@ -256,7 +256,16 @@ after_timeout = 3600
 
 
 def toml_str(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A TOML basic string holding exactly `s` (quotes, backslashes and control characters escaped)."""
+    out = []
+    for c in s:
+        if c in ('"', "\\"):
+            out.append("\\" + c)
+        elif ord(c) < 0x20 or ord(c) == 0x7F:
+            out.append(f"\\u{ord(c):04X}")
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'
 
 
 def render_template(dsn: str, dest: str) -> str:

@@ -44,7 +44,7 @@ def inline(d: dict[str, object]) -> str:
 
 
 def stats(pg: LocalServer, db: str) -> dict[str, tuple[int, str]]:
-    return table_stats(pg.psql_bin(), pg.conn(), db)
+    return table_stats(pg.conn(), db)
 
 
 def run_days(

@@ -23,8 +23,10 @@ if TYPE_CHECKING:
     from ..jobs.drill import DrillResult
 
 _WIDTH = None if sys.stdout.isatty() else 160
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, width=_WIDTH, soft_wrap=_WIDTH is not None)
+# markup off: every string shown (table names, error messages, paths: read from a database, a record or
+# a command line) is printed literally, never taken for rich markup
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+out = Console(highlight=False, width=_WIDTH, soft_wrap=_WIDTH is not None, markup=False)
 
 
 class CliReporter:
@@ -197,7 +199,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         t.add_column(col)
     for name in sorted(set(res.source) | set(res.restored)):
         a, b = res.source.get(name), res.restored.get(name)
-        t.add_row(name, str(a[0]) if a else "-", str(b[0]) if b else "-", (a or b or ("", ""))[1][:16],
+        t.add_row(name, str(a[0]) if a else "-", str(b[0]) if b else "-", ((a or b or ("", ""))[1] or "")[:16],
                   "yes" if a == b else "NO")  # fmt: skip
     out.print(t)
     if res.ok:
@@ -268,7 +270,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         for t in s.next_runs(now(), 5):
             out.print(f"  {t.isoformat(timespec='minutes')}")
         return 0
-    name = args.name or cfg_path.stem
+    name = schedule.unit_name(args.name, cfg_path)
     if args.cron:
         target = Path(args.dir or "/etc/cron.d") / f"deltadump-{name}"
         text = schedule.cron_line(cfg, cfg_path)

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..clock import now
 from ..config import Config
 from ..errors import RestoreError
-from ..pg.conn import psql
+from ..pg import database
 from ..pg.inspect import table_stats
 from ..store import manifest
 from ..store.manifest import BackupRecord, DrillRecord
@@ -32,7 +32,7 @@ class DrillResult:
         return not self.differences
 
 
-def compare(want: dict[str, tuple[int, str | None]], got: dict[str, tuple[int, str]]) -> DrillResult:
+def compare(want: dict[str, tuple[int, str | None]], got: dict[str, tuple[int, str | None]]) -> DrillResult:
     res = DrillResult(backup=None)  # type: ignore[arg-type]
     for t in sorted(set(want) | set(got)):
         w, g = want.get(t), got.get(t)
@@ -84,11 +84,10 @@ def drill(
         if before_compare is not None:
             before_compare(db)
         want_checksums = any(v[1] is not None for v in rec.tables.values())
-        got = table_stats(srv.psql, srv.conn, db) if want_checksums else _counts(srv.psql, srv.conn, db)
-        res = compare(rec.tables, got)
+        res = compare(rec.tables, table_stats(srv.conn, db, checksums=want_checksums))
     finally:
         try:
-            psql(srv.psql, srv.conn, f'drop database if exists "{db}" with (force)', db="postgres")
+            database.drop(srv.conn, db)
         except Exception as exc:  # report, but keep the drill's own verdict
             rep.info(f"could not drop the drill database {db}: {exc}")
     res.backup = rec
@@ -140,11 +139,10 @@ def _physical_drill(cfg: Config, rec: BackupRecord, rep: Reporter, offsite: bool
         except Exception as exc:
             res.differences.append(f"the throwaway server did not start: {exc}")
             return res
-        dbs = [r[0] for r in psql(srv.psql, conn, "select datname from pg_database where datallowconn "
-                                  "and not datistemplate order by 1")]  # fmt: skip
+        dbs = database.databases(conn)
         for db in dbs:
             try:
-                for table, (rows, _) in sorted(_counts(srv.psql, conn, db).items()):
+                for table, (rows, _) in sorted(table_stats(conn, db, checksums=False).items()):
                     res.rows.append((f"{db}: {table}", None, rows, "answers"))
             except Exception as exc:
                 res.rows.append((db, None, None, "FAILED"))
@@ -158,13 +156,3 @@ def _physical_drill(cfg: Config, rec: BackupRecord, rep: Reporter, offsite: bool
         subprocess.run(["runuser", "-u", user, "--", *argv] if user else argv, capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
     return res
-
-
-def _counts(psql_bin: Path, conn: object, db: str) -> dict[str, tuple[int, str]]:
-    from ..pg.inspect import user_tables
-
-    tables = user_tables(psql_bin, conn, db)  # type: ignore[arg-type]
-    if not tables:
-        return {}
-    sql = " union all ".join(f"select '{t.replace(chr(39), chr(39) * 2)}', count(*) from only {t}" for t in tables)
-    return {r[0]: (int(r[1]), "") for r in psql(psql_bin, conn, sql, db=db)}  # type: ignore[arg-type]

@@ -16,19 +16,14 @@ from pathlib import Path
 
 from ..config import Config
 from ..errors import DeltadumpError, IntegrityError, RestoreError
-from ..pg.conn import psql
+from ..pg import database
+from ..pg.conn import check_dbname
 from ..pg.dump import run_restore
 from ..store import manifest
 from ..store.manifest import BackupRecord, Manifest
 from . import chain
-from .common import Reporter, Server, SilentReporter, major_of, server_for, tool
+from .common import Reporter, SilentReporter, major_of, server_for, tool
 from .verify import check_record, resolve
-
-NONEMPTY_SQL = """
-select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace
-where n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg_toast%'
-  and n.nspname not like 'pg_temp%'
-"""
 
 
 @dataclass
@@ -38,14 +33,6 @@ class RestoreResult:
     created: bool
     seconds: float
     source: str  # "slot", "chain" or "offsite"
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _lit(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
 
 
 def pick(m: Manifest, ref: str, dest: Path | None = None) -> BackupRecord:
@@ -83,10 +70,12 @@ def restore(
     dest = cfg.dest
     # the server and the target first: a wrong password or a non-empty database fails at once, not after
     # a long reconstruction; a new database is created meanwhile (and dropped if the backup fails)
+    check_dbname(to_db, "--to-db")  # before any connection: a connection string is refused, not followed
     srv = server_for(cfg, dsn)
-    state = _target_state(srv, to_db, clean)
+    state = database.target_state(srv.conn, to_db, clean)
+    into = database.side_name(to_db, "restore") if state == "replace" else to_db  # --clean: beside it, then swap
     pool = ThreadPoolExecutor(1, thread_name_prefix="createdb")
-    creating = pool.submit(_create, srv, to_db) if state == "absent" else None
+    creating = pool.submit(database.create, srv.conn, into) if state != "empty" else None
     work = Path(tempfile.mkdtemp(prefix="deltadump-restore-", dir=dest if dest.is_dir() else None))
     try:
         if from_offsite:
@@ -117,19 +106,18 @@ def restore(
                 raise IntegrityError(f"backup {rec.id} is damaged: {problem}", hint="restore another backup")
         if creating is not None:
             creating.result()
-        elif state == "replace":
-            rep.info(f'dropping and recreating database "{to_db}" (--clean)')
-            _drop(srv, to_db)
-            _create(srv, to_db)
         created = state != "empty"
         pg_restore = tool("pg_restore", cfg, max(srv.major, major_of(rec.pg_dump_version))).path
-        rep.info(f'restoring {rec.id} into database "{to_db}"')
-        run_restore(pg_restore, srv.psql, srv.conn.with_db(to_db), dump, rec.format, jobs=jobs)
+        rep.info(f'restoring {rec.id} into database "{into}"')
+        run_restore(pg_restore, srv.psql, srv.conn.with_db(into), dump, rec.format, jobs=jobs)
+        if into != to_db:
+            rep.info(f'replacing database "{to_db}" with the restored "{into}" (--clean)')
+            database.swap(srv.conn, into, to_db)
         return RestoreResult(rec, to_db, created, time.monotonic() - t0, source)
     except BaseException:
         if creating is not None and creating.exception() is None:
             with contextlib.suppress(DeltadumpError):
-                _drop(srv, to_db)  # the new, empty database of a restore that could not happen
+                database.drop(srv.conn, into)  # the new database of a restore that could not happen
         raise
     finally:
         pool.shutdown()
@@ -139,33 +127,6 @@ def restore(
 def _need_physical(rec: BackupRecord) -> None:
     if rec.format != "physical":
         raise RestoreError(f"backup {rec.id} is a logical dump: restore it with --to-db")
-
-
-def _target_state(srv: Server, to_db: str, clean: bool) -> str:
-    """'absent' (to create), 'empty' (restore into it) or 'replace' (non-empty, --clean: drop, create);
-    a non-empty database without --clean is refused."""
-    exists = psql(srv.psql, srv.conn, f"select 1 from pg_database where datname = {_lit(to_db)}", db=_admin_db(to_db))
-    if not exists:
-        return "absent"
-    n = int(psql(srv.psql, srv.conn, NONEMPTY_SQL, db=to_db)[0][0])
-    if n and not clean:
-        raise RestoreError(
-            f'database "{to_db}" on {srv.conn.where.split("/")[0]} is not empty ({n} relations)',
-            hint="restore into a new database name, or add --clean to drop and recreate it",
-        )
-    return "replace" if n else "empty"
-
-
-def _admin_db(to_db: str) -> str:
-    return "postgres" if to_db != "postgres" else "template1"
-
-
-def _create(srv: Server, to_db: str) -> None:
-    psql(srv.psql, srv.conn, f"create database {_ident(to_db)}", db=_admin_db(to_db))
-
-
-def _drop(srv: Server, to_db: str) -> None:
-    psql(srv.psql, srv.conn, f"drop database if exists {_ident(to_db)} with (force)", db=_admin_db(to_db))
 
 
 def restore_datadir(
