@@ -73,7 +73,7 @@ def _physical(cfg: Config, major: int, conn: Conn, tmp: Path, dest: Path, rep: R
     verifier = pg_basebackup.sibling("pg_verifybackup") or tool("pg_verifybackup", cfg, major).path
     scratch = tmp_name(dest / "verify")
     try:
-        physical.verify(verifier, tmp, scratch)
+        physical.verify(verifier, tmp, physical.backup_files(tmp), scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -135,7 +135,7 @@ def _physical_drill(cfg: Config, rec: BackupRecord, rep: Reporter, offsite: bool
     try:
         try:
             restore_datadir(cfg, rec.id, data, start=True, port=port, reporter=rep, from_offsite=offsite,
-                            identity=identity)  # fmt: skip
+                            identity=identity, socket_dir=work / "sock")  # fmt: skip
         except Exception as exc:
             res.differences.append(f"the throwaway server did not start: {exc}")
             return res

@@ -22,7 +22,7 @@ from ..pg.dump import run_restore
 from ..store import manifest
 from ..store.manifest import BackupRecord, Manifest
 from . import chain
-from .common import Reporter, SilentReporter, major_of, server_for, tool
+from .common import Reporter, SilentReporter, major_of, record_files, server_for, tool
 from .verify import check_record, resolve
 
 
@@ -132,6 +132,7 @@ def _need_physical(rec: BackupRecord) -> None:
 def restore_datadir(
     cfg: Config, ref: str, datadir: Path, *, start: bool = False, port: int | None = None,
     reporter: Reporter | None = None, from_offsite: bool = False, identity: Path | None = None,
+    socket_dir: Path | None = None,
 ) -> RestoreResult:  # fmt: skip
     """Lay out a physical backup (from here, or from the offsite copy alone) as a data directory,
     refusing a non-empty one; with start, start a server on it (PostgreSQL replays the WAL, as after
@@ -142,8 +143,11 @@ def restore_datadir(
 
     rep = reporter or SilentReporter()
     t0 = time.monotonic()
-    if datadir.exists() and any(datadir.iterdir()):
-        raise RestoreError(f"{datadir} is not empty; a data directory is only laid out in an empty folder")
+    for d in (datadir, physical.tablespace_root(datadir)):
+        if d.exists() and any(d.iterdir()):
+            raise RestoreError(
+                f"{d} is not empty; a data directory (and its tablespaces) is only laid out in an empty folder"
+            )
     work: Path | None = None
     try:
         if from_offsite:
@@ -168,7 +172,7 @@ def restore_datadir(
         rep.info(f"laying out {rec.id} in {datadir}")
         existed = datadir.exists()
         try:
-            physical.extract(backup, datadir)
+            physical.extract(backup, record_files(rec), datadir)
         except BaseException:  # never leave half a data directory that could be taken for a good one
             if existed:
                 for p in datadir.iterdir():
@@ -188,5 +192,6 @@ def restore_datadir(
             raise RestoreError(f"starting needs PostgreSQL {major_of(rec.server_version)}; found {pg_ctl.version}")
         port = port or free_port()
         rep.info(f"starting PostgreSQL {pg_ctl.version} on port {port}; it recovers like after a crash")
-        physical.start(pg_ctl.path, datadir, port)
+        sock = physical.start(pg_ctl.path, datadir, port, socket_dir)
+        rep.info(f"the server listens on 127.0.0.1:{port} and in {sock} (a throwaway's settings: see README)")
     return RestoreResult(rec, str(datadir), True, time.monotonic() - t0, "offsite" if from_offsite else "slot")

@@ -13,7 +13,7 @@ from ..pg.dump import validate
 from ..pg.tools import find
 from ..store import manifest
 from ..store.manifest import BackupRecord
-from .common import major_of
+from .common import major_of, record_files
 
 
 @dataclass
@@ -51,7 +51,7 @@ def check_record(dest: Path, rec: BackupRecord, pg_bin: str = "", structure: boo
                 from ..pg import physical
 
                 verifier = find("pg_verifybackup", pg_bin, min_major=major_of(rec.pg_dump_version)).path
-                physical.verify(verifier, slot, tmp_name(dest / "verify"))
+                physical.verify(verifier, slot, record_files(rec), tmp_name(dest / "verify"))
                 return res
             pg_restore = find("pg_restore", pg_bin, min_major=major_of(rec.pg_dump_version)).path
             validate(pg_restore, slot, rec.format)
