@@ -6,6 +6,7 @@ server, the real deltadump command line."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import json
@@ -99,11 +100,11 @@ GOOD = [(_info("PG_VERSION"), b"15\n"), (_info("global", tarfile.DIRTYPE, 0o700)
                 (_info("escape/pwned"), b"x"),
             ],
             id="relative-symlink-escape",
-        ),  # fmt: skip
+        ),
         pytest.param(
             lambda out: [(_info("escape", tarfile.SYMTYPE, link=str(out)), None), (_info("escape/pwned"), b"x")],
             id="absolute-symlink",
-        ),  # fmt: skip
+        ),
         pytest.param(lambda out: [(_info("passwd", tarfile.LNKTYPE, link="/etc/passwd"), None)], id="hardlink-out"),
         pytest.param(lambda out: [(_info("null", tarfile.CHRTYPE), None)], id="device"),
         pytest.param(lambda out: [(_info("fifo", tarfile.FIFOTYPE), None)], id="fifo"),
@@ -382,10 +383,8 @@ def _cmdlines() -> list[bytes]:
     out = []
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
-            try:
+            with contextlib.suppress(OSError):
                 out.append((d / "cmdline").read_bytes())
-            except OSError:
-                pass
     return out
 
 
@@ -710,7 +709,10 @@ def test_embedded_server_refuses_another_local_user(tmp: Path) -> None:
               f"open({str(info)!r}, 'w').write(json.dumps({{'port': s.port, 'sock': str(s.sock), 'pw': s.password}}))\n"
               "sys.stdin.read()\ns.remove()\n")  # fmt: skip
     python = "/usr/bin/python3"  # the system's: the test's own interpreter may sit in a folder only root can read
-    env = {**os.environ, "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}  # (root's own folders are not the owner's)
+    env = {
+        **os.environ,
+        "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+    }  # (root's own folders are not the owner's)
     proc = subprocess.Popen([runuser, "-u", owner, "--", python, "-c", script],
                             stdin=subprocess.PIPE, cwd=top, env=env)  # fmt: skip
     try:

@@ -147,7 +147,8 @@ def test_notifications_on_failure_success_and_drill(
     # a failure: wrong database
     bad = write_config(tmp / "bad.toml", pg, pwfile, "no_such_db", dest)
     bad.write_text(
-        bad.read_text() + f'\n[notify]\nwebhook = "{hooks.url}"\nemail = ["a@b.c"]\nsmtp = "127.0.0.1:{ctl.port}"\ntls = "none"\n'
+        bad.read_text()
+        + f'\n[notify]\nwebhook = "{hooks.url}"\nemail = ["a@b.c"]\nsmtp = "127.0.0.1:{ctl.port}"\ntls = "none"\n'
     )
     assert cli("backup", "--config", bad).returncode == 1
     fail = hooks.posts[-1]
