@@ -145,6 +145,24 @@ def test_tar_modes_owners_hashes_and_unlisted_files(tmp: Path) -> None:
     assert not data.exists() or list(data.iterdir()) == []
 
 
+def test_a_server_is_not_started_on_tablespaces_outside_the_restore(tmp: Path) -> None:
+    from deltadump.errors import RestoreError
+
+    data = tmp / "data"
+    (data / "pg_tblspc").mkdir(parents=True)
+    (tmp / "data.tablespaces" / "16400").mkdir(parents=True)
+    (data / "pg_tblspc" / "16400").symlink_to(tmp / "data.tablespaces" / "16400")
+    (data / "tablespace_map").write_text(f"16400 {tmp / 'data.tablespaces' / '16400'}\n")
+    physical.check_confined(data)  # inside its own folder: fine
+    (data / "tablespace_map").write_text("16400 /var/lib/postgresql/live_space\n")
+    with pytest.raises(RestoreError, match="outside the restore"):
+        physical.check_confined(data)
+    (data / "tablespace_map").unlink()
+    (data / "pg_tblspc" / "16401").symlink_to(tmp / "data.tablespaces" / ".." / "..")
+    with pytest.raises(RestoreError, match="outside the restore"):
+        physical.check_confined(data)
+
+
 def test_verify_of_a_physical_backup_leaves_no_scratch(pg: LocalServer, pwfile: Path, maildb: str, tmp: Path) -> None:
     dest = tmp / "dest"
     dest.mkdir()
@@ -662,9 +680,10 @@ def test_after_command_from_a_hostile_working_folder(
     r = subprocess.run([str(deltadump), "backup", "--config", str(c)], cwd=evil, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     deadline = time.monotonic() + 30
-    while not where.exists() or not where.read_text():
+    while not (where.exists() and where.read_text()) and not marker.exists():
         seen.extend(_cmdlines())
         assert time.monotonic() < deadline, "the after-command did not run"
+    assert not marker.exists()  # nothing from the caller's working folder was imported
     rec = None
     while time.monotonic() < deadline and not (rec and rec.after and rec.after.exit_code is not None):
         seen.extend(_cmdlines())

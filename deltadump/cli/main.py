@@ -15,7 +15,7 @@ from rich.table import Table
 
 from .. import __version__
 from ..config import Config, config_path, load
-from ..errors import EXIT_FAILED, EXIT_USAGE, DeltadumpError
+from ..errors import EXIT_FAILED, EXIT_USAGE, DeltadumpError, redact
 from ..store import manifest
 from ..store.manifest import BackupRecord
 
@@ -40,7 +40,7 @@ class CliReporter:
 
     def info(self, msg: str) -> None:
         if not self.quiet:
-            err.print(msg)
+            err.print(redact(msg))
 
     def progress(self, label: str, done: int, total: int | None = None) -> None:
         if self.quiet or not self.tty:
@@ -316,7 +316,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     rep = CliReporter(args.quiet)
     with RunLock(cfg.dest, name="deltadump-scheduler.lock"):
         schedule.run_forever(cfg, lambda: backup_and_report(cfg, rep, wait=True), stop=lambda: stopping["flag"],
-                             log=lambda m: err.print(m, markup=False))  # fmt: skip
+                             log=lambda m: err.print(redact(m)))  # fmt: skip
     return 0
 
 
@@ -427,22 +427,22 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = args.func(args)
     except DeltadumpError as exc:
-        err.print(f"deltadump: error: {exc.message}", markup=False)
+        err.print(redact(f"deltadump: error: {exc.message}"))
         if verbose:
             if exc.hint:
-                err.print(f"hint: {exc.hint}", markup=False)
+                err.print(redact(f"hint: {exc.hint}"))
             if exc.detail:
-                err.print(exc.detail.rstrip(), markup=False)
+                err.print(redact(exc.detail.rstrip()))
             if exc.__cause__ is not None:
-                err.print(f"cause: {exc.__cause__!r}", markup=False)
+                err.print(redact(f"cause: {exc.__cause__!r}"))
         code = exc.exit_code
     except KeyboardInterrupt:
         err.print("deltadump: interrupted")
         code = 130
     except Exception as exc:  # a bug: one line, the traceback only with -v
-        err.print(f"deltadump: internal error: {type(exc).__name__}: {exc}", markup=False)
+        err.print(redact(f"deltadump: internal error: {type(exc).__name__}: {exc}"))
         if verbose:
-            err.print(traceback.format_exc(), markup=False)
+            err.print(redact(traceback.format_exc()))
         code = EXIT_FAILED
     sys.exit(code)
 
