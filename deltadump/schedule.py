@@ -259,5 +259,5 @@ WantedBy=timers.target
 def cron_line(cfg: Config, cfg_path: Path, user: str = "root") -> str:
     s = parse(cfg.schedule)
     tz = f"CRON_TZ={s.tz.key}\n" if s.tz else ""
-    # cron turns an unescaped % of the command into a newline (the rest becomes the command's stdin)
-    return f"{tz}{s.cron} {user} {command_line(cfg_path).replace('%', chr(92) + '%')}\n"
+    command = command_line(cfg_path).replace("%", "\\%")  # cron turns a bare % into a newline (and stdin)
+    return f"{tz}{s.cron} {user} {command}\n"

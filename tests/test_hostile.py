@@ -810,6 +810,13 @@ def test_tool_discovery_survives_odd_path_entries(monkeypatch: pytest.MonkeyPatc
     assert find_all("psql")
     monkeypatch.delenv("PATH")
     find_all("psql")  # no PATH at all: the package folders are still searched
+    # an entry the user may not read (root's private folder, as seen by nobody)
+    private = tmp / "private"
+    private.mkdir(mode=0o700)
+    script = f"import sys; sys.path.insert(0, {str(ROOT)!r})\nfrom deltadump.pg.tools import find_all\nprint(len(find_all('psql')))"
+    r = subprocess.run([require_tool("runuser"), "-u", "nobody", "--", "/usr/bin/python3", "-c", script],
+                       capture_output=True, text=True, cwd="/", env={"PATH": f"{private}:/usr/local/bin:/usr/bin:/bin"})  # fmt: skip
+    assert r.returncode == 0 and int(r.stdout) >= 1, r.stderr
 
 
 @pytest.mark.parametrize(
