@@ -200,6 +200,11 @@ def prod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         psql(pb, conn, "create database shop")
         psql(pb, conn, "create table orders tablespace outer_space as select g as id, md5(g::text) as note "
              "from generate_series(1, 5000) g", db="shop")  # fmt: skip
+        # an enabled subscription (to a publisher that is not there: its worker just retries)
+        psql(pb, conn, "create subscription prod_sub connection 'host=127.0.0.1 port=1 dbname=x' "
+             "publication p with (connect = false)", db="shop")  # fmt: skip
+        psql(pb, conn, "alter subscription prod_sub set (slot_name = 'prod_sub')", db="shop")
+        psql(pb, conn, "alter subscription prod_sub enable", db="shop")
         psql(pb, conn, "select pg_switch_wal()")
         pw = top / "pw"
         pw.write_text(server.password + "\n")
@@ -268,6 +273,9 @@ def test_throwaway_server_keeps_away_from_production(prod: dict[str, Any], outsi
             "listen_addresses": "127.0.0.1",
             "unix_socket_permissions": "0700",
         }
+        subs = "select subenabled, coalesce(subslotname::text, '-') from pg_subscription"
+        assert psql(pb, copy, subs) == [["f", "-"]]  # disabled, and production's slot left alone
+        assert psql(pb, server.conn("shop"), subs) == [["t", "prod_sub"]]  # production's own: untouched
         sock = Path(psql(pb, copy, "show unix_socket_directories")[0][0])
         assert sock.stat().st_mode & 0o777 == 0o700 and not str(sock).startswith(str(data))
         psql(pb, copy, "insert into orders select g, 'diverging' from generate_series(1, 20000) g")
@@ -416,11 +424,22 @@ def bigdb(pg: LocalServer) -> str:
     return name
 
 
+def _pgpass_files() -> set[str]:
+    """Every file or folder named like a passfile in the temporary folders."""
+    found = set()
+    for top in {tempfile.gettempdir(), "/tmp", "/dev/shm", "/var/tmp"}:
+        for root, dirs, names in os.walk(top):  # (other programs' folders may vanish meanwhile: skipped)
+            found |= {os.path.join(root, n) for n in dirs + names if "pgpass" in n}
+            if root.count(os.sep) - top.count(os.sep) >= 2:
+                dirs[:] = []
+    return found
+
+
 def test_passfile_names_the_server_and_never_touches_the_disk(
     pg: LocalServer, pwfile: Path, bigdb: str, dest: Path, tmp: Path
 ) -> None:
     c = write_config(tmp / "c.toml", pg, pwfile, bigdb, dest, compress=9)
-    before = {p.name for p in Path(tempfile.gettempdir()).iterdir()}
+    before = _pgpass_files()
     proc = subprocess.Popen([sys.executable, "-m", "deltadump.cli.main", "backup", "--config", str(c)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     line = b""
@@ -451,13 +470,7 @@ def test_passfile_names_the_server_and_never_touches_the_disk(
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    left = [n for n in {p.name for p in Path(tempfile.gettempdir()).iterdir()} - before if "pgpass" in n]
-    for top in {tempfile.gettempdir(), "/tmp", "/dev/shm", "/var/tmp"}:
-        for root, dirs, names in os.walk(top):  # (other programs' folders may vanish meanwhile: skipped)
-            left += [os.path.join(root, n) for n in dirs + names if "pgpass" in n]
-            if root.count(os.sep) - top.count(os.sep) >= 2:
-                dirs[:] = []
-    assert left == []
+    assert sorted(_pgpass_files() - before) == []  # nothing left by the killed run
 
 
 # --- secrets: one redaction for everything that leaves the process ---------------------------------------

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..config import Config
 from ..errors import DeltadumpError, IntegrityError, RestoreError
 from ..pg import database
-from ..pg.conn import check_dbname
+from ..pg.conn import Conn, check_dbname
 from ..pg.dump import run_restore
 from ..store import manifest
 from ..store.manifest import BackupRecord, Manifest
@@ -194,4 +194,16 @@ def restore_datadir(
         rep.info(f"starting PostgreSQL {pg_ctl.version} on port {port}; it recovers like after a crash")
         sock = physical.start(pg_ctl.path, datadir, port, socket_dir)
         rep.info(f"the server listens on 127.0.0.1:{port} and in {sock} (a throwaway's settings: see README)")
+        _disable_subscriptions(cfg, port, rep)
     return RestoreResult(rec, str(datadir), True, time.monotonic() - t0, "offsite" if from_offsite else "slot")
+
+
+def _disable_subscriptions(cfg: Config, port: int, rep: Reporter) -> None:
+    """The copy's subscriptions, disabled for good (this start already runs no apply worker)."""
+    conn = Conn.from_dsn(cfg.database.dsn, cfg.database.password_file)
+    conn.keywords.update(host="127.0.0.1", port=str(port))
+    try:
+        for name in database.disable_subscriptions(conn):
+            rep.info(f"subscription {name} disabled on the copy (slot detached)")
+    except DeltadumpError as exc:
+        rep.info(f"warning: {exc.message}; they stay idle while this server runs (max_logical_replication_workers=0)")

@@ -1,5 +1,7 @@
 """Connections: a DSN becomes libpq environment variables (never command-line arguments, so no
-password is ever visible in a process list), plus psql queries and error classification."""
+password is ever visible in a process list), the password a passfile in memory that names exactly
+this server, database and user; database names that are plain names (never connection strings);
+psql queries and error classification."""
 
 from __future__ import annotations
 
@@ -145,8 +147,8 @@ def _default_user() -> str:
 
 def _private_fd(data: bytes) -> tuple[int, str]:
     """A file that never touches the disk and dies with the process (a memfd, 0600); its name as a
-    path another process can open: /proc/self/fd/N (valid in a child that inherits fd N).
-    Elsewhere than Linux: a 0600 file in a 0700 folder, removed at once after the child opens it."""
+    path another process can open: /proc/self/fd/N (valid in a child that inherits fd N, and in the
+    workers it forks: pg_dump and pg_restore -j open one connection per worker). Linux only."""
     fd = os.memfd_create("deltadump-pgpass", os.MFD_CLOEXEC)
     try:
         os.fchmod(fd, 0o600)  # libpq ignores a passfile readable by group or others

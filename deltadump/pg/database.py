@@ -148,3 +148,25 @@ def databases(conn: Conn) -> list[str]:
     rows = _run(conn, "postgres", "select datname from pg_catalog.pg_database where datallowconn "
                 "and not datistemplate order by 1")  # fmt: skip
     return [str(r[0]) for r in rows]
+
+
+def disable_subscriptions(conn: Conn) -> list[str]:
+    """On a restored copy: every subscription of every database disabled and detached from its
+    replication slot (slot_name = NONE), so that the copy, whatever it is started with later, never
+    applies changes from a publisher nor takes over production's slot. Returns db.subscription names."""
+    import psycopg
+    from psycopg import sql
+
+    done = []
+    for db in databases(conn):
+        try:
+            with psycopg.connect(**connect_kwargs(conn, db), autocommit=True) as c:
+                subs = c.execute("select subname from pg_catalog.pg_subscription s join pg_catalog.pg_database d "
+                                 "on d.oid = s.subdbid where d.datname = current_database()").fetchall()  # fmt: skip
+                for (name,) in subs:
+                    c.execute(sql.SQL("alter subscription {} disable").format(sql.Identifier(name)))
+                    c.execute(sql.SQL("alter subscription {} set (slot_name = none)").format(sql.Identifier(name)))
+                    done.append(f"{db}.{name}")
+        except psycopg.Error as exc:
+            raise DatabaseError(f"could not disable the subscriptions of {db!r} on the copy: {exc}") from exc
+    return done
