@@ -70,7 +70,7 @@ def files_of(root: Path) -> dict[str, tuple[int, int]]:
 
 
 def _tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> str:
-    with tarfile.open(path, "w") as t:
+    with tarfile.open(path, "w:gz" if path.name.endswith(".gz") else "w") as t:
         for info, data in members:
             if data is not None:
                 info.size = len(data)
@@ -138,6 +138,11 @@ def test_tar_modes_owners_hashes_and_unlisted_files(tmp: Path) -> None:
     assert (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid())  # owners never taken from the tar
     assert os.readlink(data / "lnk") == "global"
     assert not Path("/tmp/deltadump-unlisted-pwned").exists() and not (data / "pg_wal").exists()
+    # compressed (pg_basebackup --compress): the same, the hash being the compressed file's
+    gz = tmp / "gz"
+    gz.mkdir()
+    physical.extract(gz, {"base.tar.gz": _tar(gz / "base.tar.gz", [*GOOD, (suid, b"#!/bin/sh\n")])}, tmp / "data2")
+    assert (tmp / "data2" / "bin").stat().st_mode & 0o7777 == 0o755
     # a content that does not match the recorded sha256: refused, and what was laid out removed
     shutil.rmtree(data)
     with pytest.raises(IntegrityError, match="sha256 mismatch"):

@@ -28,10 +28,12 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import zlib
 from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import DumpError, IntegrityError, RestoreError
+from ..fsio import storage_error
 from ..naming import check_relpath
 from .conn import Conn, classify
 from .dump import Progress, _signame, run_watched
@@ -142,6 +144,8 @@ class _Layout:
         if m.issym() or m.islnk():
             self._parents(m, name)
             path = self._target(m, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                raise self._refuse(m, "a link over an existing folder")
             if m.issym():
                 if os.path.isabs(m.linkname):
                     raise self._refuse(m, "a link to an absolute path")
@@ -185,10 +189,12 @@ def extract_tar(tar: Path, sha256: str | None, root: Path) -> None:
             with tarfile.open(fileobj=src, mode="r|*") as t:  # type: ignore[call-overload]
                 for m in t:
                     layout.add(t, m)
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            if isinstance(exc, OSError) and exc.filename:
-                raise
+        except (tarfile.TarError, EOFError, zlib.error) as exc:
             raise IntegrityError(f"{tar.name} is not a readable tar file: {exc}") from exc
+        except OSError as exc:  # writing the layout (a full disk...), or a gzip stream that is not one
+            if exc.filename is None and not isinstance(exc, PermissionError):
+                raise IntegrityError(f"{tar.name} is not a readable tar file: {exc}") from exc
+            raise storage_error(exc, Path(exc.filename or root), "laying out") from exc
         digest = src.drain()
     if sha256 is not None and digest != sha256:
         raise IntegrityError(f"{tar.name}: sha256 mismatch (content changed or corrupt); nothing laid out")
