@@ -532,7 +532,7 @@ class Mailbox:
     """A real SMTP server (aiosmtpd) offering STARTTLS with a self-signed certificate; logins are
     accepted over TLS only, for one user and password."""
 
-    def __init__(self, folder: Path, user: str = "", password: str = "") -> None:
+    def __init__(self, folder: Path, user: str = "", password: str = "", *, smtps: bool = False) -> None:
         from aiosmtpd.controller import Controller
         from aiosmtpd.smtp import AuthResult
 
@@ -552,8 +552,9 @@ class Mailbox:
             box.logins.append((data.login, data.password))
             return AuthResult(success=(data.login, data.password) == (user.encode(), password.encode()))
 
-        self.ctl = Controller(Handler(), hostname="127.0.0.1", port=free_port(), tls_context=ctx,
-                              authenticator=auth, auth_require_tls=True)  # fmt: skip
+        tls: dict[str, Any] = {"ssl_context": ctx} if smtps else {"tls_context": ctx}
+        self.ctl = Controller(Handler(), hostname="127.0.0.1", port=free_port(), authenticator=auth,
+                              auth_require_tls=True, **tls)  # fmt: skip
         self.ctl.start()
         self.port = self.ctl.port
 
@@ -582,6 +583,17 @@ def test_smtp_tls_is_verified_by_default(pg: LocalServer, pwfile: Path, maildb: 
         r = cli("backup", "--config", c)
         assert r.returncode == 0 and "notification failed" not in r.stderr, r.stderr
         assert len(box.messages) == 2
+    finally:
+        box.close()
+    box = Mailbox(tmp, smtps=True)  # TLS from the first byte (port 465 style)
+    try:
+        notify = f'\n[notify]\nemail = ["admin@example.com"]\nsmtp = "127.0.0.1:{box.port}"\non = ["success"]\n'
+        c.write_text(base.split("\n[notify]")[0] + notify + 'tls = "smtps"\n')
+        r = cli("backup", "--config", c)
+        assert "certificate" in r.stderr and box.messages == []
+        c.write_text(c.read_text() + f'ca_file = "{box.cert}"\n')
+        r = cli("backup", "--config", c)
+        assert r.returncode == 0 and "notification failed" not in r.stderr and len(box.messages) == 1, r.stderr
     finally:
         box.close()
 
