@@ -355,16 +355,26 @@ def _chown_tree(paths: list[Path], user: str) -> None:
                 os.lchown(os.path.join(root, n), ent.pw_uid, ent.pw_gid)
 
 
+def socket_folder(datadir: Path) -> Path:
+    """Where a throwaway server on datadir puts its socket: the data directory itself (0700, the
+    server user's, gone with it) when its path is short enough for a socket and has no character that
+    unix_socket_directories would split or unquote; else a new private folder in the temporary folder."""
+    path = str(datadir.resolve())
+    if len(path) <= 80 and re.fullmatch(r"[A-Za-z0-9_./-]+", path):
+        return datadir
+    return Path(tempfile.mkdtemp(prefix="deltadump-sock-"))
+
+
 def start(pg_ctl: Path, datadir: Path, port: int, sock: Path | None = None) -> Path:
     """Start a throwaway server on a restored data directory (THROWAWAY settings, a private socket
-    folder: `sock`, else a new one in the temporary folder) and wait until it accepts connections;
-    returns the socket folder."""
+    folder: `sock`, else socket_folder()) and wait until it accepts connections; returns the socket
+    folder."""
     from .server import pg_ctl_start
 
     check_confined(datadir)
     user = run_as_user()
     if sock is None:
-        sock = Path(tempfile.mkdtemp(prefix="deltadump-sock-"))
+        sock = socket_folder(datadir)
     sock.mkdir(mode=0o700, exist_ok=True)
     sock.chmod(0o700)
     if user:
@@ -374,6 +384,7 @@ def start(pg_ctl: Path, datadir: Path, port: int, sock: Path | None = None) -> P
                        {"port": str(port), "unix_socket_directories": str(sock), **THROWAWAY})  # fmt: skip
     if res.returncode != 0:
         log = (datadir / "restore.log").read_text(errors="replace")[-400:] if (datadir / "restore.log").exists() else ""
-        shutil.rmtree(sock, ignore_errors=True)
+        if sock != datadir:
+            shutil.rmtree(sock, ignore_errors=True)
         raise RestoreError(f"the restored server did not start: {(res.stderr or res.stdout).strip()[-200:]} {log}")
     return sock
