@@ -207,7 +207,7 @@ def measure_restore(server: LocalServer, cfgp: Path, last_dump: Path, day: int, 
         ours.append(time.perf_counter() - t)
         if r.returncode != 0:
             raise SystemExit(r.stderr)
-        same = same and table_stats(pb, conn, "from_offsite") == table_stats(pb, conn, "mail")
+        same = same and table_stats(conn, "from_offsite") == table_stats(conn, "mail")
         psql(pb, conn, "create database plain_restore")
         serial.append(sh(server.bin / "pg_restore", "--dbname=plain_restore", last_dump, env=pgenv))
         psql(pb, conn, "create database plain_restore_j2")

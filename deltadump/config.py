@@ -195,7 +195,12 @@ class ScheduleConfig(_Model):
 class NotifyConfig(_Model):
     email: list[str] = []
     smtp: str = "localhost:25"
-    starttls: bool = False
+    # "starttls" (the default) or "smtps": TLS with the certificate and host name verified (against the
+    # system's CAs, or ca_file); "none": plain SMTP, allowed only without a login
+    tls: Literal["starttls", "smtps", "none"] | None = None
+    starttls: bool | None = None  # the older key: true = tls "starttls", false = tls "none"
+    tls_verify: bool = True  # false: encrypt without checking who answers (the explicit escape hatch)
+    ca_file: str = ""
     username: str = ""
     password_file: str = ""
     sender: str = ""
@@ -211,6 +216,27 @@ class NotifyConfig(_Model):
         if v and not v.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return v
+
+    @field_validator("webhook")
+    @classmethod
+    def _check_webhook(cls, v: str) -> str:
+        if v and not v.lower().startswith(("http://", "https://")):
+            raise ValueError("webhook must be an http:// or https:// URL")
+        return v
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> NotifyConfig:
+        if self.tls is not None and self.starttls is not None and (self.tls == "starttls") != self.starttls:
+            raise ValueError(f"starttls = {str(self.starttls).lower()} contradicts tls = {self.tls!r}; keep only tls")
+        if self.username and self.tls_mode == "none":
+            raise ValueError('an SMTP login (username) is refused without TLS: set tls = "starttls" or "smtps"')
+        return self
+
+    @property
+    def tls_mode(self) -> str:
+        if self.tls is not None:
+            return self.tls
+        return "none" if self.starttls is False else "starttls"
 
 
 class Config(_Model):
@@ -336,7 +362,16 @@ after_timeout = 3600
 
 
 def toml_str(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A TOML basic string holding exactly `s` (quotes, backslashes and control characters escaped)."""
+    out = []
+    for c in s:
+        if c in ('"', "\\"):
+            out.append("\\" + c)
+        elif ord(c) < 0x20 or ord(c) == 0x7F:
+            out.append(f"\\u{ord(c):04X}")
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'
 
 
 def render_template(dsn: str, dest: str) -> str:

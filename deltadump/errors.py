@@ -6,11 +6,51 @@ botocore) are translated where they are born, with the original chained. Only th
 
 from __future__ import annotations
 
+import re
+import threading
 from typing import ClassVar
+from urllib.parse import quote
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+
+
+# -- the one redaction of secrets from text that leaves the process -----------------------------------
+# Every error message is redacted when it is made; notifications, log lines and whatever the CLI prints
+# go through redact() again on the way out (a secret may have been registered in between).
+
+MASK = "***"
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+# scheme://user:PASSWORD@host (any scheme: postgresql, smtp, https...): the userinfo's password
+_URI_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^/@:\s'\"]*:)(?P<pw>[^@\s'\"]*)(?=@)")
+# password=VALUE in a libpq key=value string (quoted with '...' and backslash escapes, or a bare word),
+# and ?password=VALUE / &password=VALUE in a URI query
+_KW_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'?|[^\s&]*)", re.IGNORECASE)
+
+
+def register_secret(secret: str) -> None:
+    """A value to remove from everything that leaves the process from now on (a password read from a
+    file, an SMTP password...), in its plain and its URI-encoded forms."""
+    if not secret:
+        return
+    with _secrets_lock:
+        _secrets.update({secret, quote(secret, safe=""), quote(secret)})
+
+
+def redact(text: str) -> str:
+    """`text` without passwords: URI userinfo passwords, libpq `password=` values (quoted or not) and
+    every registered secret are replaced by ***."""
+    if not text:
+        return text
+    text = _URI_PASSWORD.sub(lambda m: m.group("head") + MASK, text)
+    text = _KW_PASSWORD.sub(lambda m: m.group("head") + MASK, text)
+    with _secrets_lock:
+        found = sorted((s for s in _secrets if s in text), key=len, reverse=True)
+    for s in found:
+        text = text.replace(s, MASK)
+    return text
 
 
 class DeltadumpError(Exception):
@@ -21,11 +61,12 @@ class DeltadumpError(Exception):
     transient: bool = False
 
     def __init__(self, message: str, *, hint: str | None = None, detail: str = "") -> None:
+        message = redact(message)
         super().__init__(message)
         self.message = message
         if hint is not None:
-            self.hint = hint
-        self.detail = detail
+            self.hint = redact(hint)
+        self.detail = redact(detail)
 
     def __str__(self) -> str:
         return self.message

@@ -3,6 +3,7 @@ foreground scheduler loop (`deltadump run`) with an injectable clock; systemd an
 
 from __future__ import annotations
 
+import re
 import shlex
 import sys
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from .config import Config, ScheduleConfig
-from .errors import ConfigError
+from .errors import ConfigError, UsageError
 
 FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12), ("day of week", 0, 7))
 DOW_NAMES = ("Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat")
@@ -207,6 +208,21 @@ def command_line(cfg_path: Path) -> str:
     return f"{prog} backup --config {shlex.quote(str(cfg_path.resolve()))} --wait -q"
 
 
+UNIT_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def unit_name(explicit: str | None, cfg_path: Path) -> str:
+    """The suffix of the unit or cron.d file names: `--name`, else the config file's name. Only
+    [A-Za-z0-9_-]: cron silently ignores files in /etc/cron.d whose name has a dot (or other
+    characters), so an explicit name with them is refused and a derived one has them replaced."""
+    if explicit is not None:
+        if not UNIT_NAME.fullmatch(explicit):
+            raise UsageError(f"--name {explicit!r}: use letters, digits, '-' and '_' only (cron ignores other names)")
+        return explicit
+    name = re.sub(r"[^A-Za-z0-9_-]", "-", cfg_path.stem).strip("-")
+    return name or "backup"
+
+
 def systemd_units(cfg: Config, cfg_path: Path, name: str) -> dict[str, str]:
     s = parse(cfg.schedule)
     service = f"""[Unit]
@@ -220,6 +236,9 @@ ExecStart={command_line(cfg_path)}
 # let a running backup finish or abort cleanly
 KillSignal=SIGTERM
 TimeoutStopSec=300
+# when the backup exits, only it is stopped: the after-command it started, detached, runs on to its
+# own after_timeout (the default, control-group, would kill it together with the backup)
+KillMode=process
 UMask=0077
 """
     timer = f"""[Unit]
@@ -239,4 +258,5 @@ WantedBy=timers.target
 def cron_line(cfg: Config, cfg_path: Path, user: str = "root") -> str:
     s = parse(cfg.schedule)
     tz = f"CRON_TZ={s.tz.key}\n" if s.tz else ""
-    return f"{tz}{s.cron} {user} {command_line(cfg_path)}\n"
+    command = command_line(cfg_path).replace("%", "\\%")  # cron turns a bare % into a newline (and stdin)
+    return f"{tz}{s.cron} {user} {command}\n"

@@ -35,7 +35,7 @@ def dest(tmp: Path) -> Path:
 
 
 def stats(pg: LocalServer, db: str) -> dict[str, tuple[int, str]]:
-    return table_stats(pg.psql_bin(), pg.conn(), db)
+    return table_stats(pg.conn(), db)
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +169,7 @@ def test_preflight_failures(
     db = change.get("db", maildb)
     if "password" in change:
         pw = tmp / "wrong.pw"
-        pw.write_text("wrong\n")
+        pw.write_text("not-the-password-42\n")  # (a password is redacted wherever it appears in a message)
     bad = write_config(tmp / "bad.toml", pg, pw, db, dest, name="DBBACK.DMP")
     if "port" in change:
         bad.write_text(bad.read_text().replace(f":{pg.port}/", f":{change['port']}/"))

@@ -94,10 +94,10 @@ def kill_everywhere(
     n_lost = 0
     snaps: dict[str, dict[str, tuple[int, str]]] = {}
     for bid in good_ids(c):
-        snaps[bid] = table_stats(pg.psql_bin(), pg.conn(), db)
+        snaps[bid] = table_stats(pg.conn(), db)
     while True:
         sample.mail_day(pg.psql_bin(), pg.conn(), db, day, new=5, words=10)
-        want = table_stats(pg.psql_bin(), pg.conn(), db)
+        want = table_stats(pg.conn(), db)
         before = listed(c)
         r = run(c, day, n)
         day += 1
@@ -115,14 +115,14 @@ def kill_everywhere(
         newest = after[0]
         target = f"k{n}_{os.getpid()}"
         restore(cfg, newest, target, reporter=SilentReporter())
-        assert table_stats(pg.psql_bin(), pg.conn(), target) == snaps[newest], f"kill at step {n}"
+        assert table_stats(pg.conn(), target) == snaps[newest], f"kill at step {n}"
         psql(pg.psql_bin(), pg.conn(), f"drop database {target}")
         # the next run completes whatever the killed one left, and leaves nothing behind
         sample.mail_day(pg.psql_bin(), pg.conn(), db, day, new=5, words=10)
         r = run(c, day)
         day += 1
         assert r.returncode == 0, f"the run after a kill at step {n} failed: {r.stderr}"
-        snaps[good_ids(c)[0]] = table_stats(pg.psql_bin(), pg.conn(), db)
+        snaps[good_ids(c)[0]] = table_stats(pg.conn(), db)
         assert leftovers(dest, remote) == [], f"after a kill at step {n}"
         n += 1
     return {"kill points": n - 1, "backups lost": n_lost}
@@ -184,7 +184,7 @@ def test_kill_a_backup_at_every_step(
         r = subprocess.run([sys.executable, "-m", "deltadump.cli.main", "restore", "--from", "offsite", "--to-db",
                             f"off_{offsite}", "--config", str(c)], capture_output=True, text=True)  # fmt: skip
         assert r.returncode == 0, r.stderr
-        assert table_stats(pg.psql_bin(), pg.conn(), f"off_{offsite}") == table_stats(pg.psql_bin(), pg.conn(), maildb)
+        assert table_stats(pg.conn(), f"off_{offsite}") == table_stats(pg.conn(), maildb)
 
 
 def test_kill_prune_and_restore_at_every_step(pg: LocalServer, pwfile: Path, maildb: str, tmp: Path) -> None:
@@ -197,7 +197,7 @@ def test_kill_prune_and_restore_at_every_step(pg: LocalServer, pwfile: Path, mai
     for day in range(2, 8):
         sample.mail_day(pg.psql_bin(), pg.conn(), maildb, day, new=5, words=10)
         assert run(c, day).returncode == 0
-    want = table_stats(pg.psql_bin(), pg.conn(), maildb)
+    want = table_stats(pg.conn(), maildb)
     c.write_text(c.read_text() + "\n[retention]\ndaily = 2\nweekly = 0\nmonthly = 0\n")
     figures = {"prune": 0, "restore": 0}
     for what, args in (("prune", ("prune",)), ("prune", ("prune", "--offsite")),
@@ -227,6 +227,6 @@ def test_kill_prune_and_restore_at_every_step(pg: LocalServer, pwfile: Path, mai
     assert leftovers(dest, remote) == []
     target = "after_kills"
     restore(load(c), "latest", target, reporter=SilentReporter())
-    assert table_stats(pg.psql_bin(), pg.conn(), target) != want  # day 10's data, not the older one
+    assert table_stats(pg.conn(), target) != want  # day 10's data, not the older one
     print(f"\nF06 prune and restore killed at every step: {figures}")
     assert figures["prune"] >= 4 and figures["restore"] >= 2

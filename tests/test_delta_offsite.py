@@ -44,7 +44,7 @@ def inline(d: dict[str, object]) -> str:
 
 
 def stats(pg: LocalServer, db: str) -> dict[str, tuple[int, str]]:
-    return table_stats(pg.psql_bin(), pg.conn(), db)
+    return table_stats(pg.conn(), db)
 
 
 def run_days(
@@ -248,7 +248,10 @@ def test_manual_recovery_with_standard_tools(
     psql(pg.psql_bin(), pg.conn(), "create database by_hand")
     with pg.conn("by_hand").env() as env:
         subprocess.run(
-            [str(pg.bin / "pg_restore"), "--exit-on-error", "--dbname=by_hand", str(cur)], env=env, check=True
+            [str(pg.bin / "pg_restore"), "--exit-on-error", "--dbname=by_hand", str(cur)],
+            env=env,
+            pass_fds=env.fds,  # the passfile is a memfd the child inherits
+            check=True,
         )
     assert stats(pg, "by_hand") == snaps[-1]
 

@@ -17,7 +17,6 @@ RANK = {
     "errors": 0,
     "clock": 0,
     "naming": 0,
-    "redact": 0,
     "fsio": 1,
     "rsync": 2,
     "targets": 2,

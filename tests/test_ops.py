@@ -137,7 +137,7 @@ def test_notifications_on_failure_success_and_drill(
     ctl, box = smtp  # type: ignore[misc]
     hooks = Hooks()
     c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest)
-    c.write_text(c.read_text() + f'\n[drill]\nevery = "1d"\n[notify]\nemail = ["admin@example.com"]\nsmtp = "127.0.0.1:{ctl.port}"\n'
+    c.write_text(c.read_text() + f'\n[drill]\nevery = "1d"\n[notify]\nemail = ["admin@example.com"]\nsmtp = "127.0.0.1:{ctl.port}"\ntls = "none"\n'
                  f'webhook = "{hooks.url}"\non = ["failure", "success", "drill"]\n')  # fmt: skip
     assert cli("backup", "--config", c).returncode == 0
     kinds = [(p["job"], p["status"]) for p in hooks.posts]
@@ -148,7 +148,8 @@ def test_notifications_on_failure_success_and_drill(
     # a failure: wrong database
     bad = write_config(tmp / "bad.toml", pg, pwfile, "no_such_db", dest)
     bad.write_text(
-        bad.read_text() + f'\n[notify]\nwebhook = "{hooks.url}"\nemail = ["a@b.c"]\nsmtp = "127.0.0.1:{ctl.port}"\n'
+        bad.read_text()
+        + f'\n[notify]\nwebhook = "{hooks.url}"\nemail = ["a@b.c"]\nsmtp = "127.0.0.1:{ctl.port}"\ntls = "none"\n'
     )
     assert cli("backup", "--config", bad).returncode == 1
     fail = hooks.posts[-1]
@@ -161,7 +162,7 @@ def test_unreachable_smtp_and_webhook_never_fail_the_backup(
     pg: LocalServer, pwfile: Path, maildb: str, dest: Path, tmp: Path
 ) -> None:
     c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest)
-    c.write_text(c.read_text() + f'\n[notify]\nemail = ["a@b.c"]\nsmtp = "127.0.0.1:{free_port()}"\n'
+    c.write_text(c.read_text() + f'\n[notify]\nemail = ["a@b.c"]\nsmtp = "127.0.0.1:{free_port()}"\ntls = "none"\n'
                  f'webhook = "http://127.0.0.1:{free_port()}/x"\non = ["success"]\ntimeout = 3\n')  # fmt: skip
     r = cli("backup", "--config", c)
     assert r.returncode == 0, r.stderr

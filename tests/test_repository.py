@@ -41,7 +41,7 @@ def add_sections(cfg: Path, **sections: dict[str, object]) -> Path:
 
 
 def stats(pg: LocalServer, db: str) -> dict[str, tuple[int, str]]:
-    return table_stats(pg.psql_bin(), pg.conn(), db)
+    return table_stats(pg.conn(), db)
 
 
 def db_exists(pg: LocalServer, db: str) -> bool:

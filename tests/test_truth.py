@@ -228,7 +228,7 @@ def test_an_unmounted_offsite_share_for_a_day(pg: LocalServer, pwfile: Path, mai
     assert code == 1 and st["offsite_stale"]
     (tmp / "share.unmounted").rename(remote)
     sample.mail_day(pg.psql_bin(), pg.conn(), maildb, 2, new=10, words=10)
-    want = table_stats(pg.psql_bin(), pg.conn(), maildb)
+    want = table_stats(pg.conn(), maildb)
     r = cli("backup", "--config", c, env={"DELTADUMP_NOW": DAYS[2]})
     assert r.returncode == 0, r.stderr
     assert missed in r.stderr and "skipped" in r.stderr  # the day that never got there is reported
@@ -236,7 +236,7 @@ def test_an_unmounted_offsite_share_for_a_day(pg: LocalServer, pwfile: Path, mai
     assert code == 0 and "is there" in str(st["offsite"])
     assert cli("verify", "--offsite", "--config", c).returncode == 0
     r = cli("restore", "--from", "offsite", "--to-db", "after_outage", "--config", c)
-    assert r.returncode == 0 and table_stats(pg.psql_bin(), pg.conn(), "after_outage") == want
+    assert r.returncode == 0 and table_stats(pg.conn(), "after_outage") == want
     # and it goes on: the next days are sent as usual
     sample.mail_day(pg.psql_bin(), pg.conn(), maildb, 3, new=10, words=10)
     assert cli("backup", "--config", c, env={"DELTADUMP_NOW": DAYS[3]}).returncode == 0
@@ -250,7 +250,7 @@ def test_a_clock_that_jumps_back_prunes_nothing_new(pg: LocalServer, pwfile: Pat
             "[delta]\nenabled = true\n[retention]\ndaily = 1\nweekly = 0\nmonthly = 0\nkeep_last = 1")  # fmt: skip
     backup(c, 10, pg, maildb)
     sample.mail_day(pg.psql_bin(), pg.conn(), maildb, 3, new=10, words=10)
-    want = table_stats(pg.psql_bin(), pg.conn(), maildb)
+    want = table_stats(pg.conn(), maildb)
     r = cli("backup", "--config", c, env={"DELTADUMP_NOW": DAYS[3]})  # the clock went back a week
     assert r.returncode == 0 and "clock went back" in r.stderr
     h = history(c)
@@ -259,4 +259,4 @@ def test_a_clock_that_jumps_back_prunes_nothing_new(pg: LocalServer, pwfile: Pat
     r = cli("prune", "--dry-run", "--json", "--config", c)
     assert next(d for d in json.loads(r.stdout) if d["id"] == newest.id)["keep"]
     assert cli("restore", "latest", "--to-db", "skewed", "--config", c).returncode == 0
-    assert table_stats(pg.psql_bin(), pg.conn(), "skewed") == want
+    assert table_stats(pg.conn(), "skewed") == want

@@ -17,7 +17,7 @@ from rich.text import Text
 
 from .. import __version__
 from ..config import Config, config_path, load
-from ..errors import EXIT_FAILED, EXIT_USAGE, DeltadumpError
+from ..errors import EXIT_FAILED, EXIT_USAGE, DeltadumpError, redact
 from ..store.records import BackupRecord, Note
 
 if TYPE_CHECKING:
@@ -25,8 +25,10 @@ if TYPE_CHECKING:
     from ..jobs.repo import LocalView
 
 _WIDTH = None if sys.stdout.isatty() else 160
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, width=_WIDTH, soft_wrap=_WIDTH is not None)
+# markup off: every string shown (table names, error messages, paths: read from a database, a record or
+# a command line) is printed literally, never taken for rich markup
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+out = Console(highlight=False, width=_WIDTH, soft_wrap=_WIDTH is not None, markup=False)
 
 
 class CliReporter:
@@ -40,7 +42,7 @@ class CliReporter:
 
     def info(self, msg: str) -> None:
         if not self.quiet:
-            err.print(msg)
+            err.print(redact(msg))
 
     def progress(self, label: str, done: int, total: int | None = None) -> None:
         if self.quiet or not self.tty:
@@ -240,7 +242,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         t.add_column(col)
     for name in sorted(set(res.source) | set(res.restored)):
         a, b = res.source.get(name), res.restored.get(name)
-        t.add_row(name, str(a[0]) if a else "-", str(b[0]) if b else "-", (a or b or ("", ""))[1][:16],
+        t.add_row(name, str(a[0]) if a else "-", str(b[0]) if b else "-", ((a or b or ("", ""))[1] or "")[:16],
                   "yes" if a == b else "NO")  # fmt: skip
     out.print(t)
     if res.ok:
@@ -350,7 +352,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         for t in s.next_runs(now(), 5):
             out.print(f"  {t.isoformat(timespec='minutes')}")
         return 0
-    name = args.name or cfg_path.stem
+    name = schedule.unit_name(args.name, cfg_path)
     if args.cron:
         target = Path(args.dir or "/etc/cron.d") / f"deltadump-{name}"
         text = schedule.cron_line(cfg, cfg_path)
@@ -396,7 +398,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     rep = CliReporter(args.quiet)
     with RunLock(cfg.dest, name="deltadump-scheduler.lock"):
         schedule.run_forever(cfg, lambda: backup_and_report(cfg, rep, wait=True), stop=lambda: stopping["flag"],
-                             log=lambda m: err.print(m, markup=False),
+                             log=lambda m: err.print(redact(m)),
                              last_success=lambda: _last_success(cfg))  # fmt: skip
     return 0
 
@@ -553,22 +555,22 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = args.func(args)
     except DeltadumpError as exc:
-        err.print(f"deltadump: error: {exc.message}", markup=False)
+        err.print(redact(f"deltadump: error: {exc.message}"))
         if verbose:
             if exc.hint:
-                err.print(f"hint: {exc.hint}", markup=False)
+                err.print(redact(f"hint: {exc.hint}"))
             if exc.detail:
-                err.print(exc.detail.rstrip(), markup=False)
+                err.print(redact(exc.detail.rstrip()))
             if exc.__cause__ is not None:
-                err.print(f"cause: {exc.__cause__!r}", markup=False)
+                err.print(redact(f"cause: {exc.__cause__!r}"))
         code = exc.exit_code
     except KeyboardInterrupt:
         err.print("deltadump: interrupted")
         code = 130
     except Exception as exc:  # a bug: one line, the traceback only with -v
-        err.print(f"deltadump: internal error: {type(exc).__name__}: {exc}", markup=False)
+        err.print(redact(f"deltadump: internal error: {type(exc).__name__}: {exc}"))
         if verbose:
-            err.print(traceback.format_exc(), markup=False)
+            err.print(redact(traceback.format_exc()))
         code = EXIT_FAILED
     sys.exit(code)
 

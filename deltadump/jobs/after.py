@@ -1,8 +1,12 @@
 """Runs a user's after-backup command, detached from the backup: output appended to the log in the
 backup folder, killed after its timeout, its exit code recorded as an "after" note in the repository
-(never the command's text, which may carry a token). Never fails a backup.
+(signed like every record; never the command's text). Never fails a backup.
 
-Started by jobs.backup as `python -m deltadump.jobs.after DEST ID TIMEOUT KEYFILE COMMAND`.
+Started by jobs.backup as `python -I -m deltadump.jobs.after DEST ID TIMEOUT KEYFILE` in the backup folder:
+isolated mode (neither the caller's working folder nor PYTHON* variables decide what gets imported),
+the command's text on stdin. The text (it may carry a token) is in no process's argv and in no log
+line: the runner hands it to /bin/sh as a script in a memfd (`/bin/sh /proc/self/fd/N`), and logs only
+the backup id, the start, the exit code and the duration; the command's own output goes to the log.
 """
 
 from __future__ import annotations
@@ -39,11 +43,15 @@ def substitute(command: str, path: Path) -> str:
 
 def start(cfg: Config, dest: Path, backup_id: str, path: Path, command: str, timeout: int) -> int:
     """Start the runner in its own session; returns its pid at once."""
-    key = cfg.signing_key_path
-    argv = [sys.executable, "-m", "deltadump.jobs.after", str(dest), backup_id, str(timeout), str(key or ""),
-            substitute(command, path)]  # fmt: skip
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, close_fds=True, env=child_env())  # fmt: skip
+    key = str(cfg.signing_key_path or "")
+    argv = [sys.executable, "-I", "-m", "deltadump.jobs.after", str(dest), backup_id, str(timeout), key]
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=dest, start_new_session=True, close_fds=True, env=child_env())  # fmt: skip
+    if proc.stdin is not None:  # always: it is a pipe
+        try:
+            proc.stdin.write(substitute(command, path).encode())
+        finally:
+            proc.stdin.close()
     return proc.pid
 
 
@@ -74,13 +82,18 @@ def _log(dest: Path, line: str) -> None:
 
 
 def run(dest: Path, backup_id: str, timeout: int, key: str, shell_command: str) -> int:
-    _log(dest, f"backup {backup_id}: after-command started")
+    script = os.memfd_create("deltadump-after", os.MFD_CLOEXEC)
+    os.write(script, shell_command.encode("utf-8", "surrogateescape"))
+    os.lseek(script, 0, os.SEEK_SET)
     fd = os.open(dest / LOG_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    t0 = time.monotonic()
     try:
-        proc = subprocess.Popen(["/bin/sh", "-c", shell_command], stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
-                                cwd=dest, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(["/bin/sh", f"/proc/self/fd/{script}"], stdin=subprocess.DEVNULL, stdout=fd,
+                                stderr=fd, cwd=dest, start_new_session=True, pass_fds=(script,))  # fmt: skip
     finally:
         os.close(fd)
+        os.close(script)
+    _log(dest, f"backup {backup_id}: after-command started (pid {proc.pid}, timeout {timeout} s)")
     error = ""
     try:
         code = proc.wait(timeout=timeout)
@@ -92,11 +105,16 @@ def run(dest: Path, backup_id: str, timeout: int, key: str, shell_command: str) 
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             code = proc.wait()
-    _log(dest, f"backup {backup_id}: after-command exited with {code}" + (f" ({error})" if error else ""))
+    took = time.monotonic() - t0
+    _log(
+        dest,
+        f"backup {backup_id}: after-command exited with {code} after {took:.1f} s" + (f" ({error})" if error else ""),
+    )
     _record(dest, backup_id, key, code, error)
     return code
 
 
 if __name__ == "__main__":
-    time.sleep(0)  # keep the module import-light: it runs detached after every backup
-    sys.exit(0 if run(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]) == 0 else 1)
+    # the command's text arrives on stdin (never in argv, where `ps` would show it)
+    text = sys.stdin.buffer.read().decode("utf-8", "surrogateescape")
+    sys.exit(0 if run(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4], text) == 0 else 1)

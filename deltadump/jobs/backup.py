@@ -99,7 +99,7 @@ def _physical(cfg: Config, major: int, conn: Conn, tmp: Path, dest: Path, rep: R
                             progress=lambda n: rep.progress("snapshot", n))  # fmt: skip
     verifier = pg_basebackup.sibling("pg_verifybackup") or tool("pg_verifybackup", cfg, major).path
     with work_folder(dest, "verify") as scratch:
-        physical.verify(verifier, tmp, scratch)
+        physical.verify(verifier, tmp, physical.backup_files(tmp), scratch / "v")
 
 
 def _remove(p: Path) -> None:
@@ -264,7 +264,7 @@ def _dump_and_commit(
 
 def _commit_failure(repo: Repository, fields: dict[str, Any], error: str, seconds: float) -> None:
     """Record a failed run (best effort: a broken repository must not hide the original error)."""
-    from ..redact import redact
+    from ..errors import redact
 
     names = ("id", "started", "format", "compress", "path", "database", "server_version", "pg_dump_version")
     keep: dict[str, Any] = {k: fields[k] for k in names if k in fields}
@@ -273,10 +273,21 @@ def _commit_failure(repo: Repository, fields: dict[str, Any], error: str, second
         repo.commit(Change(make=lambda n: [BackupRecord(repository=repo.id or "", number=n, **keep)]))
 
 
-def notify_body(cfg: Config, job: str, status: str, rec: BackupRecord | None, error: str = "") -> dict[str, object]:
-    from ..redact import redact
+def _where(cfg: Config) -> str:
+    """The configured database as host:port/db and role (never the dsn itself: it may hold a password,
+    or fail to parse around one)."""
+    from ..pg.conn import Conn
 
-    where = rec.database if rec else redact(cfg.database.dsn)
+    try:
+        return Conn.from_dsn(cfg.database.dsn).where
+    except DeltadumpError:
+        return "the configured database (its dsn could not be read)"
+
+
+def notify_body(cfg: Config, job: str, status: str, rec: BackupRecord | None, error: str = "") -> dict[str, object]:
+    from ..errors import redact
+
+    where = rec.database if rec else _where(cfg)
     body: dict[str, object] = {"job": job, "status": status, "database": where, "error": redact(error)}
     if rec is not None:
         body.update(id=rec.id, size=rec.size, duration=rec.duration, path=str(cfg.dest / rec.path) if rec.path else "")

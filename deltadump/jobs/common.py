@@ -6,7 +6,7 @@ import contextlib
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 from ..config import Config
@@ -14,6 +14,7 @@ from ..errors import StorageError
 from ..fsio import storage_error, tmp_name
 from ..pg.conn import Conn, psql
 from ..pg.tools import Tool, find, which_any
+from ..store.records import BackupRecord
 
 
 class Reporter(Protocol):
@@ -77,6 +78,11 @@ def check_dest(dest: Path) -> None:
     finally:
         with contextlib.suppress(OSError):
             probe.unlink()
+
+
+def record_files(rec: BackupRecord) -> dict[str, str | None]:
+    """A backup's files as recorded, by their name inside its folder -> sha256 (physical backups)."""
+    return {PurePosixPath(f.path).relative_to(rec.path).as_posix(): f.sha256 for f in rec.files}
 
 
 def major_of(version: str) -> int:

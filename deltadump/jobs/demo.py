@@ -43,8 +43,8 @@ class DemoResult:
     server_bin: str
     days: list[DemoDay] = field(default_factory=list)
     drill: DrillResult | None = None
-    source: dict[str, tuple[int, str]] = field(default_factory=dict)
-    restored: dict[str, tuple[int, str]] = field(default_factory=dict)
+    source: dict[str, tuple[int, str | None]] = field(default_factory=dict)
+    restored: dict[str, tuple[int, str | None]] = field(default_factory=dict)
     workdir: str = ""
 
     @property
@@ -110,8 +110,8 @@ def run_demo(
         dest.rename(aside)  # from here on, only the offsite copy exists
         reporter.info(f"the local backup folder is set aside; restoring the latest backup from {offsite} alone")
         restore(cfg, "latest", "mail_from_offsite", reporter=reporter, from_offsite=True)
-        res.source = table_stats(psql_bin, server.conn(), "mail")
-        res.restored = table_stats(psql_bin, server.conn(), "mail_from_offsite")
+        res.source = table_stats(server.conn(), "mail")
+        res.restored = table_stats(server.conn(), "mail_from_offsite")
         return res
     finally:
         if old_now is None:

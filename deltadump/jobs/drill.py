@@ -11,10 +11,9 @@ from pathlib import Path
 
 from ..clock import now
 from ..config import Config
-from ..errors import DeltadumpError, RestoreError
-from ..pg.conn import psql
+from ..errors import DeltadumpError, RestoreError, redact
+from ..pg import database
 from ..pg.inspect import table_stats
-from ..redact import redact
 from ..store.records import BackupRecord, Note
 from ..store.repository import Change
 from .common import Reporter, SilentReporter, server_for
@@ -33,7 +32,7 @@ class DrillResult:
         return not self.differences
 
 
-def compare(want: dict[str, tuple[int, str | None]], got: dict[str, tuple[int, str]]) -> DrillResult:
+def compare(want: dict[str, tuple[int, str | None]], got: dict[str, tuple[int, str | None]]) -> DrillResult:
     res = DrillResult(backup=None)  # type: ignore[arg-type]
     for t in sorted(set(want) | set(got)):
         w, g = want.get(t), got.get(t)
@@ -85,11 +84,10 @@ def drill(
         if before_compare is not None:
             before_compare(db)
         want_checksums = any(v[1] is not None for v in want.values())
-        got = table_stats(srv.psql, srv.conn, db) if want_checksums else _counts(srv.psql, srv.conn, db)
-        res = compare(want, got)
+        res = compare(want, table_stats(srv.conn, db, checksums=want_checksums))
     finally:
         try:
-            psql(srv.psql, srv.conn, f'drop database if exists "{db}" with (force)', db="postgres")
+            database.drop(srv.conn, db)
         except Exception as exc:  # report, but keep the drill's own verdict
             rep.info(f"could not drop the drill database {db}: {exc}")
     res.backup = rec
@@ -147,15 +145,15 @@ def _physical_drill(
     try:
         try:
             restore_datadir(cfg, rec.id, data, start=True, port=port, reporter=rep, from_offsite=offsite,
-                            identity=identity, trust=trust, allow_older=allow_older)  # fmt: skip
+                            identity=identity, trust=trust, allow_older=allow_older,
+                            socket_dir=work / "sock")  # fmt: skip
         except Exception as exc:
             res.differences.append(f"the throwaway server did not start: {exc}")
             return res
-        dbs = [r[0] for r in psql(srv.psql, conn, "select datname from pg_database where datallowconn "
-                                  "and not datistemplate order by 1")]  # fmt: skip
+        dbs = database.databases(conn)
         for db in dbs:
             try:
-                for table, (rows, _) in sorted(_counts(srv.psql, conn, db).items()):
+                for table, (rows, _) in sorted(table_stats(conn, db, checksums=False).items()):
                     res.rows.append((f"{db}: {table}", None, rows, "answers"))
             except Exception as exc:
                 res.rows.append((db, None, None, "FAILED"))
@@ -169,13 +167,3 @@ def _physical_drill(
         subprocess.run(["runuser", "-u", user, "--", *argv] if user else argv, capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
     return res
-
-
-def _counts(psql_bin: Path, conn: object, db: str) -> dict[str, tuple[int, str]]:
-    from ..pg.inspect import user_tables
-
-    tables = user_tables(psql_bin, conn, db)  # type: ignore[arg-type]
-    if not tables:
-        return {}
-    sql = " union all ".join(f"select '{t.replace(chr(39), chr(39) * 2)}', count(*) from only {t}" for t in tables)
-    return {r[0]: (int(r[1]), "") for r in psql(psql_bin, conn, sql, db=db)}  # type: ignore[arg-type]

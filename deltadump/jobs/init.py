@@ -7,7 +7,7 @@ import os
 import tomllib
 from pathlib import Path
 
-from ..config import parse, render_template
+from ..config import parse, render_template, toml_str
 from ..errors import ConfigError
 from ..fsio import storage_error
 from ..store.keys import create_secret, load_secret
@@ -20,7 +20,8 @@ def init(path: Path, dsn: str, dest: str, password_file: str = "") -> tuple[str,
         raise ConfigError(f"config file {path} already exists; not overwriting it", hint="edit it, or remove it first")
     text = render_template(dsn, str(Path(dest).expanduser().resolve()))
     if password_file:
-        text = text.replace('# password_file = "/etc/deltadump/db.password"', f'password_file = "{password_file}"')
+        line = f"password_file = {toml_str(password_file)}"  # quotes and backslashes escaped
+        text = text.replace('# password_file = "/etc/deltadump/db.password"', line)
     cfg = parse(tomllib.loads(text), path)  # the template itself must be a valid config
     srv = connect(cfg.database.dsn, cfg.database.password_file)
     check_dest(cfg.dest)

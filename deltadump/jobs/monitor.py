@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING
 from .. import notify
 from ..clock import now
 from ..config import Config, parse_duration
-from ..errors import DeltadumpError
+from ..errors import DeltadumpError, redact
 from ..fsio import write_bytes_atomic
-from ..redact import redact
 from ..store.records import BackupRecord, Note
 from .common import Reporter
 

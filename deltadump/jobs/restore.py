@@ -23,22 +23,17 @@ from pathlib import Path
 
 from ..config import Config
 from ..errors import DeltadumpError, IntegrityError, RestoreError
-from ..fsio import open_under, work_folder
-from ..pg.conn import psql
+from ..fsio import checkpoint, open_under, work_folder
+from ..pg import database
+from ..pg.conn import Conn, check_dbname
 from ..pg.dump import run_restore
 from ..store.records import BackupRecord
 from ..store.repository import Repository
 from ..store.resolve import resolve
 from . import chain
-from .common import Reporter, Server, SilentReporter, major_of, server_for, tool
+from .common import Reporter, SilentReporter, major_of, record_files, server_for, tool
 from .repo import LocalView, file_location, local_view, open_local, reading, slot_location
 from .verify import check_slot, hash_fd
-
-NONEMPTY_SQL = """
-select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace
-where n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg_toast%'
-  and n.nspname not like 'pg_temp%'
-"""
 
 
 @dataclass
@@ -48,14 +43,6 @@ class RestoreResult:
     created: bool
     seconds: float
     source: str  # "slot", "chain" or "offsite"
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _lit(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
 
 
 @dataclass
@@ -179,10 +166,12 @@ def restore(
     t0 = time.monotonic()
     # the server and the target first: a wrong password or a non-empty database fails at once, not after
     # a long reconstruction; a new database is created meanwhile (and dropped if the backup fails)
+    check_dbname(to_db, "--to-db")  # before any connection: a connection string is refused, not followed
     srv = server_for(cfg, dsn)
-    state = _target_state(srv, to_db, clean)
+    state = database.target_state(srv.conn, to_db, clean)
+    into = database.side_name(to_db, "restore") if state == "replace" else to_db  # --clean: beside it, then swap
     pool = ThreadPoolExecutor(1, thread_name_prefix="createdb")
-    creating = pool.submit(_create, srv, to_db) if state == "absent" else None
+    creating = pool.submit(database.create, srv.conn, into) if state != "empty" else None
     try:
         with (
             open_source(cfg, rep, from_offsite=from_offsite, identity=identity, trust=trust,
@@ -192,22 +181,23 @@ def restore(
             rec = src.pick(ref, cfg.dest)
             rep.info(f"restoring backup {rec.id} (record {rec.number}, {rec.started.isoformat(timespec='seconds')})")
             with checked_dump(cfg, src, rec, work, rep) as (dump, source, fds):
+                checkpoint("dump checked")
                 if creating is not None:
                     creating.result()
-                elif state == "replace":
-                    rep.info(f'dropping and recreating database "{to_db}" (--clean)')
-                    _drop(srv, to_db)
-                    _create(srv, to_db)
                 created = state != "empty"
                 pg_restore = tool("pg_restore", cfg, max(srv.major, major_of(rec.pg_dump_version))).path
-                rep.info(f'restoring {rec.id} into database "{to_db}"')
-                run_restore(pg_restore, srv.psql, srv.conn.with_db(to_db), dump, rec.format, jobs=jobs,
+                rep.info(f'restoring {rec.id} into database "{into}"')
+                run_restore(pg_restore, srv.psql, srv.conn.with_db(into), dump, rec.format, jobs=jobs,
                             pass_fds=fds)  # fmt: skip
+                checkpoint("restored")
+        if into != to_db:
+            rep.info(f'replacing database "{to_db}" with the restored "{into}" (--clean)')
+            database.swap(srv.conn, into, to_db)
         return RestoreResult(rec, to_db, created, time.monotonic() - t0, source)
     except BaseException:
         if creating is not None and creating.exception() is None:
             with contextlib.suppress(DeltadumpError):
-                _drop(srv, to_db)  # the new, empty database of a restore that could not happen
+                database.drop(srv.conn, into)  # the new database of a restore that could not happen
         raise
     finally:
         pool.shutdown()
@@ -218,37 +208,10 @@ def _need_physical(rec: BackupRecord) -> None:
         raise RestoreError(f"backup {rec.id} is a logical dump: restore it with --to-db")
 
 
-def _target_state(srv: Server, to_db: str, clean: bool) -> str:
-    """'absent' (to create), 'empty' (restore into it) or 'replace' (non-empty, --clean: drop, create);
-    a non-empty database without --clean is refused."""
-    exists = psql(srv.psql, srv.conn, f"select 1 from pg_database where datname = {_lit(to_db)}", db=_admin_db(to_db))
-    if not exists:
-        return "absent"
-    n = int(psql(srv.psql, srv.conn, NONEMPTY_SQL, db=to_db)[0][0])
-    if n and not clean:
-        raise RestoreError(
-            f'database "{to_db}" on {srv.conn.where.split("/")[0]} is not empty ({n} relations)',
-            hint="restore into a new database name, or add --clean to drop and recreate it",
-        )
-    return "replace" if n else "empty"
-
-
-def _admin_db(to_db: str) -> str:
-    return "postgres" if to_db != "postgres" else "template1"
-
-
-def _create(srv: Server, to_db: str) -> None:
-    psql(srv.psql, srv.conn, f"create database {_ident(to_db)}", db=_admin_db(to_db))
-
-
-def _drop(srv: Server, to_db: str) -> None:
-    psql(srv.psql, srv.conn, f"drop database if exists {_ident(to_db)} with (force)", db=_admin_db(to_db))
-
-
 def restore_datadir(
     cfg: Config, ref: str, datadir: Path, *, start: bool = False, port: int | None = None,
     reporter: Reporter | None = None, from_offsite: bool = False, identity: Path | None = None,
-    trust: str | None = None, allow_older: bool = False,
+    trust: str | None = None, allow_older: bool = False, socket_dir: Path | None = None,
 ) -> RestoreResult:  # fmt: skip
     """Lay out a physical backup (from here, or from the offsite copy alone) as a data directory,
     refusing a non-empty one; with start, start a server on it (PostgreSQL replays the WAL, as after
@@ -259,8 +222,11 @@ def restore_datadir(
 
     rep = reporter or SilentReporter()
     t0 = time.monotonic()
-    if datadir.exists() and any(datadir.iterdir()):
-        raise RestoreError(f"{datadir} is not empty; a data directory is only laid out in an empty folder")
+    for d in (datadir, physical.tablespace_root(datadir)):
+        if d.exists() and any(d.iterdir()):
+            raise RestoreError(
+                f"{d} is not empty; a data directory (and its tablespaces) is only laid out in an empty folder"
+            )
     with open_source(cfg, rep, from_offsite=from_offsite, identity=identity, trust=trust,
                      allow_older=allow_older) as src:  # fmt: skip
         rec = src.pick(ref, cfg.dest)
@@ -275,15 +241,14 @@ def restore_datadir(
                 assert isinstance(off, Offsite)
                 rep.info(f"fetching {rec.id} from the offsite copy at {off.describe()}")
                 backup = off.fetch_full(rec, work)
+                files = record_files(rec)
             else:
-                problems = check_slot(src.repo, cfg.dest, rec, cfg.database.pg_bin, structure=False)
-                if problems:
-                    raise IntegrityError(f"backup {rec.id} is damaged: {problems[0]}")
-                backup = file_location(src.repo, cfg.dest, rec, rec.files[0]).parent
+                backup = slot_location(src.repo, cfg.dest, rec)
+                files = record_files(rec)  # each tar is hashed as it is laid out: what is read is what is checked
             rep.info(f"laying out {rec.id} in {datadir}")
             existed = datadir.exists()
             try:
-                physical.extract(backup, datadir)
+                physical.extract(backup, files, datadir)
             except BaseException:  # never leave half a data directory that could be taken for a good one
                 if existed:
                     for p in datadir.iterdir():
@@ -300,5 +265,18 @@ def restore_datadir(
             raise RestoreError(f"starting needs PostgreSQL {major_of(rec.server_version)}; found {pg_ctl.version}")
         port = port or free_port()
         rep.info(f"starting PostgreSQL {pg_ctl.version} on port {port}; it recovers like after a crash")
-        physical.start(pg_ctl.path, datadir, port)
+        sock = physical.start(pg_ctl.path, datadir, port, socket_dir)
+        rep.info(f"the server listens on 127.0.0.1:{port} and in {sock} (a throwaway's settings: see README)")
+        _disable_subscriptions(cfg, port, rep)
     return RestoreResult(rec, str(datadir), True, time.monotonic() - t0, "offsite" if from_offsite else "slot")
+
+
+def _disable_subscriptions(cfg: Config, port: int, rep: Reporter) -> None:
+    """The copy's subscriptions, disabled for good (this start already runs no apply worker)."""
+    conn = Conn.from_dsn(cfg.database.dsn, cfg.database.password_file)
+    conn.keywords.update(host="127.0.0.1", port=str(port))
+    try:
+        for name in database.disable_subscriptions(conn):
+            rep.info(f"subscription {name} disabled on the copy (slot detached)")
+    except DeltadumpError as exc:
+        rep.info(f"warning: {exc.message}; they stay idle while this server runs (max_logical_replication_workers=0)")

@@ -21,7 +21,7 @@ from ..store.records import BackupRecord, FileRecord
 from ..store.repository import Repository
 from ..store.resolve import resolve
 from . import chain
-from .common import Reporter, SilentReporter, major_of
+from .common import Reporter, SilentReporter, major_of, record_files
 from .repo import file_location, local_view, open_local, reading, slot_location
 
 
@@ -100,7 +100,7 @@ def check_slot(repo: Repository, dest: Path, rec: BackupRecord, pg_bin: str = ""
 
                 verifier = find("pg_verifybackup", pg_bin, min_major=major_of(rec.pg_dump_version)).path
                 with work_folder(dest, "verify") as scratch:
-                    physical.verify(verifier, slot, scratch)
+                    physical.verify(verifier, slot, record_files(rec), scratch / "v")
             else:
                 pg_restore = find("pg_restore", pg_bin, min_major=major_of(rec.pg_dump_version)).path
                 validate(pg_restore, slot, rec.format)

@@ -1,20 +1,20 @@
 """Connections: a DSN becomes libpq environment variables (never command-line arguments, so no
-password is ever visible in a process list), plus psql queries and error classification."""
+password is ever visible in a process list), the password a passfile in memory that names exactly
+this server, database and user; database names that are plain names (never connection strings);
+psql queries and error classification."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import re
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from ..errors import ConfigError, DatabaseError
+from ..errors import ConfigError, DatabaseError, UsageError, register_secret
 
 # libpq connection keywords -> environment variables (https://www.postgresql.org/docs/current/libpq-envars.html)
 ENV_OF = {
@@ -66,8 +66,11 @@ def parse_dsn(dsn: str) -> dict[str, str]:
             kw["dbname"] = unquote(u.path[1:])
         for k, v in parse_qsl(u.query, keep_blank_values=True):
             kw[k] = v
+        if "password" in kw:
+            register_secret(kw["password"])
         return kw
     kw = {}
+    key = ""
     i, n = 0, len(dsn)
     while i < n:
         while i < n and dsn[i].isspace():
@@ -75,8 +78,9 @@ def parse_dsn(dsn: str) -> dict[str, str]:
         if i >= n:
             break
         m = re.match(r"([A-Za-z_]+)\s*=\s*", dsn[i:])
-        if not m:
-            raise ConfigError(f"cannot parse dsn near {dsn[i : i + 20]!r}")
+        if not m:  # never echo the text: it may be part of a password
+            after = f" after {key!r}" if kw else ""
+            raise ConfigError(f"cannot parse dsn at character {i + 1}{after}: expected keyword=value")
         key = m.group(1)
         i += m.end()
         val = []
@@ -88,7 +92,7 @@ def parse_dsn(dsn: str) -> dict[str, str]:
                 val.append(dsn[i])
                 i += 1
             if i >= n:
-                raise ConfigError("unterminated quoted value in dsn")
+                raise ConfigError(f"unterminated quoted value of {key!r} in dsn")
             i += 1
         else:
             while i < n and not dsn[i].isspace():
@@ -97,7 +101,63 @@ def parse_dsn(dsn: str) -> dict[str, str]:
                 val.append(dsn[i])
                 i += 1
         kw[key] = "".join(val)
+    if "password" in kw:
+        register_secret(kw["password"])
     return kw
+
+
+URI_PREFIXES = ("postgresql://", "postgres://")
+
+
+def check_dbname(name: str, what: str = "database name") -> str:
+    """A plain database name, never a connection string: libpq expands a database name that contains
+    '=' or starts with postgresql:// (pg_restore --dbname, psql's argument) into connection
+    parameters, which could point anywhere (another server, the live database). UsageError (exit 2)."""
+    if not name or "=" in name or name.lower().startswith(URI_PREFIXES) or "\0" in name:
+        raise UsageError(
+            f"{what} {name!r} is not a plain database name",
+            hint="give the name alone; the server comes from the config's dsn (or --dsn)",
+        )
+    return name
+
+
+def conninfo_quote(value: str) -> str:
+    """A libpq key=value string's value, quoted so it is taken literally."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class Env(dict[str, str]):
+    """The environment of a libpq program, and the file descriptors it must inherit (pass_fds)."""
+
+    fds: tuple[int, ...] = ()
+
+
+def _passfile_field(v: str) -> str:
+    return v.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def _default_user() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return os.environ.get("USER", "")
+
+
+def _private_fd(data: bytes) -> tuple[int, str]:
+    """A file that never touches the disk and dies with the process (a memfd, 0600); its name as a
+    path another process can open: /proc/self/fd/N (valid in a child that inherits fd N, and in the
+    workers it forks: pg_dump and pg_restore -j open one connection per worker). Linux only."""
+    fd = os.memfd_create("deltadump-pgpass", os.MFD_CLOEXEC)
+    try:
+        os.fchmod(fd, 0o600)  # libpq ignores a passfile readable by group or others
+        os.write(fd, data)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, f"/proc/self/fd/{fd}"
 
 
 @dataclass
@@ -119,6 +179,40 @@ class Conn:
     def with_db(self, dbname: str) -> Conn:
         return Conn({**self.keywords, "dbname": dbname}, self.password_file, dict(self.extra_env))
 
+    def password(self) -> str | None:
+        """The password: password_file's first line, else the dsn's, else PGPASSWORD (registered for
+        redaction); None when libpq is to find one itself (~/.pgpass, PGPASSFILE) or none is needed."""
+        password = self.keywords.get("password")
+        if self.password_file:
+            try:
+                password = Path(self.password_file).expanduser().read_text().splitlines()[0]
+            except (OSError, IndexError) as exc:
+                raise ConfigError(f"cannot read password_file {self.password_file}: {exc}") from exc
+        if password is None:
+            password = self.extra_env.get("PGPASSWORD") or os.environ.get("PGPASSWORD")
+        if password is not None:
+            register_secret(password)
+        return password
+
+    def passfile_lines(self, password: str) -> bytes:
+        """One passfile line per host and port this connection may use, naming exactly that host,
+        port, database (and `replication`, for pg_basebackup's replication connection) and user."""
+        host = self.setting("host") or ""
+        hosts = host.split(",") if host else (self.setting("hostaddr") or "localhost").split(",")
+        ports = (self.setting("port") or "5432").split(",")
+        if len(ports) == 1:
+            ports = ports * len(hosts)
+        user = self.setting("user") or _default_user()
+        pw = _passfile_field(password)
+        lines = []
+        for h, p in zip(hosts, ports, strict=False):
+            names = [h, "localhost"] if h.startswith("/") else [h]  # libpq's default socket matches localhost
+            for name in names:
+                for db in dict.fromkeys((self.dbname, "replication")):
+                    fields = (name or "localhost", p or "5432", db, user)
+                    lines.append(":".join(_passfile_field(f) for f in fields) + f":{pw}\n")
+        return "".join(lines).encode()
+
     def setting(self, key: str) -> str | None:
         if key in self.keywords:
             return self.keywords[key]
@@ -137,37 +231,30 @@ class Conn:
         return f"{host}:{port}/{self.dbname} as {user}"
 
     @contextlib.contextmanager
-    def env(self) -> Iterator[dict[str, str]]:
-        """Environment for a libpq program. A password (from the dsn or password_file) goes into a
-        private temporary passfile, so it appears in no command line and no environment."""
-        env = dict(os.environ)
+    def env(self) -> Iterator[Env]:
+        """Environment for a libpq program. A password (password_file, the dsn's, PGPASSWORD) goes
+        into a passfile that names this connection's host, port, database and user, and that never
+        touches the disk: a memfd the child inherits (`fds`, to give as pass_fds) and libpq opens as
+        /proc/self/fd/N; it disappears with the last process holding it, even after a kill."""
+        env = Env(os.environ)
         env.update(self.extra_env)
-        password = self.keywords.get("password")
-        if self.password_file:
-            try:
-                password = Path(self.password_file).expanduser().read_text().splitlines()[0]
-            except (OSError, IndexError) as exc:
-                raise ConfigError(f"cannot read password_file {self.password_file}: {exc}") from exc
         for k, v in self.keywords.items():
             if k != "password":
                 env[ENV_OF[k]] = v
-        tmpdir = None
+        password = self.password()
+        fd = -1
         try:
             if password is not None:
                 env.pop("PGPASSWORD", None)
-                tmpdir = tempfile.mkdtemp(prefix="deltadump-pgpass-")
-                pf = Path(tmpdir) / "pgpass"
-                fd = os.open(pf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                esc = password.replace("\\", "\\\\").replace(":", "\\:")
-                os.write(fd, f"*:*:*:*:{esc}\n".encode())
-                os.close(fd)
-                env["PGPASSFILE"] = str(pf)
+                fd, path = _private_fd(self.passfile_lines(password))
+                env["PGPASSFILE"] = path
+                env.fds = (fd,)
             env.setdefault("PGCONNECT_TIMEOUT", "10")
             env["PGAPPNAME"] = env.get("PGAPPNAME", "deltadump")
             yield env
         finally:
-            if tmpdir:
-                shutil.rmtree(tmpdir, ignore_errors=True)
+            if fd >= 0:
+                os.close(fd)
 
 
 def classify(stderr: str, conn: Conn) -> DatabaseError:
@@ -215,6 +302,7 @@ def psql(psql_bin: Path, conn: Conn, sql: str, *, db: str | None = None, timeout
             res = subprocess.run(
                 [str(psql_bin), "-X", "-A", "-t", "-q", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-c", sql],
                 env=env,
+                pass_fds=env.fds,
                 capture_output=True,
                 text=True,
                 timeout=timeout,

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import DumpError, RestoreError
-from .conn import Conn, classify
+from .conn import Conn, classify, conninfo_quote
 
 FORMAT_FLAG = {"custom": "c", "directory": "d", "plain": "p", "tar": "t"}
 PLAIN_TRAILER = b"-- PostgreSQL database dump complete"
@@ -52,7 +52,7 @@ def run_watched(argv: list[str], conn: Conn, out: Path, progress: Progress | Non
     killed if we are interrupted. Returns (exit code, negative for a signal; stderr)."""
     with conn.env() as env:
         stop = threading.Event()
-        with subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        with subprocess.Popen(argv, env=env, pass_fds=env.fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE) as proc:  # fmt: skip
             t = threading.Thread(target=_watch, args=(proc, out, progress, stop), daemon=True)
             t.start()
@@ -161,7 +161,12 @@ def run_restore(
                 with (
                     gzip.open(archive, "rb") as src,
                     subprocess.Popen(
-                        argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+                        argv,
+                        env=env,
+                        pass_fds=env.fds,
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.PIPE,
                     ) as proc,
                 ):
                     stdin, stderr = proc.stdin, proc.stderr
@@ -178,17 +183,19 @@ def run_restore(
                     t.join()
                     rc, err = proc.returncode, b"".join(err_chunks).decode(errors="replace")
             else:
-                res = subprocess.run([*argv, "-f", str(archive)], env=env, capture_output=True, text=True,
-                                     stdin=subprocess.DEVNULL, pass_fds=fds)  # fmt: skip
+                res = subprocess.run([*argv, "-f", str(archive)], env=env, pass_fds=(*env.fds, *fds),
+                                     capture_output=True, text=True, stdin=subprocess.DEVNULL)  # fmt: skip
                 rc, err = res.returncode, res.stderr
         else:
-            argv = [str(pg_restore), "--exit-on-error", f"--dbname={conn.dbname}"]
+            # a connection string naming the database literally: a bare --dbname would be expanded
+            # by libpq if it contained '=' or started with postgresql://
+            argv = [str(pg_restore), "--exit-on-error", f"--dbname=dbname={conninfo_quote(conn.dbname)}"]
             if jobs > 1 and fmt in ("custom", "directory"):
                 argv.append(f"--jobs={jobs}")
             argv += [*(extra or []), str(archive)]
             t0 = time.monotonic()
-            res = subprocess.run(argv, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                                 pass_fds=fds)  # fmt: skip
+            res = subprocess.run(argv, env=env, pass_fds=(*env.fds, *fds), capture_output=True, text=True,
+                                 stdin=subprocess.DEVNULL)  # fmt: skip
             rc, err = res.returncode, res.stderr
             if progress:
                 progress(f"pg_restore finished in {time.monotonic() - t0:.1f} s")

@@ -1,36 +1,97 @@
 """Per-table row counts and content checksums, computed by the server (order-independent sums of
-row hashes, so no table is ever held in memory). Used by restore checks, drills and the demo."""
+row hashes, so no table is ever held in memory). The one definition of that measurement, used when a
+backup is taken (in the dump's own snapshot, pg/snapshot.py), by drills and by the demo.
+
+Table names come from the catalog and are data, never SQL: whoever can create a table chooses its
+name (tabs, newlines, quotes, `"; select lo_export(...)`...). They are read with psycopg as values and
+put back into queries only as `psycopg.sql.Identifier`; the record's key is the server's
+`format('%I.%I', schema, table)`, as in every record written so far. The queries run in a read-only
+transaction, with an empty search_path (only pg_catalog's functions and operators) and row security
+off (a policy's function never runs as us: the query fails instead)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import contextlib
+from collections.abc import Iterator
+from typing import Any
 
-from .conn import Conn, psql
+from ..errors import DatabaseError
+from .conn import Conn, classify
 
 TABLES_SQL = """
-select format('%I.%I', n.nspname, c.relname)
-from pg_class c join pg_namespace n on n.oid = c.relnamespace
+select n.nspname, c.relname, format('%I.%I', n.nspname, c.relname)
+from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
 where c.relkind in ('r', 'p') and n.nspname not in ('pg_catalog', 'information_schema')
-  and n.nspname not like 'pg_toast%' and n.nspname not like 'pg_temp%'
-order by 1
+  and n.nspname not like 'pg\\_toast%' and n.nspname not like 'pg\\_temp%'
+order by 3
 """
+# an order-independent sum of 60-bit slices of each row's md5: equal tables give equal sums
+CHECKSUM = "coalesce(sum(('x' || substr(md5(t::text), 1, 15))::bit(60)::bigint::numeric), 0)"
+
+Stats = dict[str, tuple[int, str | None]]
 
 
-def user_tables(psql_bin: Path, conn: Conn, db: str | None = None) -> list[str]:
-    return [r[0] for r in psql(psql_bin, conn, TABLES_SQL, db=db)]
+def harden(db: Any) -> None:
+    """Settings for queries over hostile catalog names, inside the current transaction."""
+    db.execute("set local search_path = ''")
+    db.execute("set local row_security = off")
 
 
-def table_stats(psql_bin: Path, conn: Conn, db: str | None = None) -> dict[str, tuple[int, str]]:
-    """{schema.table: (rows, checksum)} for every user table."""
-    tables = user_tables(psql_bin, conn, db)
-    if not tables:
-        return {}
-    from .snapshot import CHECKSUM
+def measure(db: Any, checksums: bool) -> Stats:
+    """{schema.table: (rows, checksum or None)} for every user table, on an open psycopg connection
+    (in the caller's transaction: the backup's exported snapshot, or a drill's read-only one)."""
+    from psycopg import sql
 
-    parts = [f"select {_lit(t)}, count(*), {CHECKSUM} from only {t} t" for t in tables]
-    rows = psql(psql_bin, conn, " union all ".join(parts), db=db, timeout=3600)
-    return {r[0]: (int(r[1]), r[2]) for r in rows}
+    harden(db)
+    out: Stats = {}
+    for schema, name, key in db.execute(TABLES_SQL).fetchall():
+        query = sql.SQL("select count(*), {} from only {} t").format(
+            sql.SQL(CHECKSUM) if checksums else sql.SQL("null"), sql.Identifier(schema, name)
+        )
+        rows, cs = db.execute(query).fetchone()
+        out[key] = (int(rows), None if cs is None else str(cs))
+    return out
 
 
-def _lit(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
+def connect_kwargs(conn: Conn, db: str | None = None) -> dict[str, Any]:
+    """psycopg.connect() arguments for conn: the password given as a parameter (it stays in this
+    process: no passfile, no environment), the database name as a value (never expanded)."""
+    kw: dict[str, Any] = {k: v for k, v in conn.keywords.items() if k != "password"}
+    if db is not None:
+        kw["dbname"] = db
+    password = conn.password()
+    if password is not None:
+        kw["password"] = password
+    kw.setdefault("connect_timeout", conn.setting("connect_timeout") or "10")
+    kw["application_name"] = "deltadump"
+    return kw
+
+
+@contextlib.contextmanager
+def session(conn: Conn, db: str | None = None) -> Iterator[Any]:
+    """A psycopg connection in a read-only, repeatable-read transaction (rolled back at the end)."""
+    import psycopg
+
+    try:
+        c = psycopg.connect(**connect_kwargs(conn, db), autocommit=False)
+    except psycopg.Error as exc:
+        raise classify(str(exc), conn.with_db(db) if db else conn) from exc
+    try:
+        c.execute("set transaction isolation level repeatable read, read only")
+        yield c
+    finally:
+        with contextlib.suppress(psycopg.Error):
+            c.rollback()
+        c.close()
+
+
+def table_stats(conn: Conn, db: str | None = None, *, checksums: bool = True) -> Stats:
+    """{schema.table: (rows, checksum)} for every user table of db (checksum None without checksums)."""
+    import psycopg
+
+    with session(conn, db) as c:
+        try:
+            return measure(c, checksums)
+        except psycopg.Error as exc:
+            where = (conn.with_db(db) if db else conn).where
+            raise DatabaseError(f"counting rows in {where} failed: {exc}") from exc

@@ -1,6 +1,10 @@
 """A private PostgreSQL server in a folder of its own: initdb + pg_ctl on a free port, run as an
 unprivileged user when we are root (the server refuses to run as root). Used by `deltadump demo`
 (the embedded default: with the pgserver package's binaries when no local ones exist) and by tests.
+
+Private: its folders are 0700 (socket folder included, and the socket itself 0700), it listens on
+127.0.0.1 only, and every connection, through the socket or TCP, needs the password (scram-sha-256):
+another local user can neither reach it nor become its superuser.
 """
 
 from __future__ import annotations
@@ -8,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import re
 import secrets
+import shlex
 import shutil
 import socket
 import subprocess
@@ -64,24 +70,29 @@ class LocalServer:
             raise DatabaseError(f"{what} failed: {(res.stderr or res.stdout).strip()[-400:]}")
 
     def start(self) -> LocalServer:
-        self.base.mkdir(parents=True, exist_ok=True)
-        self.sock.mkdir(exist_ok=True)
+        self.base.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.sock.mkdir(mode=0o700, exist_ok=True)
         pwfile = self.base / "pw"
-        pwfile.write_text(self.password + "\n")
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.password + "\n")
+        for p in (self.base, self.sock):
+            p.chmod(0o700)
         if self.user:
             ent = pwd.getpwnam(self.user)
             for p in (self.base, self.sock, pwfile):
                 os.chown(p, ent.pw_uid, ent.pw_gid)
-            self.base.chmod(0o700)
         if not self.data.exists():
             self._check([str(self.initdb.path), "-D", str(self.data), "-U", self.superuser, f"--pwfile={pwfile}",
-                         "-A", "scram-sha-256", "--auth-local=trust", "-E", "UTF8", "--locale=C.UTF-8" if
+                         "-A", "scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8" if
                          _has_c_utf8() else "--locale=C", "--no-sync"], "initdb")  # fmt: skip
         pwfile.unlink()
-        opts = (f"-p {self.port} -k {self.sock} -c listen_addresses=127.0.0.1 -c fsync=off "
-                "-c full_page_writes=off -c max_wal_senders=4 -c wal_level=replica")  # fmt: skip
-        self._check([str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", opts, "-l", str(self.base / "log"),
-                     "-w", "-t", "60", "start"], "starting PostgreSQL")  # fmt: skip
+        settings = {"port": str(self.port), "unix_socket_directories": str(self.sock),
+                    "unix_socket_permissions": "0700", "listen_addresses": "127.0.0.1", "fsync": "off",
+                    "full_page_writes": "off", "max_wal_senders": "4", "wal_level": "replica"}  # fmt: skip
+        res = pg_ctl_start(self.bin / "pg_ctl", self.data, "../log", self.user, settings, timeout=60)
+        if res.returncode != 0:
+            raise DatabaseError(f"starting PostgreSQL failed: {(res.stderr or res.stdout).strip()[-400:]}")
         self.started = True
         return self
 
@@ -112,6 +123,26 @@ class LocalServer:
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
+
+
+def pg_ctl_options(settings: dict[str, str]) -> str:
+    """`pg_ctl -o` text: pg_ctl hands it to /bin/sh, so every value is quoted (a path with a space or
+    `$(...)` is taken literally)."""
+    return " ".join(f"-c {shlex.quote(f'{k}={v}')}" for k, v in settings.items())
+
+
+def pg_ctl_start(pg_ctl: Path, datadir: Path, log: str, user: str | None, settings: dict[str, str], *,
+                 timeout: int = 300) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """`pg_ctl start -w` without any path reaching the shell pg_ctl starts the server with: pg_ctl
+    puts -D's and -l's values in double quotes, where `$(...)` still runs, so the data directory goes
+    in PGDATA (no -D), the log is named relative to it (pg_ctl runs in it) and every -o value is quoted."""
+    if not re.fullmatch(r"[A-Za-z0-9_./-]+", log):
+        raise ValueError(f"log name {log!r} must be shell-safe")
+    argv = [str(pg_ctl), "-o", pg_ctl_options(settings), "-l", log, "-w", "-t", str(timeout), "start"]
+    if user:
+        argv = ["runuser", "-u", user, "--", *argv]
+    env = {**os.environ, "PGDATA": str(datadir)}
+    return subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, cwd=datadir, env=env)
 
 
 def _has_c_utf8() -> bool:

@@ -9,30 +9,20 @@ from typing import Any
 
 from ..errors import DatabaseError
 from .conn import Conn, classify
-from .inspect import TABLES_SQL
-
-CHECKSUM = "coalesce(sum(('x' || substr(md5(t::text), 1, 15))::bit(60)::bigint::numeric), 0)"
+from .inspect import connect_kwargs, measure
 
 
 class SnapshotSession:
     def __init__(self, conn: Conn) -> None:
         self.conn = conn
-        self._env_cm: Any = None
         self.db: Any = None
         self.snapshot_id = ""
 
     def __enter__(self) -> SnapshotSession:
         import psycopg
 
-        self._env_cm = self.conn.env()
-        env = self._env_cm.__enter__()
-        kw: dict[str, Any] = {k: v for k, v in self.conn.keywords.items() if k != "password"}
-        if "PGPASSFILE" in env:
-            kw["passfile"] = env["PGPASSFILE"]
-        kw.setdefault("connect_timeout", env.get("PGCONNECT_TIMEOUT", "10"))
-        kw["application_name"] = "deltadump"
         try:
-            self.db = psycopg.connect(**kw, autocommit=False)
+            self.db = psycopg.connect(**connect_kwargs(self.conn), autocommit=False)
             self.db.execute("set transaction isolation level repeatable read, read only")
             self.snapshot_id = self.db.execute("select pg_export_snapshot()").fetchone()[0]
         except psycopg.Error as exc:
@@ -41,18 +31,11 @@ class SnapshotSession:
         return self
 
     def table_stats(self, checksums: bool) -> dict[str, tuple[int, str | None]]:
+        """pg/inspect.py's measurement, in this snapshot."""
         import psycopg
 
         try:
-            tables = [r[0] for r in self.db.execute(TABLES_SQL).fetchall()]
-            out: dict[str, tuple[int, str | None]] = {}
-            for t in tables:
-                if checksums:
-                    rows, cs = self.db.execute(f"select count(*), {CHECKSUM} from only {t} t").fetchone()
-                    out[t] = (int(rows), str(cs))
-                else:
-                    out[t] = (int(self.db.execute(f"select count(*) from only {t}").fetchone()[0]), None)
-            return out
+            return measure(self.db, checksums)
         except psycopg.Error as exc:
             raise DatabaseError(f"counting rows for the drill record failed: {exc}") from exc
 
@@ -64,9 +47,6 @@ class SnapshotSession:
             except Exception:
                 pass
             self.db = None
-        if self._env_cm is not None:
-            self._env_cm.__exit__(None, None, None)
-            self._env_cm = None
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self._close()

@@ -90,7 +90,11 @@ def find_all(name: str, pg_bin: str = "") -> list[Tool]:
     tools = []
     for d in candidate_dirs(pg_bin):
         p = d / name
-        if p.is_file() and os.access(p, os.X_OK):
+        try:  # a PATH entry may be unreadable, too long a name, a loop...: not a place to look
+            usable = p.is_file() and os.access(p, os.X_OK)
+        except OSError:
+            continue
+        if usable:
             v = tool_version(p)
             if v:
                 tools.append(Tool(p, v))

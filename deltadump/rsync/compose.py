@@ -77,15 +77,20 @@ def _commands(path: Path) -> np.ndarray:
             if i + a + b > n:
                 break
             ln = from_bytes(data[i + a : i + a + b], "big")
-            if ln == 0:
-                raise RsyncError(RsyncError.RS_CORRUPT, message=f"{path.name}: zero-length copy")
-            add((1, ln, from_bytes(data[i : i + a], "big")))
+            pos = from_bytes(data[i : i + a], "big")
+            if ln == 0 or pos + ln >= 1 << 63:  # rdiff: a corrupt stream; here also: no int64 overflow
+                raise _bad_copy(path, pos, ln)
+            add((1, ln, pos))
             i += a + b
         elif code == 2:
             ln = from_bytes(data[i : i + b], "big")
             i += b
-            if ln == 0:
-                raise RsyncError(RsyncError.RS_CORRUPT, message=f"{path.name}: zero-length literal")
+            if ln == 0 or ln >= 1 << 63:
+                raise RsyncError(
+                    RsyncError.RS_CORRUPT,
+                    f"(rs_patch_s_literal) invalid length={ln - (1 << 64) if ln >> 63 else ln} on LITERAL command",
+                    message=f"{path.name}: literal of invalid length {ln}",
+                )
             if i + ln > n:
                 break
             add((0, ln, i))
@@ -95,6 +100,19 @@ def _commands(path: Path) -> np.ndarray:
         else:
             raise RsyncError(RsyncError.RS_CORRUPT, message=f"{path.name}: bogus command 0x{data[i - 1]:02x}")
     raise RsyncError(RsyncError.RS_INPUT_ENDED, message=f"{path.name} is truncated")
+
+
+def _bad_copy(path: Path, pos: int, ln: int) -> RsyncError:
+    """rdiff's corrupt-stream error for a COPY whose length is 0 or negative as a signed 64-bit number,
+    whose position is negative, or whose end does not fit in 63 bits (no basis is that large)."""
+    if ln == 0 or ln >= 1 << 63:
+        what = f"length={ln - (1 << 64) if ln >> 63 else ln}"
+    elif pos >= 1 << 63:
+        what = f"position={pos - (1 << 64)}"
+    else:
+        what = f"position={pos} and length={ln} (their sum overflows)"
+    return RsyncError(RsyncError.RS_CORRUPT, f"(rs_patch_s_copy) invalid {what} on COPY command",
+                      message=f"{path.name}: COPY with invalid {what}")  # fmt: skip
 
 
 def compose(base_size: int, deltas: Iterable[Path]) -> Map:
