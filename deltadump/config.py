@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError
+from .errors import ConfigError, DeltadumpError
 
 if TYPE_CHECKING:
     from .targets import TargetOptions
@@ -34,6 +34,43 @@ class DatabaseConfig(_Model):
     dsn: str
     password_file: str = ""
     pg_bin: str = ""
+    # whole-server configs: these databases (or "all": every one that accepts connections, templates
+    # excepted, minus `exclude`) and the globals, each backed up on its own; the dsn names the server and
+    # the database to connect to first. None: the one database the dsn names (a single-database config)
+    databases: list[str] | Literal["all"] | None = None
+    exclude: list[str] = []
+
+    @field_validator("databases", mode="before")
+    @classmethod
+    def _check_all(cls, v: object) -> object:
+        if isinstance(v, str) and v != "all":
+            raise ValueError(f'must be a list of database names, or "all" (not {v!r})')
+        return v
+
+    @field_validator("databases", "exclude")
+    @classmethod
+    def _check_names(cls, v: list[str] | str | None) -> list[str] | str | None:
+        if isinstance(v, list):
+            from .pg.conn import check_dbname
+
+            for name in v:
+                try:
+                    check_dbname(name)
+                except DeltadumpError as exc:
+                    raise ValueError(exc.message) from None
+                if len(name.encode()) > 63:
+                    raise ValueError(f"database name {name!r} is longer than PostgreSQL's 63 bytes")
+            if len(set(v)) != len(v):
+                raise ValueError("a database is named twice")
+        return v
+
+    @model_validator(mode="after")
+    def _check_whole(self) -> DatabaseConfig:
+        if self.databases == []:
+            raise ValueError('databases lists no database (name them, or "all")')
+        if self.exclude and self.databases != "all":
+            raise ValueError('exclude applies to databases = "all"')
+        return self
 
 
 class BackupConfig(_Model):
@@ -46,6 +83,8 @@ class BackupConfig(_Model):
     after: str = ""
     after_timeout: int = Field(3600, gt=0)
     signing_key: str = ""  # Ed25519 key (minisign format) that signs every record; default: in the config's folder
+    # whole-server configs: the roles' passwords (their hashes) in the globals backup, or not
+    globals: Literal["without-passwords", "with-passwords"] = "without-passwords"
 
     @field_validator("name")
     @classmethod
@@ -254,7 +293,32 @@ class Config(_Model):
     def _check_combination(self) -> Config:
         if self.backup.kind == "physical" and self.delta.enabled:
             raise ValueError('[delta] works on logical dumps; it cannot be enabled with [backup] kind = "physical"')
+        self._check_whole_server()
         return self
+
+    def _check_whole_server(self) -> None:
+        b = self.backup
+        if not self.whole_server:
+            if "%D" in b.name.replace("%%", ""):
+                raise ValueError(f"name template {b.name!r} uses %D (the database), which only configs with "
+                                 "[database] databases have")  # fmt: skip
+            if "globals" in b.model_fields_set:
+                raise ValueError("[backup] globals applies to whole-server configs ([database] databases)")
+            return
+        if "%D" not in b.name.replace("%%", ""):
+            raise ValueError(f"name template {b.name!r} has no %D: with [database] databases every database and "
+                             'the globals need slots of their own, e.g. name = "%D/DBBACK-%w.DMP"')  # fmt: skip
+        if b.kind == "physical":
+            raise ValueError('[database] databases makes logical dumps; a physical backup (kind = "physical") '
+                             "copies the whole server already")  # fmt: skip
+        if b.format == "plain":
+            raise ValueError('[database] databases needs format "custom", "directory" or "tar": a plain dump '
+                             "cannot carry a database's owner and settings for restore --server")  # fmt: skip
+
+    @property
+    def whole_server(self) -> bool:
+        """[database] databases is set: every listed database and the globals, each backed up on its own."""
+        return self.database.databases is not None
 
     @property
     def offsite_enabled(self) -> bool:
@@ -327,6 +391,8 @@ def parse(data: dict[str, object], path: Path | None = None) -> Config:
         if err["type"] == "missing":
             raise ConfigError(f"missing config key '{loc}'{where}") from None
         msg = err["msg"].removeprefix("Value error, ")
+        if not loc:  # a rule about several keys
+            raise ConfigError(f"invalid config{where}: {msg}") from None
         raise ConfigError(f"invalid config key '{loc}'{where}: {msg}") from None
 
 

@@ -2,7 +2,8 @@
 
 Placeholders: %w weekday 0-6 (0 = Sunday), %d day 01-31, %m month 01-12, %y year (4 digits),
 %h hour 00-23, %2..%9 a counter cycling 0..n-1 that advances once per calendar day on which a backup
-succeeded, %% a literal percent. They may appear in folder parts too.
+succeeded, %D the database (whole-server configs: each database, and the globals, get slots of their
+own), %% a literal percent. They may appear in folder parts too.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from datetime import date, datetime
 from pathlib import PurePosixPath
 
 _TOKEN = re.compile(r"%(.)", re.DOTALL)
-VALID = set("wdmyh%23456789")
+VALID = set("wdmyhD%23456789")
 
 
 def validate_template(template: str) -> None:
@@ -29,14 +30,20 @@ def validate_template(template: str) -> None:
         raise ValueError(f"name template {template!r} must be a relative path inside dest")
     if template.endswith("/"):
         raise ValueError(f"name template {template!r} must name a file, not a folder")
+    check_parts(template, f"name template {template!r}")
+
+
+def check_parts(name: str, what: str) -> None:
+    """No part of a slot's name (a template, or a rendered name) hidden or deltadump's own."""
+    p = PurePosixPath(name)
     for part in p.parts:
         if part.startswith(".") or part.startswith("deltadump"):
             raise ValueError(
-                f"name template {template!r}: {part!r} is hidden or reserved (names starting with '.' or "
+                f"{what}: {part!r} is hidden or reserved (names starting with '.' or "
                 "'deltadump' are deltadump's own files and temporary files)"
             )
-    if p.parts[0] in RESERVED_TOP:
-        raise ValueError(f"name template {template!r}: the folder {p.parts[0]!r} is deltadump's own")
+    if p.parts and p.parts[0] in RESERVED_TOP:
+        raise ValueError(f"{what}: the folder {p.parts[0]!r} is deltadump's own")
 
 
 RESERVED_TOP = ("chain", "full", "heads", "records")  # the repository's own folders (store/records.py)
@@ -49,13 +56,36 @@ def earlier_days(success_days: int, last_success_day: date | None, today: date) 
     return success_days
 
 
-def render(template: str, now: datetime, earlier: int = 0) -> str:
-    """The slot name for a backup starting at `now`; `earlier` is earlier_days(...) (for %2..%9)."""
+# %D of the globals (roles, memberships, tablespaces): parentheses never come out of db_part
+GLOBALS_PART = "(globals)"
+_UNSAFE = set('%/\\<>:"|?*()')  # percent-encoded in %D: separators, Windows' reserved characters, our own marks
+
+
+def db_part(name: str) -> str:
+    """A database name as one part of a file name, the same name always, two names never the same:
+    percent-encoded ('/' is %2F) where a character could separate folders, hide the file (a leading
+    '.'), be refused by a Windows or SMB file system, or be a control character."""
+    out = []
+    for i, c in enumerate(name):
+        if c in _UNSAFE or ord(c) < 0x20 or ord(c) == 0x7F or (i == 0 and c == ".") or not c.isprintable():
+            out.append("".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass")))
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def render(template: str, now: datetime, earlier: int = 0, db: str | None = None) -> str:
+    """The slot name for a backup starting at `now`; `earlier` is earlier_days(...) (for %2..%9); `db`
+    what %D becomes (db_part of a database name, or GLOBALS_PART)."""
 
     def sub(m: re.Match[str]) -> str:
         c = m.group(1)
         if c == "%":
             return "%"
+        if c == "D":
+            if db is None:
+                raise ValueError(f"name template {template!r} uses %D, which only whole-server configs have")
+            return db
         if c == "w":
             return str((now.weekday() + 1) % 7)
         if c == "d":

@@ -21,6 +21,7 @@ from ..errors import EXIT_FAILED, EXIT_USAGE, DeltadumpError, redact
 from ..store.records import BackupRecord, Note
 
 if TYPE_CHECKING:
+    from ..jobs.backup import RunResult
     from ..jobs.drill import DrillResult
     from ..jobs.repo import LocalView
 
@@ -85,16 +86,24 @@ def backup_rows(backups: list[BackupRecord], notes: list[Note], view: LocalView 
         mine = [n for n in notes if n.backup == b.id]
         drill = max((n for n in mine if n.kind == "drill"), key=lambda n: n.number, default=None)
         after = max((n for n in mine if n.kind == "after"), key=lambda n: n.number, default=None)
-        rows.append({**b.model_dump(mode="json"), "state": status,
+        rows.append({**b.model_dump(mode="json"), "state": status, "database": _db_label(b),
                      "drill": None if drill is None else {"ok": drill.ok, "at": drill.at.isoformat(),
                                                           "differences": drill.differences},
                      "after_exit": None if after is None else after.exit_code})  # fmt: skip
     return rows
 
 
+def _db_label(b: BackupRecord) -> str:
+    from ..jobs.cluster import label_of
+
+    return label_of(b)
+
+
 def render_list(rows: list[dict[str, object]], title: str = "backups, newest first") -> None:
     t = Table(title=title)
-    for col in ("id", "started", "status", "path", "kind", "size", "duration", "drill", "after"):
+    whole = any(r["database"] for r in rows)  # a whole-server config's: which database each backup is of
+    for col in ("id", "started", *(("database",) if whole else ()), "status", "path", "kind", "size", "duration",
+                "drill", "after"):  # fmt: skip
         t.add_column(col)
     for r in rows:
         status = str(r["state"]) + (f": {r['error']}" if r["error"] else "")
@@ -102,7 +111,8 @@ def render_list(rows: list[dict[str, object]], title: str = "backups, newest fir
         d = "" if not isinstance(drill, dict) else ("ok" if drill["ok"] else "FAILED")
         after = "" if r["after_exit"] is None else f"exit {r['after_exit']}"
         size = r["size"]
-        cells = [str(r["id"]), str(r["started"])[:19], status, str(r["path"]), str(r["kind"]),
+        cells = [str(r["id"]), str(r["started"])[:19], *((str(r["database"]),) if whole else ()), status,
+                 str(r["path"]), str(r["kind"]),
                  _size(size) if isinstance(size, int) and size else "", f"{r['duration']:.1f} s", d, after]  # fmt: skip
         t.add_row(*[Text(c) for c in cells])  # Text: stored strings are shown literally, never as markup
     out.print(t)
@@ -124,8 +134,11 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from ..jobs.backup import backup_and_report
 
     cfg = _cfg(args)
-    rec = backup_and_report(cfg, CliReporter(args.quiet), wait=args.wait)
-    out.print(f"backup {rec.id}: {cfg.dest / rec.path} ({_size(rec.size)}, {rec.duration:.1f} s)")
+    runs: list[RunResult] = []
+    backup_and_report(cfg, CliReporter(args.quiet), wait=args.wait, on_run=runs.append)
+    for rec in runs[0].records:
+        of = (" (globals)" if rec.format == "globals" else f" (database {rec.db})") if cfg.whole_server else ""
+        out.print(f"backup {rec.id}{of}: {cfg.dest / rec.path} ({_size(rec.size)}, {rec.duration:.1f} s)")
     return 0
 
 
@@ -173,7 +186,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             err.print(f"deltadump: error: {len(problems)} of {len(live)} offsite backup(s) failed verification")
             return EXIT_FAILED
         return 0
-    report = verify(cfg, None if args.all or not args.backup else args.backup, deep=args.deep, reporter=rep)
+    report = verify(cfg, None if args.all or not args.backup else args.backup, deep=args.deep, reporter=rep,
+                    of_db=args.db)  # fmt: skip
     bad = 0
     for r in report.results:
         if r.ok:
@@ -198,6 +212,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     cfg = _cfg(args)
     ref = args.backup or args.at or "latest"
+    if args.server:
+        return _restore_server(cfg, args, ref)
+    for opt in ("to_dsn", "password_file", "only"):
+        if getattr(args, opt):
+            from ..errors import UsageError
+
+            raise UsageError(f"--{opt.replace('_', '-')} goes with restore --server")
     if args.to_datadir:
         from ..jobs.restore import restore_datadir
 
@@ -218,8 +239,39 @@ def cmd_restore(args: argparse.Namespace) -> int:
     jobs = args.jobs if args.jobs is not None else max(1, min(4, cpu_count() // 2))
     res = restore(cfg, ref, args.to_db, dsn=args.dsn, clean=args.clean, jobs=jobs,
                   reporter=CliReporter(args.quiet), from_offsite=args.source == "offsite",
-                  identity=args.identity, **_trust_args(args))  # type: ignore[arg-type]  # fmt: skip
+                  identity=args.identity, of_db=args.db, **_trust_args(args))  # type: ignore[arg-type]  # fmt: skip
     out.print(f'restored {res.backup.id} ({res.source}) into "{res.database}" in {res.seconds:.1f} s')
+    return 0
+
+
+def _restore_server(cfg: Config, args: argparse.Namespace, ref: str) -> int:
+    from ..errors import UsageError
+    from ..jobs.server_restore import restore_server
+    from ..rsync.parallel import cpu_count
+
+    if not args.to_dsn:
+        raise UsageError("restore --server needs --to-dsn DSN (the server to restore onto)")
+    for opt in ("to_db", "to_datadir", "dsn", "clean", "db"):
+        if getattr(args, opt):
+            raise UsageError(f"restore --server does not take --{opt.replace('_', '-')}")
+    jobs = args.jobs if args.jobs is not None else (max(1, min(4, cpu_count() // 2)))
+    res = restore_server(cfg, ref, args.to_dsn, password_file=args.password_file or "", only=args.only, jobs=jobs,
+                         reporter=CliReporter(args.quiet), from_offsite=args.source == "offsite",
+                         identity=args.identity, **_trust_args(args))  # type: ignore[arg-type]  # fmt: skip
+    for d in res.databases:
+        if d.ok and d.drill is not None:
+            how = "created with its owner and settings" if d.created else "into the existing database"
+            out.print(f'ok      {d.name}: {d.backup.id if d.backup else ""} restored ({how}), drill passed '
+                      f"({len(d.drill.rows)} tables)", markup=False)  # fmt: skip
+        else:
+            why = d.error or ("; ".join(d.drill.differences[:3]) if d.drill else "")
+            out.print(f"FAILED  {d.name}: {why}", markup=False)
+    if not res.ok:
+        bad = res.failed
+        err.print(redact(f"deltadump: error: {len(bad)} of {len(res.databases)} database(s) failed: "
+                         f"{bad[0].name}: {bad[0].error or 'the drill found differences'}"))  # fmt: skip
+        return EXIT_FAILED
+    out.print(f"restored the server ({len(res.databases)} database(s)) in {res.seconds:.1f} s")
     return 0
 
 
@@ -267,7 +319,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
 
     cfg = _cfg(args)
     res = drill(cfg, args.backup or "latest", offsite=args.offsite, identity=args.identity,
-                reporter=CliReporter(args.quiet), **_trust_args(args))  # type: ignore[arg-type]  # fmt: skip
+                reporter=CliReporter(args.quiet), of_db=args.db, **_trust_args(args))  # type: ignore[arg-type]  # fmt: skip
     render_drill(res)
     if res.ok:
         out.print(f"drill passed in {res.seconds:.1f} s")
@@ -294,10 +346,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
         lines.append(f"last drill:       {drill_s}")
         lines.append(f"offsite:          {st.offsite}")
+        for d in st.databases:  # a whole-server config: each database, and the globals
+            good = "never" if d["last_good_age_hours"] is None else f"{d['last_good_age_hours']:.1f} h ago"
+            gone = "" if d["in_last_run"] else ", no longer backed up (backups kept)"
+            state = f"{d['last_status'] or '-'}{': ' + str(d['last_error']) if d['last_error'] else ''}"
+            lines.append(f"  {d['database']}: last {state}, last good {good}{' STALE' if d['stale'] else ''}{gone}")
         for ln in lines:
             out.print(ln, markup=False)
     if st.stale:
         why = "the offsite copy lags" if st.offsite_stale else "the last good backup is too old (or there is none)"
+        if st.stale_databases and not st.offsite_stale:
+            why = f"the last good backup of {', '.join(st.stale_databases)} is too old (or there is none)"
         err.print(f"deltadump: error: {why}")
         return EXIT_FAILED
     return 0
@@ -466,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("verify", parents=[common, trust], help="re-check sizes, sha256 and structure")
     s.add_argument("backup", nargs="?", help="backup id, path, or 'latest' (default: all current backups)")
     s.add_argument("--all", action="store_true", help="every current backup (the default)")
+    s.add_argument("--db", metavar="NAME", help="a whole-server config: this database's backups only")
     s.add_argument("--offsite", action="store_true", help="check the offsite copy: presence, sha256, chains")
     s.add_argument("--deep", action="store_true", help="also rebuild every chained backup's dump and check it")
     s.add_argument("--identity", type=Path, help="age secret key file (encrypted offsite copies)")
@@ -485,6 +545,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--clean", action="store_true", help="drop and recreate a non-empty target database")
     s.add_argument("--jobs", type=int, default=None,
                    help="parallel pg_restore jobs (default: half the cores, 1 to 4)")  # fmt: skip
+    s.add_argument("--db", metavar="NAME", help="a whole-server config: the database whose backup BACKUP means")
+    s.add_argument("--server", action="store_true", help="a whole-server backup onto an empty server: the roles, "
+                   "then every database with its owner and settings, each drilled")  # fmt: skip
+    s.add_argument("--to-dsn", metavar="DSN", help="with --server: the server to restore onto")
+    s.add_argument("--password-file", metavar="F", help="with --server: the target's password (first line); else "
+                   "PGPASSWORD or ~/.pgpass")  # fmt: skip
+    s.add_argument("--only", metavar="NAME", help="with --server: only this database (after the roles)")
     s.set_defaults(func=cmd_restore)
 
     s = sub.add_parser("demo", parents=[common], help="run the whole cycle on a private embedded server")
@@ -495,6 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="restore into a throwaway database and compare every table")  # fmt: skip
     s.add_argument("backup", nargs="?", help="backup id, date or 'latest' (default)")
     s.add_argument("--offsite", action="store_true", help="drill the offsite copy")
+    s.add_argument("--db", metavar="NAME", help="a whole-server config: the database whose backup BACKUP means")
     s.add_argument("--identity", type=Path, help="age secret key file (encrypted offsite copies)")
     s.set_defaults(func=cmd_drill)
 

@@ -3,6 +3,9 @@
     tidy -> dump -> store objects -> commit -> switch slot -> offsite -> prune -> after-command
     (then, in backup_and_report: drill when due -> notify)
 
+A whole-server config (jobs/cluster.py) runs dump -> objects -> commit -> switch once for its globals
+and once for each database, each a backup of its own; offsite, prune and the notification once a run.
+
 Commit first, switch second: the new dump is validated and hashed at its temporary name, its chain
 objects are written, then its record is committed together with the pending switch of its slot (the
 commit point); only then does the temporary name become the rotation slot, and a second commit says
@@ -25,17 +28,18 @@ from typing import Any
 
 from ..clock import now
 from ..config import Config
-from ..errors import DeltadumpError, IntegrityError, StorageError
+from ..errors import DeltadumpError, DumpError, IntegrityError, StorageError
 from ..fsio import checkpoint, fsync_dir, sha256_file, storage_error, tmp_name
 from ..naming import check_relpath, earlier_days, render
 from ..pg.conn import Conn
 from ..pg.dump import run_pg_dump, validate
 from ..pg.snapshot import SnapshotSession
+from ..store.chain import same_series
 from ..store.lock import RunLock
 from ..store.records import BackupRecord, FileRecord, Pending, TablesRecord
 from ..store.repository import Change, Repository, clock_went_back
 from ..store.retention import Plan, Policy
-from . import after, chain
+from . import after, chain, cluster
 from .common import Reporter, SilentReporter, check_dest, server_for, tool
 from .offsite import SyncStats, sync_after_backup
 from .prune import prune_local
@@ -52,6 +56,11 @@ class RunResult:
     pruned: Plan | None = None
     damaged: list[str] = field(default_factory=list)  # damaged files set aside before this backup
     notes: list[str] = field(default_factory=list)
+    records: list[BackupRecord] = field(default_factory=list)  # whole-server: every backup committed
+    failures: dict[str, str] = field(default_factory=dict)  # whole-server: what failed, and why
+
+    def __post_init__(self) -> None:
+        self.records = self.records or [self.record]
 
 
 def _fsync_tree(p: Path) -> None:
@@ -130,19 +139,20 @@ def run(cfg: Config, reporter: Reporter | None = None, *, wait: bool = False) ->
             repo, damaged = open_for_backup(cfg, rep)
             tidy(repo, dest, rep)
             cont = _continue_offsite(cfg, repo, rep) if repo.head is None else None
-            rec = _dump_and_commit(cfg, repo, dest, rep, cont)  # the commit point
-            try:
-                carry_out_switches(repo, dest, rep)
-            except DeltadumpError as exc:  # committed and restorable from its temporary name
-                rep.info(f"backup {rec.id} is committed; its slot switch is completed by the next run ({exc})")
-            res = RunResult(rec, damaged=damaged)
+            if cfg.whole_server:  # the globals, then every database: each through the same steps
+                out = cluster.back_up(cfg, repo.backups(), rep, lambda unit: _commit_and_switch(
+                    cfg, repo, dest, rep, cont if repo.head is None else None, unit))  # fmt: skip
+                res = RunResult(out.records[-1], damaged=damaged, notes=out.notes, records=out.records,
+                                failures=out.failures)  # fmt: skip
+            else:
+                res = RunResult(_commit_and_switch(cfg, repo, dest, rep, cont), damaged=damaged)
             res.offsite, res.offsite_error = sync_after_backup(cfg, repo, rep)
             if res.offsite_error is None or cfg.delta.enabled or not cfg.offsite_enabled:
                 k = cfg.keep
                 res.pruned = prune_local(cfg, repo, Policy(k.daily, k.weekly, k.monthly, k.keep_last), rep)
-            if cfg.backup.after:
+            for r in res.records if cfg.backup.after else []:
                 try:
-                    after.start(cfg, dest, rec.id, dest / rec.path, cfg.backup.after, cfg.backup.after_timeout)
+                    after.start(cfg, dest, r.id, dest / r.path, cfg.backup.after, cfg.backup.after_timeout)
                 except OSError as exc:  # never fails the backup
                     rep.info(f"could not start the after-command: {exc}")
             return res
@@ -173,9 +183,22 @@ def _continue_offsite(cfg: Config, repo: Repository, rep: Reporter) -> tuple[str
     return head.repository, top
 
 
+def _commit_and_switch(
+    cfg: Config, repo: Repository, dest: Path, rep: Reporter, cont: tuple[str, int] | None,
+    unit: cluster.Unit | None = None,
+) -> BackupRecord:  # fmt: skip
+    rec = _dump_and_commit(cfg, repo, dest, rep, cont, unit)  # the commit point
+    try:
+        carry_out_switches(repo, dest, rep)
+    except DeltadumpError as exc:  # committed and restorable from its temporary name
+        rep.info(f"backup {rec.id} is committed; its slot switch is completed by the next run ({exc})")
+    return rec
+
+
 def _dump_and_commit(
-    cfg: Config, repo: Repository, dest: Path, rep: Reporter, cont: tuple[str, int] | None = None
-) -> BackupRecord:
+    cfg: Config, repo: Repository, dest: Path, rep: Reporter, cont: tuple[str, int] | None = None,
+    unit: cluster.Unit | None = None,
+) -> BackupRecord:  # fmt: skip
     b = cfg.backup
     fmt: str
     fmt, compress = (b.format, b.compress) if not cfg.delta.enabled else ("custom", 0)  # deltas need raw dumps
@@ -189,17 +212,20 @@ def _dump_and_commit(
                  f"{repo.head.newest_time.isoformat(timespec='seconds')}; backups are ordered by commit, not by "
                  "clock")  # fmt: skip
     fields: dict[str, Any] = {"id": new_id(started), "started": started, "format": fmt, "compress": compress}
+    fields.update(unit.fields() if unit is not None else {})  # whole-server: which database, or the globals
+    fmt = fields["format"]
     tables: dict[str, tuple[int, str | None]] = {}
     tmp: Path | None = None
     objects_of = fields["id"]
     try:
-        srv = server_for(cfg)
+        srv = server_for(cfg) if unit is None else unit.server()
         fields.update(database=srv.conn.where, server_version=srv.version)
         pg_dump = tool("pg_dump", cfg, srv.major)
         pg_restore = pg_dump.sibling("pg_restore") or tool("pg_restore", cfg, srv.major).path
         fields["pg_dump_version"] = pg_dump.version
         days, last = repo.success_days()
-        rel = check_relpath(render(b.name, started, earlier_days(days, last, started.date())))
+        earlier = earlier_days(days, last, started.date())
+        rel = check_relpath(render(b.name, started, earlier)) if unit is None else unit.slot(b.name, started, earlier)
         fields["path"] = rel
         slot = dest / rel
         try:
@@ -209,6 +235,8 @@ def _dump_and_commit(
         tmp = tmp_name(slot)
         if b.kind == "physical":
             _physical(cfg, srv.major, srv.conn, tmp, dest, rep)
+        elif fmt == "globals":
+            cluster.dump_globals(cfg, srv, tmp, rep)
         else:
             rep.info(f"dumping {srv.conn.where} (PostgreSQL {srv.version}) with pg_dump {pg_dump.version} to {slot}")
             with SnapshotSession(srv.conn) as snap:  # the drill record and the dump see the same data
@@ -222,8 +250,9 @@ def _dump_and_commit(
             checkpoint("dump durable")
             files = file_records(dest, tmp, rel)
             fields.update(files=files, size=sum(f.size for f in files))
-            if cfg.delta.enabled:
-                fields.update(chain.make_chain_objects(cfg, dest, repo.backups(), fields["id"], tmp, files[0].sha256,
+            if cfg.delta.enabled and fmt != "globals":  # one chain per database
+                mine = same_series(repo.backups(), unit.series if unit is not None else "")
+                fields.update(chain.make_chain_objects(cfg, dest, mine, fields["id"], tmp, files[0].sha256,
                                                        rep))  # fmt: skip
         except OSError as exc:
             raise storage_error(exc, slot, "saving") from exc
@@ -266,7 +295,8 @@ def _commit_failure(repo: Repository, fields: dict[str, Any], error: str, second
     """Record a failed run (best effort: a broken repository must not hide the original error)."""
     from ..errors import redact
 
-    names = ("id", "started", "format", "compress", "path", "database", "server_version", "pg_dump_version")
+    names = ("id", "started", "format", "compress", "path", "database", "server_version", "pg_dump_version", "db",
+             "databases")  # fmt: skip
     keep: dict[str, Any] = {k: fields[k] for k in names if k in fields}
     keep.update(status="failed", finished=now(), duration=round(seconds, 3), error=redact(error)[:4000])
     with contextlib.suppress(Exception):
@@ -279,18 +309,26 @@ def _where(cfg: Config) -> str:
     from ..pg.conn import Conn
 
     try:
-        return Conn.from_dsn(cfg.database.dsn).where
+        where = Conn.from_dsn(cfg.database.dsn).where
     except DeltadumpError:
         return "the configured database (its dsn could not be read)"
+    if cfg.whole_server:  # host:port as role, every database of it
+        host, _, rest = where.partition("/")
+        return f"{host} as {rest.rpartition(' as ')[2]} (whole server)"
+    return where
 
 
-def notify_body(cfg: Config, job: str, status: str, rec: BackupRecord | None, error: str = "") -> dict[str, object]:
+def notify_body(
+    cfg: Config, job: str, status: str, rec: BackupRecord | None, error: str = "", res: RunResult | None = None
+) -> dict[str, object]:
     from ..errors import redact
 
-    where = rec.database if rec else _where(cfg)
+    where = rec.database if rec and not (res and cfg.whole_server) else _where(cfg)
     body: dict[str, object] = {"job": job, "status": status, "database": where, "error": redact(error)}
     if rec is not None:
         body.update(id=rec.id, size=rec.size, duration=rec.duration, path=str(cfg.dest / rec.path) if rec.path else "")
+    if res is not None:
+        body.update(cluster.summary(cfg, res))  # a whole-server run: every backup, new and vanished databases
     return body
 
 
@@ -321,7 +359,14 @@ def backup_and_report(
     if on_run is not None:
         on_run(res)
     rec = res.record
-    drill_ok = mon.drill_if_due(rec)
+    drills = [mon.drill_if_due(r) for r in res.records if r.format != "globals"]
+    drill_ok = None if all(d is None for d in drills) else all(d is not False for d in drills)
+    if res.failures:  # a whole-server run in which some databases failed: the others are safe
+        msg = cluster.run_failure_text(res)
+        if res.offsite_error is not None:
+            msg += f"; the offsite copy failed too: {res.offsite_error.message}"
+        mon.failed(msg, time.monotonic() - t0, res)
+        raise DumpError(msg, hint="the databases that failed are recorded as failed backups (deltadump list)")
     mon.succeeded(res, time.monotonic() - t0, drill_ok)
     if res.damaged:
         msg = (f"backup {rec.id} is safe, but the backup folder held damaged or untrusted records, set aside in "

@@ -25,7 +25,7 @@ from ..errors import IntegrityError, RsyncError
 from ..fsio import atomic_write, checkpoint, sha256_file, storage_error, tmp_name
 from ..rsync import delta as rs_delta
 from ..rsync import signature as rs_signature
-from ..store.chain import Basis, chain_of, next_basis
+from ..store.chain import Basis, by_series, chain_of, next_basis
 from ..store.records import BackupRecord, FileRecord, ObjectRecord
 from ..store.repository import current_slots
 from .common import Reporter
@@ -189,10 +189,10 @@ def collect_objects(dest: Path, backups: list[BackupRecord], mode: str, rep: Rep
     if not chain_dir.is_dir() or chain_dir.is_symlink():
         return []
     named = {Path(o.path).name for b in backups for o in b.objects}
-    sig = needed_signature(backups, mode)
+    sigs = {f"{s}.sig" for group in by_series(backups).values() if (s := needed_signature(group, mode))}  # each chain's
     gone = []
     for p in sorted(chain_dir.iterdir()):
-        if p.name in named or (sig is not None and p.name == f"{sig}.sig"):
+        if p.name in named or p.name in sigs:
             continue
         checkpoint(f"delete chain/{p.name}")
         with contextlib.suppress(FileNotFoundError):

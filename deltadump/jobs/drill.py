@@ -63,12 +63,16 @@ def drill(
     allow_older: bool = False,
     reporter: Reporter | None = None,
     before_compare: Callable[[str], None] | None = None,
+    of_db: str | None = None,
 ) -> DrillResult:
     rep = reporter or SilentReporter()
     t0 = time.monotonic()
     with open_source(cfg, rep, from_offsite=offsite, identity=identity, trust=trust, allow_older=allow_older) as src:
-        rec = src.pick(ref, cfg.dest)
-        want = src.repo.tables(rec) if rec.format != "physical" else {}
+        rec = src.pick(ref, cfg.dest, of_db)
+        want = src.repo.tables(rec) if rec.format not in ("physical", "globals") else {}
+    if rec.format == "globals":
+        raise RestoreError(f"backup {rec.id} holds the server's roles and tablespaces, no database to drill",
+                           hint="verify checks it; restore --server restores it and drills every database")  # fmt: skip
     if rec.format == "physical":
         res = _physical_drill(cfg, rec, rep, offsite, identity, trust, allow_older)
         res.seconds = time.monotonic() - t0

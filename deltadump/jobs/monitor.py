@@ -58,10 +58,11 @@ class Monitor:
         self._ping("/start")
 
     # -- outcomes ----------------------------------------------------------------------------------
-    def failed(self, error: str, seconds: float) -> None:
+    def failed(self, error: str, seconds: float, res: RunResult | None = None) -> None:
         from .backup import notify_body
 
-        for e in notify.send(self.cfg.notify, "failure", notify_body(self.cfg, "backup", "failed", None, error)):
+        body = notify_body(self.cfg, "backup", "failed", None, error, res=res)  # res: some backups of a run failed
+        for e in notify.send(self.cfg.notify, "failure", body):
             self.rep.info(f"notification failed: {e}")
         self._ping("/fail", error)
         self._metrics(ok=False, seconds=seconds, upload=0)
@@ -70,7 +71,7 @@ class Monitor:
         from .backup import notify_body
 
         rec = res.record
-        for e in notify.send(self.cfg.notify, "success", notify_body(self.cfg, "backup", "ok", rec)):
+        for e in notify.send(self.cfg.notify, "success", notify_body(self.cfg, "backup", "ok", rec, res=res)):
             self.rep.info(f"notification failed: {e}")
         if res.offsite_error is not None:
             msg = f"backup {rec.id} is safe locally, but the offsite copy failed: {res.offsite_error.message}"
@@ -91,7 +92,8 @@ class Monitor:
         from .repo import open_local
 
         repo = open_local(self.cfg, self.rep)
-        drills = [n.at for n in repo.notes() if n.kind == "drill"]
+        series = {b.id: b.series for b in repo.backups()}  # a whole-server config: this database's drills
+        drills = [n.at for n in repo.notes() if n.kind == "drill" and series.get(n.backup) == rec.series]
         if drills and (now() - max(drills)).total_seconds() < parse_duration(self.cfg.drill.every):
             return None
         try:

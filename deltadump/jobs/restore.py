@@ -54,11 +54,12 @@ class Source:
     offsite: object | None = None  # an offsite.Offsite when restoring from the offsite copy
     view: LocalView | None = None  # the backup folder as it is (local restores)
 
-    def pick(self, ref: str, dest: Path | None = None) -> BackupRecord:
-        def restorable(b: BackupRecord) -> bool:
-            return b.status == "ok" if self.view is None else self.view.restorable(b)
+    def restorable(self, b: BackupRecord) -> bool:
+        return b.status == "ok" if self.view is None else self.view.restorable(b)
 
-        rec = resolve(self.backups, ref, restorable=restorable, dest=dest)
+    def pick(self, ref: str, dest: Path | None = None, db: str | None = None) -> BackupRecord:
+        restorable = self.restorable
+        rec = resolve(self.backups, ref, restorable=restorable, dest=dest, db=db)
         if rec is None:
             raise RestoreError(f"no restorable backup {ref!r} is recorded in {self.repo.describe()}")
         if not restorable(rec):
@@ -161,7 +162,9 @@ def restore(
     identity: Path | None = None,
     trust: str | None = None,
     allow_older: bool = False,
+    of_db: str | None = None,
 ) -> RestoreResult:
+    """`of_db`: the database whose backup `ref` means (a whole-server config's: 'latest' is each database's)."""
     rep = reporter or SilentReporter()
     t0 = time.monotonic()
     # the server and the target first: a wrong password or a non-empty database fails at once, not after
@@ -178,7 +181,10 @@ def restore(
                         allow_older=allow_older) as src,
             work_folder(_work_parent(cfg), "restore") as work,
         ):  # fmt: skip
-            rec = src.pick(ref, cfg.dest)
+            rec = src.pick(ref, cfg.dest, of_db)
+            if rec.format == "globals":
+                raise RestoreError(f"backup {rec.id} holds the server's roles and tablespaces (pg_dumpall "
+                                   "--globals-only)", hint="restore it with restore --server")  # fmt: skip
             rep.info(f"restoring backup {rec.id} (record {rec.number}, {rec.started.isoformat(timespec='seconds')})")
             with checked_dump(cfg, src, rec, work, rep) as (dump, source, fds):
                 checkpoint("dump checked")

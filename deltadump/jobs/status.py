@@ -5,7 +5,7 @@ after [offsite] alert_after."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from ..clock import now
 from ..config import Config, parse_duration
@@ -73,6 +73,11 @@ class Status:
     offsite_stale: bool
     backups: int
     head_seq: int | None
+    databases: list[dict[str, object]] = field(default_factory=list)  # whole-server: each database, the globals
+
+    @property
+    def stale_databases(self) -> list[str]:
+        return [str(d["database"]) for d in self.databases if d["stale"]]
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -90,6 +95,9 @@ def status(cfg: Config, reporter: Reporter | None = None) -> Status:
     age = (now() - lg.started).total_seconds() / 3600 if lg else None
     alert = parse_duration(cfg.schedule.alert_after) / 3600
     ld = latest_drill(repo.notes())
+    from .cluster import database_states
+
+    dbs = [asdict(d) for d in database_states(cfg, backups)] if cfg.whole_server else []
     if not cfg.offsite_enabled:
         off_text, off_stale = "not configured", False
     else:
@@ -103,11 +111,12 @@ def status(cfg: Config, reporter: Reporter | None = None) -> Status:
         last_good_id=lg.id if lg else None,
         last_good_age_hours=round(age, 2) if age is not None else None,
         alert_after_hours=alert,
-        stale=age is None or age > alert or off_stale,
+        stale=age is None or age > alert or off_stale or any(d["stale"] for d in dbs),
         last_drill_at=ld.at.isoformat(timespec="seconds") if ld else None,
         last_drill_ok=ld.ok if ld else None,
         offsite=off_text,
         offsite_stale=off_stale,
         backups=sum(1 for b in backups if b.status == "ok"),
         head_seq=repo.head.seq if repo.head else None,
+        databases=dbs,
     )

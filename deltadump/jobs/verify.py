@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import Config
-from ..errors import DeltadumpError, IntegrityError
+from ..errors import DeltadumpError, IntegrityError, UsageError
 from ..fsio import open_under, work_folder
 from ..pg.dump import validate
 from ..pg.tools import find
-from ..store.chain import chain_of
+from ..store.chain import by_series, chain_of
 from ..store.records import BackupRecord, FileRecord
 from ..store.repository import Repository
 from ..store.resolve import resolve
@@ -109,7 +109,11 @@ def check_slot(repo: Repository, dest: Path, rec: BackupRecord, pg_bin: str = ""
     return problems
 
 
-def verify(cfg: Config, ref: str | None = None, *, deep: bool = False, reporter: Reporter | None = None) -> Report:
+def verify(
+    cfg: Config, ref: str | None = None, *, deep: bool = False, reporter: Reporter | None = None,
+    of_db: str | None = None,
+) -> Report:  # fmt: skip
+    """`of_db`: one database's backups only (a whole-server config's)."""
     rep = reporter or SilentReporter()
     dest = cfg.dest
     repo = open_local(cfg, rep)
@@ -119,9 +123,11 @@ def verify(cfg: Config, ref: str | None = None, *, deep: bool = False, reporter:
     restorable = view.restorable
 
     if ref is None:
-        selected = [b for b in backups if restorable(b)]
+        selected = [b for b in backups if restorable(b) and (of_db is None or b.series == f"db:{of_db}")]
+        if of_db is not None and not any(b.series == f"db:{of_db}" for b in backups):
+            raise UsageError(f"no backup of database {of_db!r} is recorded in {dest}")
     else:
-        one = resolve(backups, ref, restorable=restorable, dest=dest)
+        one = resolve(backups, ref, restorable=restorable, dest=dest, db=of_db)
         if one is None:
             raise IntegrityError(f"no backup {ref!r} is recorded in {dest}")
         selected = [one]
@@ -170,8 +176,8 @@ def verify(cfg: Config, ref: str | None = None, *, deep: bool = False, reporter:
             if not res.checked:
                 res.problems.append(f"not restorable here: its slot {rec.path} was reused and it is in no chain")
             report.results.append(res)
-        if ref is None and cfg.delta.enabled:  # the signature the next delta will be made against
-            tip = chain.needed_signature(backups, cfg.delta.mode)
+        for group in by_series(backups).values() if ref is None and cfg.delta.enabled else []:
+            tip = chain.needed_signature(group, cfg.delta.mode)  # the signature the next delta is made against
             rec_tip = by_id.get(tip) if tip else None
             sig = rec_tip.signature if rec_tip is not None else None
             if rec_tip is not None and sig is not None and (problem := check_file(dest, sig.path, sig)):

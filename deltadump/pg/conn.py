@@ -167,6 +167,7 @@ class Conn:
     keywords: dict[str, str]
     password_file: str = ""
     extra_env: dict[str, str] = field(default_factory=dict)
+    also_dbs: tuple[str, ...] = ()  # databases the program reconnects to (pg_restore --create): passfile lines too
 
     @classmethod
     def from_dsn(cls, dsn: str, password_file: str = "") -> Conn:
@@ -208,7 +209,7 @@ class Conn:
         for h, p in zip(hosts, ports, strict=False):
             names = [h, "localhost"] if h.startswith("/") else [h]  # libpq's default socket matches localhost
             for name in names:
-                for db in dict.fromkeys((self.dbname, "replication")):
+                for db in dict.fromkeys((self.dbname, *self.also_dbs, "replication")):
                     fields = (name or "localhost", p or "5432", db, user)
                     lines.append(":".join(_passfile_field(f) for f in fields) + f":{pw}\n")
         return "".join(lines).encode()

@@ -18,6 +18,7 @@ from .conn import Conn, classify, conninfo_quote
 
 FORMAT_FLAG = {"custom": "c", "directory": "d", "plain": "p", "tar": "t"}
 PLAIN_TRAILER = b"-- PostgreSQL database dump complete"
+GLOBALS_TRAILER = b"-- PostgreSQL database cluster dump complete"
 
 Progress = Callable[[int], None]  # bytes written so far
 
@@ -102,6 +103,30 @@ def run_pg_dump(
     raise DumpError(f"pg_dump of {conn.where} failed: {last.strip()[:300]}", detail=err)
 
 
+def run_pg_dumpall_globals(pg_dumpall: Path, conn: Conn, out: Path, *, passwords: bool) -> None:
+    """The server's roles, role memberships and settings, and tablespaces (`pg_dumpall --globals-only`)
+    into the file `out`; the roles' password hashes only with `passwords` (they need a superuser)."""
+    from .conn import check_dbname
+
+    argv = [str(pg_dumpall), "--globals-only", f"--file={out}", "-l", check_dbname(conn.dbname, "[database] dsn")]
+    if not passwords:
+        argv.append("--no-role-passwords")
+    rc, err = run_watched(argv, conn, out, None)
+    if rc == 0:
+        return
+    if rc < 0:
+        raise DumpError(f"pg_dumpall of {conn.where} was killed by {_signame(rc)}", detail=err)
+    text = " ".join(err.split())
+    if "No space left on device" in text:
+        raise DumpError(f"disk full while writing {out}: pg_dumpall stopped ({_free(out)})", detail=err)
+    if "connection to server" in text or "password authentication failed" in text or "does not exist" in text:
+        raise classify(err, conn)
+    last = next((ln for ln in reversed(err.splitlines()) if ln.strip()), f"exit code {rc}")
+    hint = " (role passwords need a superuser: [backup] globals = \"without-passwords\")" if (
+        passwords and "permission denied" in text) else ""  # fmt: skip
+    raise DumpError(f"pg_dumpall --globals-only of {conn.where} failed: {last.strip()[:300]}{hint}", detail=err)
+
+
 def _free(p: Path) -> str:
     try:
         st = os.statvfs(p.parent)
@@ -117,6 +142,16 @@ def is_gzip(p: Path) -> bool:
 
 def validate(pg_restore: Path, out: Path, fmt: str) -> None:
     """Check that a dump is complete and readable; raise DumpError naming what is wrong."""
+    if fmt == "globals":  # pg_dumpall --globals-only: plain SQL, never compressed
+        try:
+            with open(out, "rb") as f:
+                f.seek(max(0, out.stat().st_size - 4096))
+                tail = f.read()
+        except OSError as exc:
+            raise DumpError(f"globals dump {out} is unreadable: {exc}") from exc
+        if GLOBALS_TRAILER not in tail:
+            raise DumpError(f"globals dump {out} is incomplete (no completion trailer)")
+        return
     if fmt == "plain":
         try:
             if is_gzip(out):

@@ -1,5 +1,6 @@
 """Pure rules of delta chains: which backups' objects reconstruct a backup, and when to take a new base.
-No I/O: the jobs carry out what these functions decide."""
+No I/O: the jobs carry out what these functions decide. A chain holds the backups of one database only
+(BackupRecord.series): a whole-server config has one chain per database."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def chain_of(by_id: Mapping[str, BackupRecord], rec: BackupRecord) -> list[Backu
         parent = by_id.get(cur.parent)
         if parent is None or parent.id in seen:
             raise ValueError(f"delta backup {cur.id} needs {cur.parent}, which is not recorded")
-        if parent.number >= cur.number or not parent.in_chain:
+        if parent.number >= cur.number or not parent.in_chain or parent.series != cur.series:
             raise ValueError(f"delta backup {cur.id} names {cur.parent}, which cannot be its parent")
         out.append(parent)
         seen.add(parent.id)
@@ -29,6 +30,19 @@ def chain_of(by_id: Mapping[str, BackupRecord], rec: BackupRecord) -> list[Backu
     if cur.kind != "base" or cur.status != "ok":
         raise ValueError(f"backup {cur.id} is not part of a delta chain")
     return list(reversed(out))
+
+
+def by_series(backups: list[BackupRecord]) -> dict[str, list[BackupRecord]]:
+    """The backups of each database (commit order kept): what chains and retention work on."""
+    out: dict[str, list[BackupRecord]] = {}
+    for b in backups:
+        out.setdefault(b.series, []).append(b)
+    return out
+
+
+def same_series(backups: list[BackupRecord], series: str) -> list[BackupRecord]:
+    """The backups a new backup of `series` may chain to."""
+    return [b for b in backups if b.series == series]
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,21 @@ def _id(v: str) -> str:
     return v
 
 
+def _dbname(v: str) -> str:
+    """A database name as PostgreSQL has them (at most 63 bytes) and as a plain name (pg/conn.check_dbname):
+    it is given to libpq and to the server as a value, never as a connection string."""
+    from ..errors import DeltadumpError
+    from ..pg.conn import check_dbname
+
+    try:
+        check_dbname(v)
+    except DeltadumpError:
+        raise ValueError(f"invalid database name {v[:80]!r}") from None
+    if len(v.encode("utf-8", "surrogatepass")) > 63:
+        raise ValueError(f"invalid database name {v[:80]!r}: longer than 63 bytes")
+    return v
+
+
 def _sha(v: str) -> str:
     if not SHA256_RE.fullmatch(v):
         raise ValueError("invalid sha256")
@@ -78,6 +93,7 @@ def _repo(v: str) -> str:
 RelPath = Annotated[str, AfterValidator(_relpath)]
 ObjectPath = Annotated[str, AfterValidator(_object_path)]
 BackupId = Annotated[str, AfterValidator(_id)]
+DbName = Annotated[str, AfterValidator(_dbname)]
 Sha256 = Annotated[str, AfterValidator(_sha)]
 RepoId = Annotated[str, AfterValidator(_repo)]
 Size = Annotated[int, Field(ge=0, le=MAX_SIZE)]
@@ -114,7 +130,8 @@ class BackupRecord(_Model):
     finished: datetime | None = None
     status: Literal["ok", "failed"]
     path: RelPath | Literal[""] = ""  # the rotation slot, relative to the backup folder
-    format: Literal["custom", "directory", "plain", "tar", "physical", ""] = ""
+    # "globals": pg_dumpall --globals-only (roles, memberships, tablespaces), a whole-server config's
+    format: Literal["custom", "directory", "plain", "tar", "physical", "globals", ""] = ""
     compress: Annotated[int, Field(ge=0, le=9)] = 0
     size: Size = 0
     files: Annotated[list[FileRecord], Field(max_length=100_000)] = []
@@ -133,10 +150,23 @@ class BackupRecord(_Model):
     signature: ObjectRecord | None = None  # chain/ID.sig: rdiff signature of its dump (local only)
     tables: FileRecord | None = None  # the attachment records/N-ID.tables.json, when rows were counted
     after: bool = False  # an after-command was started for it; its result is an "after" note
+    # whole-server configs ([database] databases): the database this backup is of (None: a single-database
+    # config's backup, the dsn's database, as every record before whole-server backups); a globals backup
+    # lists the databases its run backs up (the server as it was: what restore --server restores)
+    db: DbName | None = None
+    databases: Annotated[list[DbName], Field(max_length=100_000)] = []
 
     @property
     def in_chain(self) -> bool:
         return self.kind in ("base", "delta") and self.status == "ok"
+
+    @property
+    def series(self) -> str:
+        """What delta chains and retention are per: one database's backups ("db:NAME"), the globals
+        ("globals"), or a single-database config's ("")."""
+        if self.format == "globals":
+            return "globals"
+        return "" if self.db is None else f"db:{self.db}"
 
     @property
     def file_name(self) -> str:
@@ -251,9 +281,19 @@ def parse_ranges(text: str, limit: int = 10_000_000) -> set[int]:
     return out
 
 
+# fields added after format 2's first release, left out while they hold their default: a single-database
+# config's records stay exactly as before (readable by the deltadump that wrote the folder)
+OMITTED_WHEN_DEFAULT: dict[str, object] = {"db": None, "databases": []}
+
+
 def encode(model: BaseModel) -> bytes:
     """Canonical bytes of a record or head: what is signed and stored."""
-    return json.dumps(model.model_dump(mode="json"), sort_keys=True, indent=1, ensure_ascii=False).encode() + b"\n"
+    data = model.model_dump(mode="json")
+    if isinstance(model, BackupRecord):
+        for key, default in OMITTED_WHEN_DEFAULT.items():
+            if data.get(key) == default:
+                del data[key]
+    return json.dumps(data, sort_keys=True, indent=1, ensure_ascii=False).encode() + b"\n"
 
 
 def decode(data: bytes, cls: type[Any], what: str) -> Any:

@@ -3,6 +3,10 @@ prune job carries out its plan (references first, data after) and `prune --dry-r
 
 "Newest" always means the newest by commit order (the record number), never by clock: a clock that
 jumps backwards can neither make a new backup look old nor prune it.
+
+A whole-server config's backups are planned database by database (BackupRecord.series: each database,
+and the globals): one database's backups never fill another's buckets, and the newest good backup of
+each is kept, also of a database that no longer exists.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 
-from .chain import chain_of
+from .chain import by_series, chain_of
 from .records import BackupRecord
 
 
@@ -48,16 +52,36 @@ def plan(backups: list[BackupRecord], policy: Policy, *, local: bool) -> Plan:
     """Decide for every live backup record (commit order). `local`: the backup folder, where a backup
     whose rotation slot still holds its dump is kept (the name template decides when it goes), and a
     backup without a chain whose slot was reused has nothing left to keep."""
-    by_id = {b.id: b for b in backups}
     owners: dict[str, BackupRecord] = {}
     if local:
         for b in backups:
             if b.status == "ok" and b.path:
                 owners[b.path] = b
+    groups = by_series(backups)
+    if len(groups) <= 1:
+        return _plan(backups, policy, local, owners, owners)
+    decided: dict[int, Decision] = {}
+    for group in groups.values():
+        mine = {path: b for path, b in owners.items() if b.series == group[0].series}
+        for d in _plan(group, policy, local, mine, owners).decisions:
+            decided[d.number] = d
+    return Plan([decided[b.number] for b in backups])
+
+
+def _plan(
+    backups: list[BackupRecord],
+    policy: Policy,
+    local: bool,
+    owners: dict[str, BackupRecord],
+    every_owner: dict[str, BackupRecord],
+) -> Plan:
+    """The plan of one database's backups: `owners`, the slots that hold one of them; `every_owner`,
+    which backup (of any database) each slot holds."""
+    by_id = {b.id: b for b in backups}
     keep: dict[str, str] = {}
     drop: dict[str, str] = {}
     # locally, a backup without a chain whose slot was reused has nothing left to keep
-    gone = {b.id for b in backups if local and b.status == "ok" and not b.in_chain and owners.get(b.path) is not b}
+    gone = {b.id for b in backups if local and b.status == "ok" and not b.in_chain and every_owner.get(b.path) is not b}
     good = [b for b in backups if b.status == "ok" and b.id not in gone]
     newest = good[-1] if good else None
     for b in backups:
@@ -67,7 +91,7 @@ def plan(backups: list[BackupRecord], policy: Policy, *, local: bool) -> Plan:
             else:
                 keep[b.id] = "failed run after the newest good backup (kept to tell of it)"
         elif b.id in gone:
-            owner = owners.get(b.path)
+            owner = every_owner.get(b.path)
             drop[b.id] = f"its slot {b.path} was reused by {owner.id}" if owner else "its file is gone"
     if newest is not None:
         keep[newest.id] = "newest good backup"
