@@ -331,12 +331,20 @@ def test_a_new_database_is_picked_up_and_announced_and_a_vanished_one_keeps_its_
     for db in (p, q):
         run(pg, "postgres", sql.SQL("create database {}").format(ident(db)))
         run(pg, db, "create table t (i int)", "insert into t select generate_series(1, 10)")
-    dest = tmp / "dest"
+    dest, metrics = tmp / "dest", tmp / "m.prom"
     dest.mkdir()
     c = whole_config(tmp / "c.toml", pg, pwfile, dest, databases="all", exclude=others, extra=(
         "\n[retention]\ndaily = 1\nweekly = 0\nmonthly = 0\nkeep_last = 1\n"
-        f'\n[notify]\nwebhook = "{hooks.url}"\non = ["failure", "success"]\n'))  # fmt: skip
+        f'\n[notify]\nwebhook = "{hooks.url}"\non = ["failure", "success"]\nmetrics_file = "{metrics}"\n'))  # fmt: skip
     c.write_text(c.read_text().replace("%D/DBBACK-%w.DMP", "%D/DBBACK.DMP"))
+
+    def per_database() -> set[str]:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        families = text_string_to_metric_families(metrics.read_text())
+        name = "deltadump_database_last_success_timestamp_seconds"
+        return {s.labels["database"] for f in families for s in f.samples if s.name == name}
+
     assert cli("backup", "--config", c, env={"DELTADUMP_NOW": DAYS[0]}).returncode == 0
     run(pg, "postgres", sql.SQL("create database {}").format(ident(new)))
     run(pg, new, "create table n (i int)", "insert into n select generate_series(1, 7)")
@@ -347,6 +355,7 @@ def test_a_new_database_is_picked_up_and_announced_and_a_vanished_one_keeps_its_
     body = hooks.posts[-1]
     assert body["status"] == "ok" and announced in body["databases_changed"]  # type: ignore[operator]
     assert {b["database"] for b in body["backups"]} == {"(globals)", p, q, new}  # type: ignore[union-attr,index]
+    assert per_database() == {"(globals)", p, q, new}  # metrics: each database's last success
     h = history(c)
     assert h.backups[-4].databases == sorted([new, p, q]) and h.latest().db in (new, p, q)
     q_backup = next(b for b in reversed(h.backups) if b.db == q)
@@ -361,6 +370,7 @@ def test_a_new_database_is_picked_up_and_announced_and_a_vanished_one_keeps_its_
         h = history(c)
         assert [b.id for b in h.backups if b.db == q] == [q_backup.id]
         assert len([b for b in h.backups if b.db == p]) == 1  # p's older ones: retention, per database
+        assert per_database() == {"(globals)", p, new}
     st = json.loads(cli("status", "--json", "--config", c, env={"DELTADUMP_NOW": DAYS[3]}).stdout)
     gone = next(d for d in st["databases"] if d["database"] == q)
     assert gone["in_last_run"] is False and gone["last_good_id"] == q_backup.id and not st["stale"]
@@ -557,3 +567,78 @@ def test_retention_and_chains_are_per_database() -> None:
     # records of a whole-server config carry the database; a single-database config's stay as they were
     assert b'"db": "a"' in encode(base) and b'"db"' not in encode(_rec(3, None, 1))
     assert decode(encode(base), BackupRecord, "x") == base
+
+
+# --- a whole-server run killed at every step ----------------------------------------------------------
+
+
+def test_kill_a_whole_server_run_at_every_step(pg: LocalServer, pwfile: Path, tmp: Path) -> None:
+    """A run of the globals and two databases (delta chains), killed with SIGKILL at each of its step
+    boundaries in turn: no backup listed good before the kill is lost, every listed backup verifies, the
+    newest good backup of each database restores to the data it was taken from, and the next run
+    succeeds and leaves nothing behind."""
+    import signal
+
+    from test_crash import leftovers, listed, lost
+    from test_crash import run as crash_run
+
+    from deltadump.jobs.restore import restore
+    from deltadump.jobs.verify import verify
+
+    others = databases(pg)
+    u = uid()
+    dbs = [f"k_{u}_a", f"k_{u}_b"]
+    for db in dbs:
+        run(pg, "postgres", sql.SQL("create database {}").format(ident(db)))
+        sample.load(pg.psql_bin(), pg.conn(), db, users=2, messages=40, words=8)
+    dest = tmp / "dest"
+    dest.mkdir()
+    c = whole_config(tmp / "c.toml", pg, pwfile, dest, databases="all", exclude=others,
+                     extra="\n[delta]\nenabled = true\n")  # fmt: skip
+    c.write_text(c.read_text().replace("%D/DBBACK-%w.DMP", "%D/DBBACK.DMP"))
+    snaps: dict[str, dict[str, tuple[int, str | None]]] = {}
+
+    def good() -> dict[str, str]:
+        """The newest good backup of each database, by id."""
+        out: dict[str, str] = {}
+        for b in reversed(listed(c)):
+            if b["state"] == "ok" and b["db"]:
+                out[str(b["db"])] = str(b["id"])
+        return out
+
+    def remember() -> None:
+        for db, bid in good().items():
+            snaps.setdefault(bid, table_stats(pg.conn(), db))
+
+    for day in (0, 1):
+        assert crash_run(c, day).returncode == 0
+        remember()
+    cfg = load(c)
+    day, n = 2, 1
+    while True:
+        for db in dbs:
+            sample.mail_day(pg.psql_bin(), pg.conn(), db, day, new=3, words=8)
+        before = listed(c)
+        r = crash_run(c, day, n)
+        day += 1
+        if r.returncode != -signal.SIGKILL:
+            assert r.returncode == 0, r.stderr
+            break
+        assert not lost(before, listed(c)), f"kill at step {n}"
+        remember()  # a backup committed by the killed run holds today's data
+        report = verify(cfg, reporter=SilentReporter())
+        assert report.ok, f"kill at step {n}: {[x.problems for x in report.results]}"
+        for db, bid in good().items():
+            restore(cfg, bid, f"kk{n}_{os.getpid()}", reporter=SilentReporter())
+            assert table_stats(pg.conn(), f"kk{n}_{os.getpid()}") == snaps[bid], f"kill at step {n}: {db}"
+            run(pg, "postgres", sql.SQL("drop database {}").format(ident(f"kk{n}_{os.getpid()}")))
+        r = crash_run(c, day)
+        day += 1
+        assert r.returncode == 0, f"the run after a kill at step {n} failed: {r.stderr}"
+        remember()
+        assert leftovers(dest, None) == [], f"after a kill at step {n}"
+        n += 1
+    print(f"\nF04 whole-server run: {n - 1} kill points, 0 backups lost")
+    assert n - 1 >= 20
+    h = history(c)
+    assert {b.db for b in h.backups if b.status == "ok"} >= set(dbs)

@@ -235,13 +235,25 @@ def database_states(cfg: Config, backups: list[BackupRecord]) -> list[DatabaseSt
     return out
 
 
+def last_successes(backups: list[BackupRecord]) -> dict[str, float | None]:
+    """When the newest good backup of each database of the last run (and of the globals) finished."""
+    prev = previous_run(backups)
+    out: dict[str, float | None] = {}
+    for name in [GLOBALS, *(prev.databases if prev is not None else [])]:
+        good = next((b for b in reversed(backups) if b.status == "ok" and label_of(b) == name), None)
+        out[name] = (good.finished or good.started).timestamp() if good is not None else None
+    return out
+
+
 def summary(cfg: Config, res: RunResult) -> dict[str, object]:
     """What a whole-server run's notification says beside the usual: every backup, what changed."""
     if not cfg.whole_server:
         return {}
     backups = [{"database": label_of(r), "id": r.id, "size": r.size, "path": str(cfg.dest / r.path)}
                for r in res.records]  # fmt: skip
-    out: dict[str, object] = {
+    out: dict[str, object] = {  # the run as a whole: its first backup's id, the folder, the sums
+        "id": res.records[0].id,
+        "path": str(cfg.dest),
         "backups": backups,
         "size": sum(r.size for r in res.records),
         "duration": round(sum(r.duration for r in res.records), 3),

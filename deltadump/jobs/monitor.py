@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +34,7 @@ class Facts:
     last_drill_ok: bool | None = None
     last_drill_at: float | None = None
     offsite_lag: float | None = None  # seconds the newest good backup has waited for the offsite copy
+    databases: dict[str, float | None] = field(default_factory=dict)  # whole-server: each one's last success
 
 
 class Monitor:
@@ -125,6 +126,10 @@ class Monitor:
             if good is not None:
                 f.last_success = (good.finished or good.started).timestamp()
                 f.dump_size = good.size
+            if self.cfg.whole_server:
+                from .cluster import last_successes
+
+                f.databases = last_successes(backups)
             drills = sorted((n for n in repo.notes() if n.kind == "drill"), key=lambda n: n.number)
             if drills:
                 f.last_drill_ok, f.last_drill_at = drills[-1].ok, drills[-1].at.timestamp()
@@ -161,10 +166,18 @@ class Monitor:
             if value is None:
                 continue
             lines += [f"# HELP {name} {help_}", f"# TYPE {name} gauge", f"{name}{lab} {value}"]
+        if f.databases:  # a whole-server config: each database of the last run (and the globals)
+            name = "deltadump_database_last_success_timestamp_seconds"
+            lines += [f"# HELP {name} When the newest good backup of each database finished.", f"# TYPE {name} gauge"]
+            lines += [f"{name}{_label(db)} {t}" for db, t in f.databases.items() if t is not None]
         try:
             write_bytes_atomic(Path(path).expanduser(), ("\n".join(lines) + "\n").encode(), mode=0o644)
         except DeltadumpError as exc:
             self.rep.info(f"metrics file {path} could not be written: {exc.message}")
+
+
+def _label(db: str) -> str:
+    return '{database="' + db.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"}'
 
 
 def latest_drill(notes: list[Note]) -> Note | None:
