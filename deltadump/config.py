@@ -406,6 +406,9 @@ dsn = {dsn}
 # password_file = "/etc/deltadump/db.password"
 # Folder with pg_dump/pg_restore/psql to use before any other (optional).
 # pg_bin = "/usr/lib/postgresql/16/bin"
+# The whole server: every database (or a list) and the roles, each backed up on its own; the name
+# below then needs %D (e.g. "%D/DBBACK-%w.DMP"). See README.md, "Whole-server backups".
+# databases = "all"
 
 [backup]
 # Target folder: a USB disk, a mounted share... It must exist (deltadump never creates it, so an

@@ -369,14 +369,18 @@ def cmd_prune(args: argparse.Namespace) -> int:
     res = prune(cfg, dry_run=args.dry_run, offsite=args.offsite, reporter=CliReporter(args.quiet),
                 identity=args.identity)  # fmt: skip
     t = Table(title=f"retention of {res.where}" + (" (dry run: nothing deleted)" if args.dry_run else ""))
-    for col in ("id", "started", "decision", "why"):
+    of = {i: _db_label(b) for i, b in res.backups.items()}  # a whole-server config's: each backup's database
+    whole = any(of.values())
+    for col in ("id", "started", *(("database",) if whole else ()), "decision", "why"):
         t.add_column(col)
     for d in reversed(res.plan.decisions):
         b = res.backups.get(d.id)
         t.add_row(Text(d.id), Text(b.started.isoformat(timespec="seconds") if b else ""),
+                  *((Text(of.get(d.id, "")),) if whole else ()),
                   Text("keep" if d.keep else ("delete" if args.dry_run else "deleted")), Text(d.why))  # fmt: skip
     if args.json:
-        print(json.dumps([{"id": d.id, "number": d.number, "keep": d.keep, "why": d.why}
+        print(json.dumps([{"id": d.id, "number": d.number, "keep": d.keep, "why": d.why,
+                           **({"database": of.get(d.id, "")} if whole else {})}
                           for d in res.plan.decisions], indent=1))  # fmt: skip
     else:
         out.print(t)
