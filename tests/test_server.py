@@ -113,7 +113,7 @@ class Source:
         self.own_a, self.own_b, self.readers, self.member = (
             f"{k}_{u}" for k in ("own_a", "own_b", "readers", "member")
         )
-        self.odd = f'we;ird "role"\n{u}'  # pg_dumpall quotes it: the globals reader must too
+        self.odd = f"we;ird \"role\" \\ 'x' -- {u}"  # pg_dumpall quotes it: the globals reader must too
         self.dbs = [f"srv_{u}_{x}" for x in "abc"]
         self.roles = [self.own_a, self.own_b, self.readers, self.member, self.odd]
         self.passwords = {self.own_a: f"pw-a-{u}", self.own_b: f"pw b '{u}", self.member: f"pw-m-{u}"}
@@ -441,6 +441,46 @@ def test_a_failing_database_fails_the_run_but_not_the_others(pg: LocalServer, pw
     hooks.server.shutdown()
 
 
+def test_a_role_name_that_would_end_a_comment_never_runs_as_sql(
+    pg: LocalServer, pwfile: Path, tmp: Path, target: LocalServer
+) -> None:
+    """A role whose name holds a line break and SQL after it, with a setting (so that pg_dumpall writes
+    its "User Config" comment): whoever may create roles must not make another one a superuser on the
+    restored server (CVE-2025-8714 in pg_dumpall before 16.10). With such a pg_dumpall the globals are
+    not backed up (and the databases are); with a fixed one the restore keeps the name a name."""
+    others = databases(pg)
+    u = uid()
+    victim, db = f"victim_{u}", f"inj_{u}"
+    evil = f"x{u}\nALTER ROLE {victim} SUPERUSER;--"
+    run(pg, "postgres", sql.SQL("create role {} login").format(ident(victim)),
+        sql.SQL("create role {}").format(ident(evil)),
+        sql.SQL("alter role {} set work_mem = '1MB'").format(ident(evil)),
+        sql.SQL("create database {}").format(ident(db)))  # fmt: skip
+    try:
+        check_injection(pg, tmp, target, pwfile, others, victim, db)
+    finally:  # the suite's other whole-server tests back up this server's roles too
+        run(pg, "postgres", sql.SQL("drop role {}").format(ident(evil)))
+
+
+def check_injection(pg: LocalServer, tmp: Path, target: LocalServer, pwfile: Path, others: list[str], victim: str,
+                    db: str) -> None:  # fmt: skip
+    dest = tmp / "dest"
+    dest.mkdir()
+    c = whole_config(tmp / "c.toml", pg, pwfile, dest, databases="all", exclude=others)
+    r = cli("backup", "--config", c)
+    h = history(c)
+    g = h.backups[0]
+    assert next(b for b in h.backups if b.db == db).status == "ok"  # the databases are backed up all the same
+    if g.status == "failed":
+        assert r.returncode == 1 and "CVE-2025-8714" in g.error and "line break" in r.stderr
+        return
+    assert r.returncode == 0, r.stderr
+    tpw = secret_file(tmp / "target.password", target.password)
+    r = cli("restore", "--server", "--to-dsn", target.dsn(), "--password-file", tpw, "--config", c)
+    assert r.returncode == 0, r.stderr
+    assert rows(target, "postgres", "select rolsuper from pg_roles where rolname = %s", (victim,)) == [(False,)]
+
+
 # --- a single-database folder written before whole-server backups, backed up on by this code ----------
 
 
@@ -541,6 +581,8 @@ def test_a_database_name_is_one_safe_part_of_a_slot_name_never_another_s(name: s
     ("GRANT ALL ON DATABASE postgres TO x;", "privileges on database"),
     ("CREATE ROLE 'x;", "unterminated"),
     ("ALTER ROLE x WITH LOGIN", "no ';'"),
+    ('-- User Config "x\nALTER ROLE v SUPERUSER;--"\n', "line break written into a comment"),
+    ('-- User Config "x\rALTER ROLE v SUPERUSER;--"\n', "line break written into a comment"),
 ])  # fmt: skip
 def test_a_globals_script_of_another_form_is_refused_before_anything_runs(script: str, why: str) -> None:
     with pytest.raises(IntegrityError) as e:

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..clock import now
 from ..config import Config, parse_duration
-from ..errors import DeltadumpError, DumpError
+from ..errors import DeltadumpError, DumpError, IntegrityError
 from ..naming import GLOBALS_PART, check_parts, check_relpath, db_part, render
-from ..pg.cluster import list_databases
+from ..pg.cluster import list_databases, names_with_line_breaks, parse_globals, writes_names_safely
 from ..pg.conn import check_dbname
 from ..pg.dump import run_pg_dumpall_globals, validate
 from ..store.records import BackupRecord
@@ -178,12 +178,22 @@ def run_failure_text(res: RunResult) -> str:
 def dump_globals(cfg: Config, srv: Server, tmp: Path, rep: Reporter) -> None:
     """pg_dumpall --globals-only into `tmp` (created 0600 under the run's umask), checked complete."""
     dumpall = tool("pg_dumpall", cfg, srv.major)
+    if not writes_names_safely(dumpall.version) and (odd := names_with_line_breaks(srv.conn)):
+        raise DumpError(f"the globals are not backed up: {odd[0]} has a line break in its name, which pg_dumpall "
+                        f"{dumpall.version} writes into a comment where the rest of the name would be read as SQL "
+                        "on restore (CVE-2025-8714)",
+                        hint="install PostgreSQL client programs of a fixed release (13.22, 14.19, 15.14, 16.10, "
+                             "17.6 or newer), or rename it")  # fmt: skip
     passwords = cfg.backup.globals == "with-passwords"
     rep.info(f"dumping the globals of {srv.conn.where} (roles, memberships, tablespaces"
              f"{', with the roles password hashes' if passwords else ', without passwords'}) with pg_dumpall "
              f"{dumpall.version}")  # fmt: skip
     run_pg_dumpall_globals(dumpall.path, srv.conn, tmp, passwords=passwords)
     validate(dumpall.path, tmp, "globals")
+    try:  # what restore --server will read: a script it would refuse is no backup (a name renamed meanwhile)
+        parse_globals(tmp.read_text(encoding="utf-8"))
+    except (IntegrityError, UnicodeDecodeError) as exc:
+        raise DumpError(f"the globals dump cannot be restored: {exc}") from exc
 
 
 def label_of(rec: BackupRecord) -> str:

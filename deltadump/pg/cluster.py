@@ -47,6 +47,30 @@ def tablespace_names(conn: Conn) -> set[str]:
     return set(_query(conn, "select spcname from pg_catalog.pg_tablespace"))
 
 
+# pg_dumpall releases that write a role's name into a comment line as it is (CVE-2025-8714): a line
+# break in the name ends the comment, and the rest of the name is read as SQL by whatever runs the
+# script. Fixed in 13.22, 14.19, 15.14, 16.10, 17.6 (the name's line breaks are replaced).
+COMMENT_FIXED = {13: 22, 14: 19, 15: 14, 16: 10, 17: 6}
+
+
+def writes_names_safely(version: str) -> bool:
+    """Whether this pg_dumpall version keeps line breaks of names out of its comments."""
+    m = re.match(r"(\d+)(?:\.(\d+))?", version)
+    if m is None:
+        return False
+    major, minor = int(m.group(1)), int(m.group(2) or 0)
+    return major > max(COMMENT_FIXED) or (major in COMMENT_FIXED and minor >= COMMENT_FIXED[major])
+
+
+def names_with_line_breaks(conn: Conn) -> list[str]:
+    """Roles and tablespaces whose names hold a line break (shown with it escaped)."""
+    sql = (
+        "select 'role ' || quote_ident(rolname) from pg_catalog.pg_roles where rolname ~ '[\\n\\r]' union all "
+        "select 'tablespace ' || quote_ident(spcname) from pg_catalog.pg_tablespace where spcname ~ '[\\n\\r]'"
+    )
+    return [n.replace("\n", "\\n").replace("\r", "\\r") for n in _query(conn, sql)]
+
+
 # -- reading pg_dumpall's script ---------------------------------------------------------------------
 
 
@@ -85,9 +109,9 @@ def _lex(text: str) -> list[Token | None]:
         if c.isspace():
             i += 1
             continue
-        if text.startswith("--", i):
-            j = text.find("\n", i)
-            i = n if j < 0 else j + 1
+        if text.startswith("--", i):  # to the end of the line, as SQL reads it (a CR ends it too)
+            m = re.compile(r"[\n\r]").search(text, i)
+            i = n if m is None else m.end()
             continue
         if text.startswith("/*", i):
             depth, j = 1, i + 2
@@ -242,6 +266,11 @@ def _classify(tokens: list[Token], text: str) -> Statement | None:
 def parse_globals(script: str) -> list[Statement]:
     """The statements of a `pg_dumpall --globals-only` script; IntegrityError when it holds anything
     else (nothing of it has run then)."""
+    for line in re.split(r"[\n\r]", script):  # a name pg_dumpall wrote into a comment and a line break ended
+        if line.startswith('-- User Config "') and not line.endswith('"'):
+            raise IntegrityError("the globals backup holds a role name with a line break written into a comment "
+                                 "(pg_dumpall before 16.10, CVE-2025-8714): the rest of the name would be read as "
+                                 "SQL; nothing of it was run")  # fmt: skip
     try:
         tokens = _lex(script)
     except ValueError as exc:
