@@ -46,6 +46,7 @@ class BackupConfig(_Model):
     after: str = ""
     after_timeout: int = Field(3600, gt=0)
     signing_key: str = ""  # Ed25519 key (minisign format) that signs every record; default: in the config's folder
+    jobs: int = Field(0, ge=0, le=64)  # parallel pg_dump/pg_restore jobs (directory format); 0: the cores, at most 4
 
     @field_validator("name")
     @classmethod
@@ -263,6 +264,26 @@ class Config(_Model):
     @property
     def dest(self) -> Path:
         return Path(self.backup.dest).expanduser()
+
+    def delta_conflict(self) -> str:
+        """What in the config deltas cannot do ('' when nothing): checked before a backup, never silently
+        rewritten. Deltas need an uncompressed custom or directory dump; a compression level left at
+        its default is taken as 0 (the dump is stored zstd-compressed anyway)."""
+        if not self.delta.enabled:
+            return ""
+        if self.backup.format not in ("custom", "directory"):
+            return (f'[delta] works on custom or directory dumps, not format = "{self.backup.format}": '
+                    'set [backup] format = "custom" or "directory", or disable [delta]')  # fmt: skip
+        if self.backup.compress and "compress" in self.backup.model_fields_set:
+            return (f"[delta] needs an uncompressed dump, but [backup] compress = {self.backup.compress}: set "
+                    "compress = 0 (the chain's objects are zstd-compressed anyway)")  # fmt: skip
+        return ""
+
+    @property
+    def dump_jobs(self) -> int:
+        from os import cpu_count
+
+        return self.backup.jobs or max(1, min(4, cpu_count() or 1))
 
     @property
     def keep(self) -> RetentionConfig:

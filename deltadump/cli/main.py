@@ -215,7 +215,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     # each job is a pg_restore connection and a server backend: on a machine that also runs the server,
     # more jobs than half the cores only compete (measured: --jobs=2 no faster than 1 on 2 cores)
-    jobs = args.jobs if args.jobs is not None else max(1, min(4, cpu_count() // 2))
+    jobs = args.jobs if args.jobs is not None else (cfg.backup.jobs or max(1, min(4, cpu_count() // 2)))
     res = restore(cfg, ref, args.to_db, dsn=args.dsn, clean=args.clean, jobs=jobs,
                   reporter=CliReporter(args.quiet), from_offsite=args.source == "offsite",
                   identity=args.identity, **_trust_args(args))  # type: ignore[arg-type]  # fmt: skip

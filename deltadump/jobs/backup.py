@@ -29,7 +29,7 @@ from ..errors import DeltadumpError, IntegrityError, StorageError
 from ..fsio import checkpoint, fsync_dir, sha256_file, storage_error, tmp_name
 from ..naming import check_relpath, earlier_days, render
 from ..pg.conn import Conn
-from ..pg.dump import run_pg_dump, validate
+from ..pg.dump import data_files, run_pg_dump, validate
 from ..pg.snapshot import SnapshotSession
 from ..store.lock import RunLock
 from ..store.records import BackupRecord, FileRecord, Pending, TablesRecord
@@ -122,6 +122,10 @@ def run(cfg: Config, reporter: Reporter | None = None, *, wait: bool = False) ->
     """One backup run, under the backup folder's lock. Raises when the backup itself failed (after
     recording the failure); an offsite failure is returned in the result, never raised here."""
     rep = reporter or SilentReporter()
+    if problem := cfg.delta_conflict():
+        from ..errors import ConfigError
+
+        raise ConfigError(problem)
     dest = cfg.dest
     check_dest(dest)
     old_umask = os.umask(0o077)  # every file and folder we (and pg_dump) create: owner only
@@ -177,10 +181,8 @@ def _dump_and_commit(
     cfg: Config, repo: Repository, dest: Path, rep: Reporter, cont: tuple[str, int] | None = None
 ) -> BackupRecord:
     b = cfg.backup
-    fmt: str
-    fmt, compress = (b.format, b.compress) if not cfg.delta.enabled else ("custom", 0)  # deltas need raw dumps
-    if b.kind == "physical":
-        fmt = "physical"
+    fmt: str = "physical" if b.kind == "physical" else b.format
+    compress = 0 if cfg.delta.enabled else b.compress  # deltas need raw dumps (delta_conflict checked this)
     started = now()
     t0 = time.monotonic()
     if clock_went_back(repo.head, started):
@@ -214,7 +216,8 @@ def _dump_and_commit(
             with SnapshotSession(srv.conn) as snap:  # the drill record and the dump see the same data
                 tables = snap.table_stats(cfg.drill.checksums)
                 run_pg_dump(pg_dump.path, srv.conn, tmp, fmt=fmt, compress=compress, options=list(b.options),
-                            progress=lambda n: rep.progress("dump", n), snapshot=snap.snapshot_id)  # fmt: skip
+                            progress=lambda n: rep.progress("dump", n), snapshot=snap.snapshot_id,
+                            jobs=cfg.dump_jobs)  # fmt: skip
             validate(pg_restore, tmp, fmt)
         rep.done("dump")
         try:
@@ -222,7 +225,11 @@ def _dump_and_commit(
             checkpoint("dump durable")
             files = file_records(dest, tmp, rel)
             fields.update(files=files, size=sum(f.size for f in files))
-            if cfg.delta.enabled:
+            if cfg.delta.enabled and fmt == "directory":
+                keys = data_files(pg_restore, tmp)  # each table's data file, by the table's identity
+                fields.update(chain.make_dir_chain_objects(cfg, dest, repo.backups(), fields["id"], tmp, files, keys,
+                                                           rep))  # fmt: skip
+            elif cfg.delta.enabled:
                 fields.update(chain.make_chain_objects(cfg, dest, repo.backups(), fields["id"], tmp, files[0].sha256,
                                                        rep))  # fmt: skip
         except OSError as exc:

@@ -170,14 +170,12 @@ def verify(cfg: Config, ref: str | None = None, *, deep: bool = False, reporter:
             if not res.checked:
                 res.problems.append(f"not restorable here: its slot {rec.path} was reused and it is in no chain")
             report.results.append(res)
-        if ref is None and cfg.delta.enabled:  # the signature the next delta will be made against
-            tip = chain.needed_signature(backups, cfg.delta.mode)
-            rec_tip = by_id.get(tip) if tip else None
-            sig = rec_tip.signature if rec_tip is not None else None
-            if rec_tip is not None and sig is not None and (problem := check_file(dest, sig.path, sig)):
-                report.damaged[sig.path] = []
-                res = VerifyResult(rec_tip, [f"{problem} (the next delta will start a new base)"], ["signature"])
-                report.results.append(res)
+        if ref is None and cfg.delta.enabled:  # the signatures the next delta will be made against
+            for path, (sig, of) in chain.needed_signatures(backups, cfg.delta.mode).items():
+                if problem := check_file(dest, path, sig):
+                    report.damaged[path] = []
+                    res = VerifyResult(by_id[of], [f"{problem} (the next delta will start anew)"], ["signature"])
+                    report.results.append(res)
     for r in report.results:
         for p in r.problems:
             for path in list(report.damaged):

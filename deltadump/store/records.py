@@ -102,6 +102,20 @@ class ObjectRecord(FileRecord):
     path: ObjectPath
 
 
+class DirFile(_Model):
+    """One file of a directory-format delta backup, kept as a chain of its own: `how` says what this
+    backup stores of it. whole: `object` is the file, zstd; delta: `object` is an rdiff delta (zstd)
+    from the file with the same `key` in the parent backup; same: identical to it (nothing stored)."""
+
+    name: RelPath  # its name in the dump's folder (3345.dat, toc.dat, ...)
+    key: Annotated[str, Field(min_length=1, max_length=300)]  # one table across days: "oid:16390", or "file:NAME"
+    size: Size  # of the uncompressed file
+    sha256: Sha256
+    how: Literal["whole", "delta", "same"]
+    object: ObjectRecord | None = None
+    signature: ObjectRecord | None = None  # local only: the rdiff signature the next delta of this file needs
+
+
 class BackupRecord(_Model):
     """One backup (status ok) or failed run (status failed), immutable once committed."""
 
@@ -131,6 +145,7 @@ class BackupRecord(_Model):
     dump_size: Size = 0
     objects: Annotated[list[ObjectRecord], Field(max_length=100_000)] = []
     signature: ObjectRecord | None = None  # chain/ID.sig: rdiff signature of its dump (local only)
+    dir_files: Annotated[list[DirFile], Field(max_length=1_000_000)] = []  # directory format: per-file chains
     tables: FileRecord | None = None  # the attachment records/N-ID.tables.json, when rows were counted
     after: bool = False  # an after-command was started for it; its result is an "after" note
 
