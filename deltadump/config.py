@@ -371,7 +371,8 @@ dest = {dest}
 name = "DBBACK-%w.DMP"
 # custom | directory | plain | tar
 format = "custom"
-# pg_dump -Z level; 0 = uncompressed (delta-friendly)
+# pg_dump -Z level; 0 = uncompressed. With [delta] enabled set 0 (deltas need an uncompressed dump;
+# their objects are zstd-compressed anyway): a higher level is refused when a backup starts.
 compress = 6
 # Extra pg_dump arguments, as a list (never passed through a shell).
 options = []

@@ -121,19 +121,31 @@ def unzstd_pieces(src: Path, chunk: int, depth: int = 3) -> Generator[memoryview
         t.join()
 
 
+def _chain_dir(dest: Path) -> Path:
+    chain_dir = dest / CHAIN_DIR
+    if chain_dir.is_symlink():
+        raise IntegrityError(f"{chain_dir} is a symbolic link; deltadump's own folders never are")
+    chain_dir.mkdir(mode=0o700, exist_ok=True)
+    return chain_dir
+
+
+def _basis(cfg: Config, backups: list[BackupRecord], *, directory: bool) -> Basis:
+    """The chain rules' basis, when it is a dump of the same shape (one file, or a folder of files)."""
+    d = cfg.delta
+    basis = next_basis(backups, d.mode, d.rebase_ratio, d.max_chain)
+    if basis.record is not None and bool(basis.record.dir_files) != directory:
+        return Basis(None, "the chain holds dumps of the other format (file or folder): a new base")
+    return basis
+
+
 def make_chain_objects(
     cfg: Config, dest: Path, backups: list[BackupRecord], rec_id: str, dump: Path, dump_sha256: str, rep: Reporter
 ) -> dict[str, Any]:
     """Store `dump` (the new backup's uncompressed dump) as a base or a delta against the basis the
     chain rules choose among `backups`; returns the record's chain fields."""
     d = cfg.delta
-    chain_dir = dest / CHAIN_DIR
-    if chain_dir.is_symlink():
-        raise IntegrityError(f"{chain_dir} is a symbolic link; deltadump's own folders never are")
-    chain_dir.mkdir(mode=0o700, exist_ok=True)
-    basis = next_basis(backups, d.mode, d.rebase_ratio, d.max_chain)
-    if basis.record is not None and basis.record.dir_files:
-        basis = Basis(None, "the chain holds directory-format dumps; this one is a single file: a new base")
+    chain_dir = _chain_dir(dest)
+    basis = _basis(cfg, backups, directory=False)
     owners = current_slots(backups)
     out: dict[str, Any] = {}
     sig_of_basis = chain_dir / f"{basis.record.id}.sig" if basis.record else None
@@ -189,13 +201,8 @@ def make_dir_chain_objects(
     parent's file of the same table (matched by the table's identity, `keys`, not its file number),
     or whole when it is new or small. Returns the record's chain fields."""
     d = cfg.delta
-    chain_dir = dest / CHAIN_DIR
-    if chain_dir.is_symlink():
-        raise IntegrityError(f"{chain_dir} is a symbolic link; deltadump's own folders never are")
-    chain_dir.mkdir(mode=0o700, exist_ok=True)
-    basis = next_basis(backups, d.mode, d.rebase_ratio, d.max_chain)
-    if basis.record is not None and not basis.record.dir_files:
-        basis = Basis(None, "the chain holds single-file dumps; this one is a directory: a new base")
+    chain_dir = _chain_dir(dest)
+    basis = _basis(cfg, backups, directory=True)
     parent = basis.record
     owners = current_slots(backups)
     prev = {f.key: f for f in parent.dir_files} if parent is not None else {}

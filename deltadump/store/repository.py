@@ -508,6 +508,16 @@ class Repository:
                 obj = obj.model_copy(update={"tables": attached.get((obj.number, obj.id), obj.tables)})
             self._write_signed(obj.file_name, encode(obj), f"deltadump {obj.file_name} repository={obj.repository}")
 
+    def _commit_head(self, head: Head) -> Head:
+        """Write a head and its signature (the commit point), and remember its sequence as seen."""
+        name = head_name(head.seq)
+        self._write_signed(name, encode(head), f"deltadump {name} repository={head.repository} seq={head.seq}")
+        self.trust.seen.update(self._seen_key(head.repository), head.seq)
+        self.head = head
+        self._cache.clear()
+        self._listing = None
+        return head
+
     def import_history(
         self, made: list[BackupRecord | TablesRecord | Note], repository: str, success_days: int, last_day: date | None
     ) -> Head:
@@ -522,13 +532,7 @@ class Repository:
             t = now()
             head = Head(repository=repository, seq=seq, time=t, live=format_ranges(live), success_days=success_days,
                         last_success_day=last_day, newest_time=t)  # fmt: skip
-            name = head_name(seq)
-            self._write_signed(name, encode(head), f"deltadump {name} repository={repository} seq={seq}")
-            self.trust.seen.update(self._seen_key(repository), seq)
-            self.head = head
-            self._cache.clear()
-            self._listing = None
-            return head
+            return self._commit_head(head)
 
     def rebuild(self, aside: Callable[[str], None]) -> tuple[Head, list[str]]:
         """A new head from the records present, when the head itself is damaged or refused: every record
@@ -575,15 +579,10 @@ class Repository:
             t = now()
             good_backups = [g for g in good.values() if isinstance(g, BackupRecord) and g.status == "ok"]
             days = sorted({g.started.date() for g in good_backups})
-            head = Head(repository=repo, seq=seq, time=t, live=format_ranges(set(good)), success_days=len(days),
-                        last_success_day=days[-1] if days else None, newest_time=t)  # fmt: skip
-            name = head_name(seq)
-            self._write_signed(name, encode(head), f"deltadump {name} repository={repo} seq={seq}")
-            self.trust.seen.update(self._seen_key(repo), seq)
             self.expect = repo
-            self.head = head
-            self._cache.clear()
-            self._listing = None
+            head = self._commit_head(Head(repository=repo, seq=seq, time=t, live=format_ranges(set(good)),
+                                          success_days=len(days), last_success_day=days[-1] if days else None,
+                                          newest_time=t))  # fmt: skip
             return head, bad
 
     def commit(self, change: Change) -> Head:
@@ -615,14 +614,9 @@ class Repository:
                 last_day = change.success_day
             t = now()
             newest = max(t, cur.newest_time) if cur is not None and cur.newest_time is not None else t
-            head = Head(repository=repo, seq=seq, time=t, live=format_ranges(live), pending=pending,
-                        success_days=days, last_success_day=last_day, newest_time=newest)  # fmt: skip
-            name = head_name(seq)
-            self._write_signed(name, encode(head), f"deltadump {name} repository={repo} seq={seq}")
-            self.trust.seen.update(self._seen_key(repo), seq)
-            self.head = head
-            self._cache.clear()
-            self._listing = None
+            head = Head(repository=repo, seq=seq, time=t, live=format_ranges(live), pending=pending, success_days=days,
+                        last_success_day=last_day, newest_time=newest)  # fmt: skip
+            self._commit_head(head)
             for n in self.meta.names("heads/"):  # older heads: no longer needed (json after its signature)
                 m = HEAD_NAME.fullmatch(n.removesuffix(SIG_SUFFIX))
                 if m and int(m.group(1)) < seq:
