@@ -83,7 +83,8 @@ def test_live_ranges_round_trip() -> None:
     for numbers in ([], [1], [1, 2, 3], [1, 3, 5, 6, 7, 10], list(range(1, 400, 2))):
         assert parse_ranges(format_ranges(numbers)) == set(numbers)
     assert format_ranges(list(range(1, 366))) == "1-365"
-    for bad in ("0", "5-3", "1,,2", "a", "1-99999999999"):
+    assert format_ranges(list(range(1, 731, 2))) == "1-729:2"  # two commits a backup: still one range
+    for bad in ("0", "5-3", "1,,2", "a", "1-99999999999", "1-9:0", "1-9:"):
         with pytest.raises(IntegrityError):
             parse_ranges(bad)
 
