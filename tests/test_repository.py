@@ -73,10 +73,12 @@ def test_signatures_interoperate_with_minisign(tmp: Path) -> None:
     subprocess.run([minisign, "-S", "-s", str(tmp / "m.key"), "-m", str(tmp / "f"), "-t", "trusted text"], check=True,
                    capture_output=True)  # fmt: skip
     theirs = PublicKey.parse((tmp / "m.pub").read_text())
-    assert theirs.verify(b"hello", (tmp / "f.minisig").read_bytes(), "f") == "trusted text"
+    assert theirs.verify(b"hello", (tmp / "f.minisig").read_bytes(), "f", ours=False) == "trusted text"
+    with pytest.raises(TrustError, match="damaged"):  # not written by us: its comment is not ours
+        theirs.verify(b"hello", (tmp / "f.minisig").read_bytes(), "f")
     assert load_secret(tmp / "m.key").public == theirs
     with pytest.raises(TrustError, match="signed by another key"):
-        ours.public.verify(b"hello", (tmp / "f.minisig").read_bytes(), "f")
+        ours.public.verify(b"hello", (tmp / "f.minisig").read_bytes(), "f", ours=False)
 
 
 def test_live_ranges_round_trip() -> None:

@@ -115,6 +115,7 @@ def verify(cfg: Config, ref: str | None = None, *, deep: bool = False, reporter:
     repo = open_local(cfg, rep)
     view = local_view(repo, dest)
     backups = view.backups
+    repo.notes()  # every live record is read, so its signature is checked too
     by_id = {b.id: b for b in backups}
     restorable = view.restorable
 

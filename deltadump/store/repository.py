@@ -474,6 +474,10 @@ class Repository:
             raise IntegrityError(f"{what} is missing")
         if len(data) != rec.tables.size or hashlib.sha256(data).hexdigest() != rec.tables.sha256:
             raise IntegrityError(f"{what} does not match the hash its backup record names")
+        sig = self.meta.read(name + SIG_SUFFIX, 8192)
+        if sig is None:
+            raise TrustError(f"{what} has no signature")
+        self.trust.public.verify(data, sig, what)  # as an admin's minisign -V would
         t: TablesRecord = decode(data, TablesRecord, what)
         if t.id != rec.id or t.number != rec.number or t.repository != rec.repository:
             raise TrustError(f"{what} belongs to another backup")
