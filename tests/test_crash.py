@@ -193,8 +193,8 @@ def test_kill_prune_and_restore_at_every_step(pg: LocalServer, pwfile: Path, mai
     c, dest, remote = setup(pg, pwfile, maildb, tmp, name="DBBACK.DMP")
     remote = tmp / "remote"
     remote.mkdir()
-    c.write_text(c.read_text() + f'\n[delta]\nenabled = true\n[offsite]\nurl = "file://{remote}"\n')
-    for day in range(2, 8):
+    c.write_text(c.read_text() + f'\n[delta]\nenabled = true\nmax_chain = 2\n[offsite]\nurl = "file://{remote}"\n')
+    for day in range(2, 8):  # chains of three: the older ones are prune's to delete
         sample.mail_day(pg.psql_bin(), pg.conn(), maildb, day, new=5, words=10)
         assert run(c, day).returncode == 0
     want = table_stats(pg.conn(), maildb)
