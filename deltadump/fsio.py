@@ -77,6 +77,22 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def make_dirs(path: Path, mode: int = 0o700) -> None:
+    """Create `path` and any missing parents durably: each new folder is fsynced in its parent, so a
+    power cut cannot lose a folder whose files were made durable."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=mode)
+        except FileExistsError:
+            continue
+        fsync_dir(d.parent)
+
+
 def storage_error(exc: OSError, path: Path, action: str) -> StorageError:
     """Translate an OSError into a StorageError that names the path and the cause."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):

@@ -26,7 +26,7 @@ from typing import Any
 from ..clock import now
 from ..config import Config
 from ..errors import DeltadumpError, IntegrityError, StorageError
-from ..fsio import checkpoint, fsync_dir, sha256_file, storage_error, tmp_name
+from ..fsio import checkpoint, fsync_dir, make_dirs, sha256_file, storage_error, tmp_name
 from ..naming import check_relpath, earlier_days, render
 from ..pg.conn import Conn
 from ..pg.dump import data_files, run_pg_dump, validate
@@ -205,7 +205,7 @@ def _dump_and_commit(
         fields["path"] = rel
         slot = dest / rel
         try:
-            slot.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_dirs(slot.parent)
         except OSError as exc:
             raise storage_error(exc, slot.parent, "creating") from exc
         tmp = tmp_name(slot)

@@ -22,7 +22,7 @@ import zstandard
 
 from ..config import Config
 from ..errors import IntegrityError, RsyncError
-from ..fsio import atomic_write, checkpoint, sha256_file, storage_error, tmp_name
+from ..fsio import atomic_write, checkpoint, make_dirs, sha256_file, storage_error, tmp_name
 from ..naming import check_relpath
 from ..rsync import delta as rs_delta
 from ..rsync import signature as rs_signature
@@ -39,7 +39,7 @@ DELTA_ZSTD_LEVEL = 19  # deltas are small: squeeze them, they are what crosses t
 def zstd_file(dest: Path, src: Path, rel: str, level: int = ZSTD_LEVEL, raw_size: int | None = None) -> ObjectRecord:
     """Compress src into the backup folder's object `rel` (chain/...) durably; returns its record."""
     dst = dest / check_relpath(rel, (f"{CHAIN_DIR}/",))
-    dst.parent.mkdir(mode=0o700, exist_ok=True)
+    make_dirs(dst.parent)
     size = src.stat().st_size
     # threads only for big inputs (each thread has its own tables); the size lets zstd scale them
     cctx = zstandard.ZstdCompressor(level=level, threads=-1 if size > 64 << 20 else 0, write_checksum=True)
@@ -125,7 +125,7 @@ def _chain_dir(dest: Path) -> Path:
     chain_dir = dest / CHAIN_DIR
     if chain_dir.is_symlink():
         raise IntegrityError(f"{chain_dir} is a symbolic link; deltadump's own folders never are")
-    chain_dir.mkdir(mode=0o700, exist_ok=True)
+    make_dirs(chain_dir)
     return chain_dir
 
 

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from ..clock import now
 from ..errors import IntegrityError, StorageError, TargetError, TrustError
-from ..fsio import TMP_PREFIX, fsync_dir, storage_error, unlock_close, write_bytes_atomic
+from ..fsio import TMP_PREFIX, fsync_dir, make_dirs, storage_error, unlock_close, write_bytes_atomic
 from ..naming import check_relpath
 from ..targets import Target
 from .keys import PublicKey, SecretKey
@@ -113,7 +113,7 @@ class LocalMeta:
         parent = self._dir(name)
         if self.create and not self.root.exists():
             try:
-                self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+                make_dirs(self.root)
             except OSError as exc:
                 raise storage_error(exc, self.root, "creating") from exc
         if not parent.exists():
