@@ -34,7 +34,8 @@ deltadump offsite copy: how to recover by hand, with standard tools only
 ========================================================================
 If names end in .age, decrypt each file first:   age -d -i key.txt -o FILE FILE.age
 
-heads/NNNNNNNNNN.json is the head: "live" lists the numbers of the live records ("1-5,8").
+heads/NNNNNNNNNN.json is the head: "live" lists the numbers of the live records as ranges:
+"1-5,8,9-21:2" is 1 to 5, 8, and 9 to 21 in steps of 2 (9, 11, ..., 21).
 records/NNNNNNNN-ID.json is backup ID: "objects" (the files here, with the sha256 of their plaintext),
 "kind" (base, delta or full), "parent" (the backup a delta applies to), "dump_sha256" (the sha256 of
 the uncompressed pg_dump archive it rebuilds). Every head and record is signed; check one with
