@@ -6,7 +6,6 @@ deltadump command line, a real PostgreSQL server, a real offsite folder or moto'
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from conftest import cli, write_config
@@ -49,7 +48,7 @@ def test_a_stray_name_under_heads_in_the_store_never_breaks_the_sync(
     """The store lists `heads/x.json.minisig` (any name ending so): the sync parsed the sequence out of
     the name by position, int() raised ValueError, and every backup from then on ended in "internal
     error": no offsite copy, no local retention, no failure notification."""
-    c, dest, remote = offsite_setup(pg, pwfile, maildb, tmp)
+    c, _dest, remote = offsite_setup(pg, pwfile, maildb, tmp)
     assert backup(c, 0)[0] == 0
     (remote / "heads" / "x.json.minisig").write_bytes(b"not ours")
     sample.mail_day(pg.psql_bin(), pg.conn(), maildb, 1, new=20, words=20)
