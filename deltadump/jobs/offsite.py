@@ -21,7 +21,7 @@ from ..errors import ConfigError, DeltadumpError, IntegrityError, TargetError
 from ..fsio import checkpoint, sha256_file
 from ..naming import check_relpath
 from ..store import manifest as v1
-from ..store.records import SIG_SUFFIX, BackupRecord, FileRecord, Note, record_name
+from ..store.records import HEAD_NAME, SIG_SUFFIX, BackupRecord, FileRecord, Note, record_name
 from ..store.repository import Change, LocalMeta, MirroredMeta, Repository, TargetMeta
 from ..store.retention import Plan, Policy, plan
 from ..targets import Target, open_target
@@ -136,7 +136,8 @@ class Offsite:
         again; a store ahead of it (another writer, or a lost backup folder) is adopted when it can be
         read, refused otherwise. Returns the store's listing and whether it holds a format 1 copy."""
         have = self.target.list()
-        remote_seqs = [int(k[6:16]) for k in have if k.startswith("heads/") and k.endswith(".json" + SIG_SUFFIX)]
+        remote_seqs = [int(m.group(1)) for k in have if k.endswith(SIG_SUFFIX)
+                       and (m := HEAD_NAME.fullmatch(k.removesuffix(SIG_SUFFIX)))]  # fmt: skip
         head = self.mirror.load(fresh=True)  # a missing mirror (a new backup folder) is no attack: the store tells
         seq = head.seq if head is not None else 0
         if head is None and not remote_seqs:
