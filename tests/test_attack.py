@@ -6,6 +6,8 @@ deltadump command line, a real PostgreSQL server, a real offsite folder or moto'
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 from conftest import cli, write_config
@@ -58,3 +60,31 @@ def test_a_stray_name_under_heads_in_the_store_never_breaks_the_sync(
     r = cli("verify", "--offsite", "--config", c)
     assert r.returncode == 0, r.stdout + r.stderr
     assert len(json.loads(cli("list", "--offsite", "--json", "--config", c).stdout)) == 2
+
+
+def test_a_fifo_in_an_offsite_folder_is_refused_not_waited_on(
+    pg: LocalServer, pwfile: Path, maildb: str, tmp: Path
+) -> None:
+    """A folder target opened an object (or a record's signature, read by name) with a blocking open:
+    a FIFO planted there makes `list --offsite`, `verify --offsite` and `restore --from offsite` wait
+    forever for a writer, with no error and no end."""
+    c, _dest, remote = offsite_setup(pg, pwfile, maildb, tmp)
+    assert backup(c, 0)[0] == 0
+    base = next((remote / "chain").glob("*.base.zst"))
+    base.unlink()
+    os.mkfifo(base)
+    sig = next(p for p in (remote / "records").glob("*.json.minisig") if ".tables." not in p.name)
+    for cmd in (["list", "--offsite"], ["restore", "--from", "offsite", "--to-db", "fifo_restored"]):
+        if cmd[0] == "list":
+            saved = sig.read_bytes()
+            sig.unlink()
+            os.mkfifo(sig)
+        try:
+            r = cli(*cmd, "--config", c, timeout=60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{cmd[0]} waited on a FIFO in the offsite folder") from None
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert r.stderr.count("deltadump: error:") == 1 and "internal error" not in r.stderr, r.stderr
+        if cmd[0] == "list":
+            sig.unlink()
+            sig.write_bytes(saved)
