@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import os
 import stat
 import struct
@@ -49,13 +48,13 @@ class PatchStats:
 def _reader(delta: PathOrFile) -> Iterator[BinaryIO]:
     if isinstance(delta, str | os.PathLike):
         try:
-            f = open(delta, "rb", buffering=BUF)  # noqa: SIM115
+            f = open(delta, "rb", buffering=0)  # noqa: SIM115  (_Commands reads in chunks of its own)
         except OSError as exc:
             raise open_error(delta, exc, "read") from exc
         with f:
             yield f
     else:
-        yield delta if isinstance(delta, io.BufferedIOBase) else io.BufferedReader(delta, BUF)  # type: ignore[type-var]
+        yield delta
 
 
 class _Out:
@@ -127,15 +126,6 @@ def _literal_cut_short() -> RsyncError:
     )
 
 
-def _need(f: BinaryIO, n: int, what: str = "") -> bytes:
-    data = f.read(n)
-    if len(data) < n:
-        if what:
-            raise _literal_cut_short()
-        raise RsyncError(RsyncError.RS_INPUT_ENDED, message="delta is truncated (no END command)")
-    return data
-
-
 @librsync_job("patch")
 def patch(
     basis: PathOrFile,
@@ -164,6 +154,8 @@ def patch(
                     job="patch",
                 )
         magic = dr.read(4)
+        while 0 < len(magic) < 4 and (more := dr.read(4 - len(magic))):  # a pipe may give less
+            magic += more
         if len(magic) < 4:
             raise RsyncError(RsyncError.RS_INPUT_ENDED, job="patch", message="delta is empty or truncated")
         (m,) = struct.unpack(">I", magic)
@@ -188,11 +180,8 @@ def patch(
                         st.copy_cmds += 1
                         st.copy_bytes += n
                     else:
-                        remaining = n
-                        while remaining:
-                            chunk = _need(dr, min(remaining, 4 << 20), "literal")
+                        for chunk in cmds.take(n):
                             o.write(chunk)
-                            remaining -= len(chunk)
                         st.literal_cmds += 1
                         st.literal_bytes += n
                 o.flush()
@@ -212,45 +201,63 @@ def patch(
     return st
 
 
+# opcode -> (0 end | 1 literal of immediate length a | 2 literal with a length of b bytes | 3 copy with a
+# position of a bytes and a length of b bytes | 4 bogus, a, b)
+_OPS = [
+    (0, 0, 0) if kind == "end" else (1, a, 0) if kind == "literal" and a else (2, 0, b) if kind == "literal"
+    else (3, a, b) if kind == "copy" else (4, 0, 0)
+    for kind, a, b in map(decode_opcode, range(256))
+]  # fmt: skip
+_CHUNK = 1 << 20  # delta bytes read at a time
+
+
 class _Commands:
     """The commands of a delta, in order, as (is_copy, position, length): a copy's position is in the
-    basis, a literal's in the delta (its bytes follow; the consumer reads or skips them before asking
-    for the next command). Raises librsync's errors for a malformed delta."""
+    basis, a literal's in the delta (its bytes follow: the consumer takes or skips them before asking
+    for the next command). Reads the delta a chunk at a time into a buffer of its own and decodes
+    from there. Raises librsync's errors for a malformed delta."""
 
     def __init__(self, dr: BinaryIO) -> None:
         self.dr = dr
-        self.consumed = 4
+        self.buf = b""
+        self.i = 0  # next byte to decode in buf
+        self.base = 4  # delta offset of buf[0] (the magic is read already)
+
+    @property
+    def consumed(self) -> int:
+        return self.base + self.i
+
+    def _fill(self, need: int) -> None:
+        """Keep the undecoded rest and read on, until `need` bytes are buffered or the delta ends."""
+        rest = self.buf[self.i :]
+        self.base += self.i
+        self.i = 0
+        more = self.dr.read(max(_CHUNK, need))
+        buf = rest + more if rest else more
+        while more and len(buf) < need:  # a pipe gives what it has
+            more = self.dr.read(need - len(buf))
+            buf += more
+        self.buf = buf
 
     def __iter__(self) -> Iterator[tuple[bool, int, int]]:
-        dr = self.dr
+        ops, from_bytes = _OPS, int.from_bytes
         while True:
-            opb = dr.read(1)
-            if not opb:
-                raise RsyncError(RsyncError.RS_INPUT_ENDED, job="patch", message="delta is truncated (no END)")
-            self.consumed += 1
-            kind, a, b = decode_opcode(opb[0])
-            if kind == "end":
-                return
-            if kind == "literal":
-                if a:
-                    n = a
-                else:
-                    (n,) = struct.unpack(_FMT[b], _need(dr, b))
-                    self.consumed += b
-                    if n == 0 or n >= 1 << 63:
-                        raise RsyncError(
-                            RsyncError.RS_CORRUPT,
-                            f"(rs_patch_s_literal) invalid length={_signed(n)} on LITERAL command",
-                            job="patch",
-                        )
-                at = self.consumed
-                self.consumed += n
-                yield False, at, n
-            elif kind == "copy":
-                raw = _need(dr, a + b)
-                self.consumed += a + b
-                (pos,) = struct.unpack(_FMT[a], raw[:a])
-                (n,) = struct.unpack(_FMT[b], raw[a:])
+            buf, i = self.buf, self.i
+            if len(buf) - i < 17:  # the longest command head: opcode, 8-byte position, 8-byte length
+                self._fill(17)
+                buf, i = self.buf, 0
+                if not buf:
+                    raise RsyncError(RsyncError.RS_INPUT_ENDED, job="patch", message="delta is truncated (no END)")
+            kind, a, b = ops[buf[i]]
+            i += 1
+            if kind == 1:
+                self.i = i
+                yield False, self.base + i, a
+            elif kind == 3:
+                if i + a + b > len(buf):
+                    raise RsyncError(RsyncError.RS_INPUT_ENDED, message="delta is truncated (no END command)")
+                pos = from_bytes(buf[i : i + a], "big")
+                n = from_bytes(buf[i + a : i + a + b], "big")
                 if n == 0 or n >= 1 << 63:
                     raise RsyncError(
                         RsyncError.RS_CORRUPT,
@@ -263,46 +270,72 @@ class _Commands:
                         f"(rs_patch_s_copy) invalid position={_signed(pos)} on COPY command",
                         job="patch",
                     )
+                self.i = i + a + b
                 yield True, pos, n
+            elif kind == 2:
+                if i + b > len(buf):
+                    raise RsyncError(RsyncError.RS_INPUT_ENDED, message="delta is truncated (no END command)")
+                n = from_bytes(buf[i : i + b], "big")
+                if n == 0 or n >= 1 << 63:
+                    raise RsyncError(
+                        RsyncError.RS_CORRUPT,
+                        f"(rs_patch_s_literal) invalid length={_signed(n)} on LITERAL command",
+                        job="patch",
+                    )
+                self.i = i + b
+                yield False, self.base + i + b, n
+            elif kind == 0:
+                self.i = i
+                return
             else:
                 raise RsyncError(
                     RsyncError.RS_CORRUPT,
-                    f"(rs_patch_s_run) bogus command 0x{opb[0]:02x}",
+                    f"(rs_patch_s_run) bogus command 0x{buf[i - 1]:02x}",
                     job="patch",
-                    message=f"delta is corrupt (bogus command 0x{opb[0]:02x} at byte {self.consumed - 1})",
+                    message=f"delta is corrupt (bogus command 0x{buf[i - 1]:02x} at byte {self.base + i - 1})",
                 )
+
+    def skip(self, n: int) -> None:
+        """Pass over n literal bytes (a seekable delta whose size the caller has checked)."""
+        avail = len(self.buf) - self.i
+        if n <= avail:
+            self.i += n
+            return
+        self.dr.seek(n - avail, os.SEEK_CUR)
+        self.base += len(self.buf) + n - avail
+        self.buf, self.i = b"", 0
+
+    def take(self, n: int) -> Iterator[bytes]:
+        """The next n literal bytes, in pieces of at most 4 MiB."""
+        while n:
+            if self.i >= len(self.buf):
+                self._fill(min(n, 4 << 20))
+                if not self.buf:
+                    raise _literal_cut_short()
+            k = min(n, len(self.buf) - self.i, 4 << 20)
+            yield self.buf[self.i : self.i + k]
+            self.i += k
+            n -= k
 
 
 class _Batch:
-    """Consecutive commands whose output is one contiguous range, written with one pwritev from
-    read-only mappings of the basis and the delta windows they read."""
+    """Consecutive commands whose output is one contiguous range starting at `at`, written with one
+    pwritev from read-only mappings of the basis and delta windows they read: blo..bhi of the basis
+    (of which `used` bytes are copied) and dlo..dhi of the delta."""
 
-    __slots__ = ("at", "bhi", "blo", "cmds", "dhi", "dlo", "size")
+    __slots__ = ("at", "bhi", "blo", "cmds", "dhi", "dlo", "used")
 
-    def __init__(self, at: int) -> None:
-        self.at, self.size = at, 0
-        self.cmds: list[tuple[bool, int, int]] = []
-        self.blo = self.dlo = 1 << 63
-        self.bhi = self.dhi = 0
-
-    def add(self, is_copy: bool, pos: int, n: int) -> None:
-        self.cmds.append((is_copy, pos, n))
-        self.size += n
-        if is_copy:
-            self.blo, self.bhi = min(self.blo, pos), max(self.bhi, pos + n)
-        else:
-            self.dlo, self.dhi = min(self.dlo, pos), max(self.dhi, pos + n)
-
-    def fits(self, is_copy: bool, pos: int, n: int) -> bool:
-        if len(self.cmds) >= _IOV_MAX or self.size + n > _BATCH:
-            return False
-        lo, hi = (self.blo, self.bhi) if is_copy else (self.dlo, self.dhi)
-        return hi == 0 or max(hi, pos + n) - min(lo, pos) <= _WINDOW
+    def __init__(
+        self, at: int, cmds: list[tuple[bool, int, int]], blo: int, bhi: int, dlo: int, dhi: int, used: int
+    ) -> None:
+        self.at, self.cmds, self.blo, self.bhi, self.dlo, self.dhi, self.used = at, cmds, blo, bhi, dlo, dhi, used
 
 
 _BATCH = 16 << 20  # output bytes per batch
 _WINDOW = 32 << 20  # most bytes of the basis (or of the delta) one batch maps
 _IOV_MAX = IOV_MAX  # commands per batch: one pwritev
+_SPARSE = 1 << 20  # a basis window larger than twice the bytes copied from it plus this is faulted in
+#                    page by page as the copies touch it, not populated whole
 
 
 class _Parallel:
@@ -338,31 +371,54 @@ class _Parallel:
         workers = [threading.Thread(target=self._work, args=(q,), daemon=True) for _ in range(2)]
         for w in workers:
             w.start()
-        dsize = os.fstat(self.dfd).st_size
-        at, batch = 0, _Batch(0)
+        dsize, bsize = os.fstat(self.dfd).st_size, self.src.size
+        assert bsize is not None
+        batch_max, window, iov_max, top = _BATCH, _WINDOW, _IOV_MAX, 1 << 63
+        # the batch being filled: commands, output start and size, basis and delta windows, bytes copied
+        cl: list[tuple[bool, int, int]] = []
+        at = start = size = used = bhi = dhi = 0
+        blo = dlo = top
+        ncopy = copied = nlit = literal = 0
         try:
             for is_copy, pos, n in cmds:
                 if is_copy:
-                    _check_copy(self.src, pos, n)
-                    st.copy_cmds += 1
-                    st.copy_bytes += n
+                    if pos + n > bsize:
+                        _check_copy(self.src, pos, n)
+                    ncopy += 1
+                    copied += n
                 else:
                     if pos + n > dsize:
                         raise _literal_cut_short()
-                    cmds.dr.seek(n, os.SEEK_CUR)
-                    st.literal_cmds += 1
-                    st.literal_bytes += n
+                    cmds.skip(n)
+                    nlit += 1
+                    literal += n
                 while n:  # long commands in pieces, so that windows stay small
-                    k = min(n, _BATCH)
-                    if not batch.fits(is_copy, pos, k):
-                        q.put(batch)
-                        batch = _Batch(at)
-                    batch.add(is_copy, pos, k)
+                    k = n if n <= batch_max else batch_max
+                    if is_copy:
+                        lo = pos if pos < blo else blo
+                        hi = pos + k if pos + k > bhi else bhi
+                    else:
+                        lo = pos if pos < dlo else dlo
+                        hi = pos + k if pos + k > dhi else dhi
+                    if len(cl) >= iov_max or size + k > batch_max or hi - lo > window:
+                        q.put(_Batch(start, cl, blo, bhi, dlo, dhi, used))
+                        if self.error is not None:
+                            break
+                        cl, start, size, used, bhi, dhi, blo, dlo = [], at, 0, 0, 0, 0, top, top
+                        lo, hi = pos, pos + k
+                    if is_copy:
+                        blo, bhi = lo, hi
+                        used += k
+                    else:
+                        dlo, dhi = lo, hi
+                    cl.append((is_copy, pos, k))
+                    size += k
                     at, pos, n = at + k, pos + k, n - k
                 if self.error is not None:
                     break
-            q.put(batch)
+            q.put(_Batch(start, cl, blo, bhi, dlo, dhi, used))
         finally:
+            st.copy_cmds, st.copy_bytes, st.literal_cmds, st.literal_bytes = ncopy, copied, nlit, literal
             for _ in workers:
                 q.put(None)
             for w in workers:
@@ -387,7 +443,8 @@ class _Parallel:
         bstart = dstart = 0
         try:
             if b.bhi:
-                bm, bstart = map_range(self.bfd, self.boff + b.blo, self.boff + b.bhi, populate=True)
+                dense = b.bhi - b.blo <= 2 * b.used + _SPARSE
+                bm, bstart = map_range(self.bfd, self.boff + b.blo, self.boff + b.bhi, populate=dense)
                 maps.append(bm)
                 bv = memoryview(bm)
                 views.append(bv)
