@@ -16,14 +16,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .differ import DeltaStats, Signature, delta, load_signature
+    from .differ import DeltaStats, delta, load_signature
     from .format import SigParams, sig_args
     from .patcher import PatchStats, patch
+    from .search import Signature
     from .signer import SignatureStats, signature
 
 _WHERE = {
     "DeltaStats": "differ",
-    "Signature": "differ",
+    "Signature": "search",
     "delta": "differ",
     "load_signature": "differ",
     "SigParams": "format",

@@ -1,4 +1,4 @@
-"""Weak (RabinKarp, rollsum) and strong (BLAKE2b-256, MD4) checksums, vectorised with numpy.
+"""Weak (RabinKarp, rollsum) and strong (BLAKE2b-256, MD4) checksums of many blocks at once, with numpy.
 
 Weak sums come in two shapes: `block_weak` for consecutive blocks (signatures, aligned runs) and
 `rolling_weak` for every window offset of a region (the delta's search), both from the wrapping
@@ -8,9 +8,10 @@ prefix-sum forms of spec section 2, so no Python loop touches a byte.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 
 import numpy as np
+
+from .small import strong_hasher
 
 RK_MULT = 0x08104225
 RK_INV = 0x98F009AD
@@ -102,11 +103,12 @@ def rolling_weak(data: np.ndarray, n: int, kind: str) -> np.ndarray:
     if count <= 0:
         return np.empty(0, dtype=U32)
     if kind == "rabinkarp":
-        # h(p) = M^n + M^(p+n-1) * (Q[p+n] - Q[p]),  Q[k] = sum_{i<k} x_i * Minv^i
-        q = np.empty(L + 1, dtype=U32)
-        q[0] = 0
-        np.cumsum(data * _powers(RK_INV, L), dtype=U32, out=q[1:])
-        diff = q[n:] - q[:count]
+        # h(p) = M^n + M^(p+n-1) * (Q[p+n] - Q[p]),  Q[k] = sum_{i<k} x_i * Minv^i = c[k-1] (few calls:
+        # on the short regions searched after each change, numpy's cost per call is what counts)
+        c = np.multiply(data, _powers(RK_INV, L), dtype=U32)
+        np.cumsum(c, out=c)
+        diff = c[n - 1 :]
+        diff[1:] -= c[: count - 1]  # overlapping operands: numpy buffers them
         diff *= _powers(RK_MULT, L)[n - 1 : n - 1 + count]
         diff += U32(rk_pow(n))
         return diff
@@ -148,40 +150,14 @@ def suffix_weak(data: np.ndarray, kind: str) -> np.ndarray:
     return ((s2 & 0xFFFF) << 16) | (s1 & 0xFFFF)
 
 
-def strong_hasher(kind: str) -> Callable[[bytes | memoryview], bytes]:
-    """A function returning the full strong digest of one block."""
-    if kind == "blake2":
-        b2 = hashlib.blake2b
-
-        def blake2(data: bytes | memoryview) -> bytes:
-            return b2(data, digest_size=32).digest()
-
-        return blake2
-    if kind == "md4":
-        try:
-            hashlib.new("md4", b"")
-
-            def md4_hashlib(data: bytes | memoryview) -> bytes:
-                return hashlib.new("md4", data).digest()
-
-            return md4_hashlib
-        except ValueError:
-            from Crypto.Hash import MD4
-
-            def md4(data: bytes | memoryview) -> bytes:
-                return MD4.new(bytes(data)).digest()
-
-            return md4
-    raise ValueError(f"unknown strong sum {kind!r}")
-
-
-def strong_blocks(buf: bytes | memoryview, block_len: int, kind: str, strong_len: int) -> bytes:
-    """Concatenated truncated strong sums of the consecutive blocks of `buf`."""
+def strong_run(buf: bytes | memoryview, block_len: int, kind: str, strong_len: int) -> bytes:
+    """Concatenated truncated strong sums of the consecutive blocks of `buf` (the last may be short)."""
     mv = memoryview(buf)
     n = len(mv)
     if kind == "blake2":
         # copying a fresh hasher is cheaper than constructing one (no parameter parsing): beside the
-        # hashing itself, this loop's cost is its per-block Python work
+        # hashing itself, this loop's cost is its per-block Python work (measured faster than a
+        # chain of C-level map() calls, which pay for the keyword argument on every block)
         fresh = hashlib.blake2b(digest_size=32).copy
         out: list[bytes] = []
         add = out.append
@@ -189,8 +165,24 @@ def strong_blocks(buf: bytes | memoryview, block_len: int, kind: str, strong_len
             h = fresh()
             h.update(mv[i : i + block_len])
             add(h.digest())
-        if strong_len < 32:
-            return b"".join([d[:strong_len] for d in out])
-        return b"".join(out)
-    hasher = strong_hasher(kind)
-    return b"".join([hasher(mv[i : i + block_len])[:strong_len] for i in range(0, n, block_len)])
+    else:
+        out = list(map(strong_hasher(kind), (mv[i : i + block_len] for i in range(0, n, block_len))))
+    if strong_len < STRONG_FULL[kind]:
+        return b"".join([d[:strong_len] for d in out])
+    return b"".join(out)
+
+
+STRONG_FULL = {"blake2": 32, "md4": 16}
+
+
+def sig_records(data: bytes, block_len: int, weak: str, strong: str, strong_len: int) -> bytes:
+    """The signature records (weak u32 BE + truncated strong) of consecutive blocks of `data`."""
+    if not data:
+        return b""
+    w = block_weak(np.frombuffer(data, dtype=np.uint8), block_len, weak)
+    s = strong_run(data, block_len, strong, strong_len)
+    nb = len(w)
+    rec = np.empty((nb, 4 + strong_len), dtype=np.uint8)
+    rec[:, :4] = w.astype(">u4").view(np.uint8).reshape(nb, 4)
+    rec[:, 4:] = np.frombuffer(s, dtype=np.uint8).reshape(nb, strong_len)
+    return rec.tobytes()
