@@ -6,7 +6,9 @@ botocore) are translated where they are born, with the original chained. Only th
 
 from __future__ import annotations
 
-from typing import ClassVar
+TYPE_CHECKING = False  # no typing import at run time: `deltadump rdiff` starts fast
+if TYPE_CHECKING:
+    from typing import ClassVar
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -8,24 +8,30 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
-import secrets
 from collections.abc import Iterator
-from pathlib import Path
-from typing import BinaryIO
 
 from .errors import StorageError
+
+TYPE_CHECKING = False  # typing and pathlib are imported only where needed: `deltadump rdiff` starts fast
+if TYPE_CHECKING:
+    import hashlib
+    from pathlib import Path
+    from typing import BinaryIO
 
 TMP_PREFIX = ".tmp-"
 
 
 def tmp_name(final: Path) -> Path:
     """A temporary name beside `final`, recognisable as ours so stale ones can be cleaned."""
-    return final.with_name(f"{TMP_PREFIX}{final.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    return final.with_name(_tmp_basename(final.name))
 
 
-def fsync_dir(path: Path) -> None:
+def _tmp_basename(name: str) -> str:
+    return f"{TMP_PREFIX}{name}.{os.getpid()}.{os.urandom(4).hex()}"
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -56,18 +62,36 @@ def storage_error(exc: OSError, path: Path, action: str) -> StorageError:
 class AtomicFile:
     """A file written under a temporary name and renamed into place on commit()."""
 
-    def __init__(self, final: Path, mode: int = 0o600, durable: bool = True, hashing: bool = True) -> None:
-        self.final = Path(final)
+    def __init__(
+        self, final: str | os.PathLike[str], mode: int = 0o600, durable: bool = True, hashing: bool = True
+    ) -> None:
+        self._final = os.fspath(final)
+        folder, name = os.path.split(self._final)
+        self._tmp = os.path.join(folder, _tmp_basename(name))
         self.durable = durable
         self.hashing = hashing
-        self.tmp = tmp_name(self.final)
-        self.sha256 = hashlib.sha256()
+        if hashing:  # (the sha256 of what is written; without hashing, hashlib need not even be imported)
+            import hashlib
+
+            self.sha256: hashlib._Hash = hashlib.sha256()
         self.size = 0
         try:
-            fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         except OSError as exc:
             raise storage_error(exc, self.final, "creating") from exc
         self.file: BinaryIO = os.fdopen(fd, "wb", buffering=1 << 20)
+
+    @property
+    def final(self) -> Path:
+        from pathlib import Path
+
+        return Path(self._final)
+
+    @property
+    def tmp(self) -> Path:
+        from pathlib import Path
+
+        return Path(self._tmp)
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         try:
@@ -85,9 +109,9 @@ class AtomicFile:
             if self.durable:
                 os.fsync(self.file.fileno())
             self.file.close()
-            os.replace(self.tmp, self.final)
+            os.replace(self._tmp, self._final)
             if self.durable:
-                fsync_dir(self.final.parent)
+                fsync_dir(os.path.dirname(self._final) or ".")
         except OSError as exc:
             self.abort()
             raise storage_error(exc, self.final, "saving") from exc
@@ -96,7 +120,7 @@ class AtomicFile:
         with contextlib.suppress(OSError):
             self.file.close()
         with contextlib.suppress(FileNotFoundError):
-            self.tmp.unlink()
+            os.unlink(self._tmp)
 
 
 @contextlib.contextmanager
@@ -121,6 +145,8 @@ def write_bytes_atomic(final: Path, data: bytes, mode: int = 0o600) -> str:
 
 def sha256_file(path: Path, bufsize: int = 4 << 20) -> tuple[int, str]:
     """(size, sha256 hex) of a file, streamed."""
+    import hashlib
+
     h = hashlib.sha256()
     size = 0
     with open(path, "rb", buffering=0) as f:

@@ -23,6 +23,7 @@ import zstandard
 from ..config import Config
 from ..errors import IntegrityError, RsyncError
 from ..fsio import atomic_write, sha256_file, storage_error, tmp_name
+from ..rsync import bounded_sig_params
 from ..rsync import delta as rs_delta
 from ..rsync import signature as rs_signature
 from ..store import manifest
@@ -156,7 +157,8 @@ def make_chain_objects(
                 raw.unlink()
     # the signature the next delta is made against (incremental: this dump; differential: the base)
     if rec.kind == "base" or d.mode == "incremental":
-        rs_signature(dump, chain_dir / f"{rec.id}.sig", block_len=d.effective_block_len)
+        bl, sl = bounded_sig_params(rec.dump_size, d.effective_block_len)  # bounded memory at any size
+        rs_signature(dump, chain_dir / f"{rec.id}.sig", block_len=bl, strong_len=sl)
     return basis
 
 

@@ -16,6 +16,7 @@ import struct
 import time
 from collections.abc import Callable, Iterable
 
+from ..errors import RsyncError
 from .format import DELTA_MAGIC, MAX_LITERAL, OP_END, encode_copy, encode_literal_header, librsync_job, parse_sig_header
 from .small import DELTA_MAX, SIG_MAX, SmallSignature
 from .small import events as small_events
@@ -24,6 +25,9 @@ from .streams import PathOrFile, Sink, Source, open_input, open_output
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .search import Signature
+
+
+LITERAL_READ = 4 << 20  # literal bytes read at a time
 
 
 class DeltaStats:
@@ -124,8 +128,13 @@ def _encode(
     blocks; otherwise events carry basis byte positions."""
     cur = 0
     for p, k, w in events:
-        if p > cur:
-            enc.literal(src.read_at(cur, p - cur))
+        while cur < p:  # a slice at a time: a literal run may be as long as the input
+            data = src.read_at(cur, min(p - cur, LITERAL_READ))
+            if not data:
+                raise RsyncError(RsyncError.RS_INPUT_ENDED, message="the new file ended while it was read")
+            enc.literal(data)
+            cur += len(data)
+            src.release(cur)
         cur = p
         if k >= 0:
             if canon is not None:

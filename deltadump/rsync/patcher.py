@@ -9,23 +9,33 @@ bounded memory. Otherwise (pipes) commands are applied in order, COPY by copy_fi
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import stat
 import struct
 import time
 from collections.abc import Iterator
-from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
 
 from ..errors import RsyncError
 from ..fsio import sha256_file, storage_error
 from .format import DELTA_MAGIC, decode_opcode, librsync_job
-from .streams import IOV_MAX, PathOrFile, Sink, Source, map_range, open_error, open_input, open_output, pwritev_all
+from .streams import (
+    IOV_MAX,
+    PathOrFile,
+    Sink,
+    Source,
+    as_path,
+    map_range,
+    open_error,
+    open_input,
+    open_output,
+    pwritev_all,
+)
 
+TYPE_CHECKING = False  # typing and pathlib are not imported at run time: `deltadump rdiff` starts fast
 if TYPE_CHECKING:
     import mmap
     import queue
+    from typing import BinaryIO
 
 _FMT = {1: ">B", 2: ">H", 4: ">I", 8: ">Q"}
 BUF = 1 << 20
@@ -331,6 +341,7 @@ class _Batch:
         self.at, self.cmds, self.blo, self.bhi, self.dlo, self.dhi, self.used = at, cmds, blo, bhi, dlo, dhi, used
 
 
+PARALLEL_MIN = 8 << 20  # basis and delta bytes below which the sequential path is used (no threads)
 _BATCH = 16 << 20  # output bytes per batch
 _WINDOW = 32 << 20  # most bytes of the basis (or of the delta) one batch maps
 _IOV_MAX = IOV_MAX  # commands per batch: one pwritev
@@ -353,6 +364,9 @@ class _Parallel:
     def ready(cls, src: Source, delta: PathOrFile, sink: Sink) -> _Parallel | None:
         if src.fd is None or sink.atomic is None or not isinstance(delta, str | os.PathLike):
             return None
+        with contextlib.suppress(OSError):  # small inputs: the sequential path, without threads
+            if (src.size or 0) + os.stat(delta).st_size < PARALLEL_MIN:
+                return None
         ofd = sink.fileno_for_copy()
         try:
             dfd = os.open(delta, os.O_RDONLY)
@@ -458,7 +472,7 @@ class _Parallel:
             try:
                 pwritev_all(self.ofd, bufs, b.at)
             except OSError as exc:
-                where = self.sink.atomic.final if self.sink.atomic is not None else Path("output")
+                where = self.sink.atomic.final if self.sink.atomic is not None else as_path("output")
                 clear = storage_error(exc, where, "writing").message
                 raise RsyncError(RsyncError.RS_IO_ERROR, f"write failed: {exc.strerror or exc}", message=clear) from exc
         finally:
@@ -477,6 +491,8 @@ def _result_sha256(sink: Sink) -> str:
 
 
 def _sha256_source(src: Source) -> str:
+    import hashlib
+
     h = hashlib.sha256()
     off = 0
     while chunk := src.read_at(off, 4 << 20):

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import RsyncError
-from .format import SigParams, parse_sig_header
+from .format import SigParams, filter_bits, parse_sig_header
 from .parallel import WorkerPool, want_workers, worker_state
 from .streams import Source
 from .sums import U32, rolling_weak, strong_hasher, strong_run, suffix_weak
@@ -37,7 +37,6 @@ CHAIN_MIN = 1 << 16  # bytes read for the first run after a break (doubling whil
 CHAIN_MAX = 8 << 20
 _MIX = U32(0x9E3779B1)
 EXTEND_MAX = 1 << 16  # how far a match may grow into each neighbouring literal
-FILTER_BITS_MAX = 24  # the weak-sum filter has at most 2**24 one-byte entries (16 MiB)
 LOAD_RECORDS = 1 << 18  # signature records read at a time
 PIECE_MAX = 64 << 20  # most input bytes one worker searches per task (bounds the events it returns)
 
@@ -48,28 +47,32 @@ class Signature:
     those sums (uint32), and a filter of one byte per 2**bits weak-sum buckets: strong_len + 8 bytes
     a block and at most 16 MiB (format.sig_memory). No Python object per block."""
 
-    def __init__(self, params: SigParams, weak: np.ndarray, strong: np.ndarray) -> None:
-        """From the weak sums (uint32, block order: not kept) and the strong sums (nb * strong_len
-        bytes, kept)."""
+    def __init__(self, params: SigParams, weak: list[np.ndarray], strong: np.ndarray) -> None:
+        """From the weak sums (uint32, in block order, in a one-element list that is emptied: they are
+        not kept, and go before the filter is made) and the strong sums (nb * strong_len bytes, kept).
+        At most strong_len + 16 bytes a block are held meanwhile, so loading stays within
+        sig_memory too (as long as the filter has its full size)."""
+        w = weak.pop()
         self.params = params
         self.block_len = params.block_len
         self.strong_len = sl = params.strong_len
-        self.nblocks = nb = len(weak)
+        self.nblocks = nb = len(w)
         if nb >= 1 << 32:
             raise RsyncError(RsyncError.RS_MEM_ERROR, message=f"signature has too many blocks ({nb})")
-        self.last_weak = int(weak[-1]) if nb else 0
+        assert len(strong) == nb * sl
+        self.last_weak = int(w[-1]) if nb else 0
         self.strong = strong
         self.strong_mv = memoryview(strong.data)
-        self.order = np.argsort(weak, kind="stable").astype(np.uint32)
-        self.sorted_weak = weak[self.order]
+        self.order = np.argsort(w, kind="stable").astype(np.uint32)
+        self.sorted_weak = w[self.order]
+        del w
         self._weak: np.ndarray | None = None
-        bits = min(FILTER_BITS_MAX, max(10, int(nb).bit_length() + 4))
+        bits = filter_bits(nb)
         self.filter_shift = U32(32 - bits)
         self.filter = np.zeros(1 << bits, dtype=bool)
         for i in range(0, nb, LOAD_RECORDS):  # in slices: the mixed sums are a temporary array
-            self.filter[self._mix(weak[i : i + LOAD_RECORDS])] = True
+            self.filter[self._mix(self.sorted_weak[i : i + LOAD_RECORDS])] = True
         self.hasher = strong_hasher(params.strong)
-        assert len(strong) == nb * sl
 
     @property
     def nbytes(self) -> int:
@@ -159,13 +162,15 @@ def read_signature(src: Source) -> Signature:
         strong = np.concatenate(strongs) if strongs else np.empty(0, dtype=np.uint8)
     if extra > 3:
         raise RsyncError(RsyncError.RS_INPUT_ENDED, job="loadsig")  # truncated inside a record
-    return Signature(params, weak, strong)
+    held = [weak]
+    del weak
+    return Signature(params, held, strong)
 
 
 def widen(small: SmallSignature) -> Signature:
     """The numpy form of a signature loaded as a small one."""
     strong = np.frombuffer(b"".join(small.strong), dtype=np.uint8).copy()
-    return Signature(small.params, np.array(small.weak, dtype=U32), strong)
+    return Signature(small.params, [np.array(small.weak, dtype=U32)], strong)
 
 
 def _fill(data: bytes, rl: int, weak: np.ndarray, strong: np.ndarray) -> None:

@@ -1,7 +1,7 @@
 """Pure-Python forms of the signature and of the delta search, for small inputs.
 
 Scripts call `rdiff` on many small files; for those, importing numpy and starting worker processes
-would cost far more than the work. These forms need only hashlib: weak sums by C-level iteration
+would cost far more than the work. These forms need only BLAKE2: weak sums by C-level iteration
 (`sum(map(...))`) per block, and the search rolls the weak sum byte by byte. They give exactly what
 the numpy forms give (the tests compare both, and rdiff, for many sizes around the thresholds), and
 are used when the input is at most SIGNATURE_MAX (signature) or DELTA_MAX bytes with a signature of
@@ -10,7 +10,6 @@ at most SIG_MAX bytes (delta), where they are faster than importing numpy.
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from collections.abc import Callable, Iterator
 from operator import mul
@@ -18,7 +17,12 @@ from operator import mul
 from ..errors import RsyncError
 from .format import SigParams
 
-SIGNATURE_MAX = 1 << 20  # bytes of input signed here
+try:  # hashlib's own BLAKE2, without loading OpenSSL as importing hashlib does (a few ms per command)
+    from _blake2 import blake2b
+except ImportError:  # pragma: no cover - an interpreter without it
+    from hashlib import blake2b
+
+SIGNATURE_MAX = 2 << 20  # bytes of input signed here
 DELTA_MAX = 256 << 10  # bytes of new input searched here (all literal, about 0.3 us a byte)
 SIG_MAX = 256 << 10  # bytes of signature loaded here
 
@@ -30,13 +34,15 @@ ROLL_OFFSET = 31
 def strong_hasher(kind: str) -> Callable[[bytes | memoryview], bytes]:
     """A function returning the full strong digest of one block."""
     if kind == "blake2":
-        b2 = hashlib.blake2b
+        b2 = blake2b
 
         def blake2(data: bytes | memoryview) -> bytes:
             return b2(data, digest_size=32).digest()
 
         return blake2
     if kind == "md4":
+        import hashlib
+
         try:
             hashlib.new("md4", b"")
 

@@ -7,17 +7,22 @@ are read with pread (no copy of the file is kept), pipes through a bounded slidi
 from __future__ import annotations
 
 import contextlib
-import mmap
 import os
 import stat
 from collections.abc import Iterator
-from pathlib import Path
-from typing import BinaryIO
 
 from ..errors import RsyncError, StorageError
 from ..fsio import AtomicFile, storage_error
 
-PathOrFile = str | os.PathLike[str] | BinaryIO
+TYPE_CHECKING = False  # typing and pathlib are not imported at run time: `deltadump rdiff` starts fast
+if TYPE_CHECKING:
+    import mmap
+    from pathlib import Path
+    from typing import BinaryIO, TypeAlias
+
+    PathOrFile: TypeAlias = str | os.PathLike[str] | BinaryIO
+else:
+    PathOrFile = object  # for annotations only
 
 READ_SIZE = 4 << 20
 
@@ -127,8 +132,7 @@ class Sink:
     def __init__(self, dst: PathOrFile, force: bool = True, durable: bool = True) -> None:
         self.atomic: AtomicFile | None = None
         if isinstance(dst, str | os.PathLike):
-            path = Path(dst)
-            if not force and path.exists():
+            if not force and os.path.exists(dst):
                 raise RsyncError(
                     RsyncError.RS_IO_ERROR,
                     f'(rs_file_open) File exists "{dst}", aborting!',
@@ -136,7 +140,7 @@ class Sink:
                     tail=False,
                 )
             try:
-                self.atomic = AtomicFile(path, 0o644 & ~_umask(), durable=durable)
+                self.atomic = AtomicFile(dst, 0o644 & ~_umask(), durable=durable, hashing=False)
             except Exception as exc:
                 raise RsyncError(
                     RsyncError.RS_IO_ERROR,
@@ -153,7 +157,7 @@ class Sink:
         try:
             self.f.write(data)
         except OSError as exc:
-            where = self.atomic.final if self.atomic is not None else Path("output")
+            where = self.atomic.final if self.atomic is not None else as_path("output")
             clear = storage_error(exc, where, "writing").message  # e.g. "disk full while writing X (N MB free)"
             raise RsyncError(RsyncError.RS_IO_ERROR, f"write failed: {exc.strerror}", message=clear) from exc
         self.written += len(data)
@@ -184,6 +188,12 @@ class Sink:
     def abort(self) -> None:
         if self.atomic is not None:
             self.atomic.abort()
+
+
+def as_path(name: str) -> Path:
+    from pathlib import Path
+
+    return Path(name)
 
 
 def _umask() -> int:
@@ -225,6 +235,8 @@ def pwritev_all(fd: int, bufs: list[memoryview], at: int) -> None:
 def map_range(fd: int, lo: int, hi: int, populate: bool = False) -> tuple[mmap.mmap, int]:
     """A read-only mapping of fd's bytes lo..hi (from the page boundary at or below lo), and the offset
     it starts at; with populate, its pages are mapped at once instead of one fault at a time."""
+    import mmap  # only here: most commands never map a file
+
     start = lo - lo % mmap.ALLOCATIONGRANULARITY
     flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
     return mmap.mmap(fd, hi - start, flags=flags, prot=mmap.PROT_READ, offset=start), start

@@ -7,11 +7,9 @@ prefix-sum forms of spec section 2, so no Python loop touches a byte.
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 
-from .small import strong_hasher
+from .small import blake2b, strong_hasher
 
 RK_MULT = 0x08104225
 RK_INV = 0x98F009AD
@@ -158,7 +156,7 @@ def strong_run(buf: bytes | memoryview, block_len: int, kind: str, strong_len: i
         # copying a fresh hasher is cheaper than constructing one (no parameter parsing): beside the
         # hashing itself, this loop's cost is its per-block Python work (measured faster than a
         # chain of C-level map() calls, which pay for the keyword argument on every block)
-        fresh = hashlib.blake2b(digest_size=32).copy
+        fresh = blake2b(digest_size=32).copy
         out: list[bytes] = []
         add = out.append
         for i in range(0, n, block_len):
