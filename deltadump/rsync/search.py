@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from .small import SmallSignature
 
 SCAN_MIN = 256
-SCAN_MAX = 2 << 20  # most windows searched at once: the sums of a region take about 16 bytes per window
+SCAN_MAX = 1 << 20  # most windows searched at once: the sums of a region take about 16 bytes per window
 CHAIN_MIN = 1 << 16  # bytes read for the first run after a break (doubling while runs continue)
 CHAIN_MAX = 8 << 20
 _MIX = U32(0x9E3779B1)
@@ -400,7 +400,9 @@ def _parallel_events(
     """All events of the input, matched in pieces by the workers, stitched to equal a sequential run."""
     assert src.size is not None
     bl = sig.block_len
-    step = max(bl, min(-(-src.size // (4 * pool.workers)), PIECE_MAX // bl * bl))
+    # pieces start on block boundaries: where the input repeats the basis in place (long runs of
+    # equal blocks, zeros), the sequential path then stands on the piece's path at once
+    step = max(1, min(-(-src.size // (4 * pool.workers * bl)), PIECE_MAX // bl)) * bl
     bounds = [(s, min(s + step, src.size)) for s in range(0, src.size, step)]
     pos = 0
     for (start, _stop), ev in zip(bounds, pool.imap(_piece_events, bounds), strict=True):

@@ -23,14 +23,15 @@ def _powers(base: int, n: int) -> np.ndarray:
     """base**i mod 2^32 for i in range(n), uint32 (cached, grown on demand)."""
     have = _pow_cache.get(base)
     if have is None or len(have) < n:
-        m = max(n, 1 << 16, 0 if have is None else 2 * len(have))
-        arr = np.full(m, base, dtype=np.uint64)
+        m = max(n, 1 << 16, 0 if have is None else min(2 * len(have), POWERS_MAX))
+        arr = np.full(m, base, dtype=np.uint32)
         arr[0] = 1
-        # uint64 products wrap mod 2^64; reduce mod 2^32 each step through cumprod on uint32 view.
-        out = np.cumprod(arr.astype(np.uint32), dtype=np.uint32)
-        have = out
-        _pow_cache[base] = have
+        np.cumprod(arr, dtype=np.uint32, out=arr)  # uint32 products wrap: mod 2**32, as wanted
+        have = _pow_cache[base] = arr
     return have[:n]
+
+
+POWERS_MAX = (1 << 20) + (1 << 16)  # powers kept ahead of need: a scan's region and a block or so
 
 
 def rk_pow(n: int) -> int:
