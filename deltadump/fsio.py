@@ -6,10 +6,8 @@ Files are created readable by their owner only (0600); folders 0700.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-from collections.abc import Iterator
 
 from .errors import StorageError
 
@@ -81,6 +79,15 @@ class AtomicFile:
             raise storage_error(exc, self.final, "creating") from exc
         self.file: BinaryIO = os.fdopen(fd, "wb", buffering=1 << 20)
 
+    def __enter__(self) -> AtomicFile:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is not None:
+            self.abort()
+        else:
+            self.commit()
+
     @property
     def final(self) -> Path:
         from pathlib import Path
@@ -117,23 +124,21 @@ class AtomicFile:
             raise storage_error(exc, self.final, "saving") from exc
 
     def abort(self) -> None:
-        with contextlib.suppress(OSError):
+        try:  # noqa: SIM105  (no contextlib here: `deltadump rdiff` starts fast)
             self.file.close()
-        with contextlib.suppress(FileNotFoundError):
+        except OSError:
+            pass
+        try:  # noqa: SIM105
             os.unlink(self._tmp)
+        except FileNotFoundError:
+            pass
 
 
-@contextlib.contextmanager
-def atomic_write(final: Path, mode: int = 0o600, durable: bool = True, hashing: bool = True) -> Iterator[AtomicFile]:
+def atomic_write(final: Path, mode: int = 0o600, durable: bool = True, hashing: bool = True) -> AtomicFile:
     """Write `final` all or nothing, never a half-written file under the final name; durably
-    (fsync of the file and its folder) unless it is a scratch file."""
-    f = AtomicFile(final, mode, durable, hashing)
-    try:
-        yield f
-    except BaseException:
-        f.abort()
-        raise
-    f.commit()
+    (fsync of the file and its folder) unless it is a scratch file: `with atomic_write(p) as f`
+    commits on leaving, or removes the temporary file if the block raised."""
+    return AtomicFile(final, mode, durable, hashing)
 
 
 def write_bytes_atomic(final: Path, data: bytes, mode: int = 0o600) -> str:
@@ -162,7 +167,7 @@ def remove_stale_temps(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return removed
     for p in folder.rglob(f"{TMP_PREFIX}*"):
-        with contextlib.suppress(OSError):
+        try:
             if p.is_dir():
                 import shutil
 
@@ -170,4 +175,6 @@ def remove_stale_temps(folder: Path) -> list[Path]:
             else:
                 p.unlink()
             removed.append(p)
+        except OSError:
+            pass
     return removed

@@ -132,6 +132,7 @@ def test_parallel_patch_equals_sequential_and_rdiff(
     on a small input. Its output must equal the sequential path's (delta from a pipe) and rdiff's."""
     from deltadump.rsync import patcher
 
+    monkeypatch.setattr(patcher, "PARALLEL_MIN", 0)  # (a real patch this small takes the sequential path)
     monkeypatch.setattr(patcher, "_BATCH", [4096, 10_000, 65536, 1 << 20][seed])
     monkeypatch.setattr(patcher, "_WINDOW", [8192, 20_000, 1 << 17, 1 << 21][seed])
     monkeypatch.setattr(patcher, "_IOV_MAX", [3, 1024, 7, 1024][seed])

@@ -9,12 +9,10 @@ earlier in the basis, which is never larger.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import struct
 import time
-from collections.abc import Callable, Iterable
 
 from ..errors import RsyncError
 from .format import DELTA_MAGIC, MAX_LITERAL, OP_END, encode_copy, encode_literal_header, librsync_job, parse_sig_header
@@ -22,8 +20,10 @@ from .small import DELTA_MAX, SIG_MAX, SmallSignature
 from .small import events as small_events
 from .streams import PathOrFile, Sink, Source, open_input, open_output
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # no typing or collections import at run time: `deltadump rdiff` starts fast
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
     from .search import Signature
 
 
@@ -206,6 +206,8 @@ def delta(
             matches = ((p, k * bl, w) for p, k, w in small_events(s, data))
             stats.in_bytes = _encode(itertools.chain(matches, [(len(data), -1, 0)]), src, enc, bl, None)
         else:
+            import contextlib
+
             from .search import events as search_events
             from .search import widen
 

@@ -11,11 +11,14 @@ at most SIG_MAX bytes (delta), where they are faster than importing numpy.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator
 from operator import mul
 
 from ..errors import RsyncError
 from .format import SigParams
+
+TYPE_CHECKING = False  # no typing or collections import at run time: `deltadump rdiff` starts fast
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
 try:  # hashlib's own BLAKE2, without loading OpenSSL as importing hashlib does (a few ms per command)
     from _blake2 import blake2b

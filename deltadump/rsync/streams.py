@@ -6,10 +6,8 @@ are read with pread (no copy of the file is kept), pipes through a bounded slidi
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
-from collections.abc import Iterator
 
 from ..errors import RsyncError, StorageError
 from ..fsio import AtomicFile, storage_error
@@ -17,6 +15,7 @@ from ..fsio import AtomicFile, storage_error
 TYPE_CHECKING = False  # typing and pathlib are not imported at run time: `deltadump rdiff` starts fast
 if TYPE_CHECKING:
     import mmap
+    from collections.abc import Iterator
     from pathlib import Path
     from typing import BinaryIO, TypeAlias
 
@@ -113,17 +112,26 @@ class Source:
                 return
 
 
-@contextlib.contextmanager
-def open_input(src: PathOrFile) -> Iterator[Source]:
-    if isinstance(src, str | os.PathLike):
-        try:
-            f = open(src, "rb", buffering=0)  # noqa: SIM115
-        except OSError as exc:
-            raise open_error(src, exc, "read") from exc
-        with f:
-            yield Source(f, str(src))
-    else:
-        yield Source(src, getattr(src, "name", "input"))
+class open_input:
+    """An input as a Source; a path is opened here and closed on leaving."""
+
+    def __init__(self, src: PathOrFile) -> None:
+        self.opened: BinaryIO | None = None
+        if isinstance(src, str | os.PathLike):
+            try:
+                self.opened = open(src, "rb", buffering=0)  # noqa: SIM115
+            except OSError as exc:
+                raise open_error(src, exc, "read") from exc
+            self.source = Source(self.opened, str(src))
+        else:
+            self.source = Source(src, getattr(src, "name", "input"))
+
+    def __enter__(self) -> Source:
+        return self.source
+
+    def __exit__(self, *exc: object) -> None:
+        if self.opened is not None:
+            self.opened.close()
 
 
 class Sink:
@@ -182,8 +190,10 @@ class Sink:
             except StorageError as exc:  # e.g. the disk filled up on the last flush
                 raise RsyncError(RsyncError.RS_IO_ERROR, f"write failed: {exc.message}", message=exc.message) from exc
         else:
-            with contextlib.suppress(OSError, ValueError):
+            try:  # noqa: SIM105  (no contextlib here: `deltadump rdiff` starts fast)
                 self.f.flush()
+            except (OSError, ValueError):
+                pass
 
     def abort(self) -> None:
         if self.atomic is not None:
@@ -202,16 +212,20 @@ def _umask() -> int:
     return old
 
 
-@contextlib.contextmanager
-def open_output(dst: PathOrFile, force: bool = True, durable: bool = True) -> Iterator[Sink]:
+class open_output:
     """Output to a path (temp name, renamed into place when complete; fsynced first if durable)."""
-    sink = Sink(dst, force, durable)
-    try:
-        yield sink
-    except BaseException:
-        sink.abort()
-        raise
-    sink.commit()
+
+    def __init__(self, dst: PathOrFile, force: bool = True, durable: bool = True) -> None:
+        self.sink = Sink(dst, force, durable)
+
+    def __enter__(self) -> Sink:
+        return self.sink
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is not None:
+            self.sink.abort()
+        else:
+            self.sink.commit()
 
 
 IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
