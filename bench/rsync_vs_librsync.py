@@ -12,9 +12,13 @@ rdiff's default options and at `-b 512` (the block length of delta backups):
   so that later runs skip this.
 
 `rdiff` and `deltadump-rdiff` run as whole commands (interpreter start-up included), interleaved
---repeat times (a slow spell of this shared machine hits both); the table gives the median and the
-best of each and their ratios (ours / rdiff). "engine" is the library call alone in an interpreter
-already started. MB is the peak PSS of a command's processes, measured in a run of its own.
+--repeat times (a slow spell of this shared machine hits both; dirty pages are written out before
+each, untimed); the table gives the median and the best of each and their ratios (ours / rdiff), and
+the ratio of their CPU time. `deltadump-rdiff` is this tree as a user installs it:
+built as a wheel and installed (bytecode compiled) into a private venv in the workdir whose other
+packages are the running interpreter's; the editable install of `./run` would add its import hook
+(about 15 ms) to every start. "engine" is the library call alone in an interpreter already started.
+MB is the peak PSS of a command's processes, measured in a run of its own.
 
 Then --small-n invocations of each step on 10 KB files (as scripts calling rdiff on many small files
 do), interleaved with rdiff and with `python -c pass` (the same interpreter doing nothing).
@@ -27,11 +31,14 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -106,14 +113,18 @@ def make_real_pair(base: Path, new: Path, db_mb: int) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run_timed(argv: list[str]) -> float:
-    """Wall seconds of one command."""
+def run_timed(argv: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of its processes) of one command. Dirty pages are written out
+    first (os.sync, not timed), so that no command pays for the writeback of another's output."""
+    os.sync()
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     res = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wall = time.perf_counter() - t
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if res.returncode != 0:
         raise SystemExit(f"command failed: {' '.join(argv)}\n{res.stderr.decode()}")
-    return wall
+    return wall, r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
 
 
 ENGINE = """
@@ -131,11 +142,32 @@ print(time.perf_counter() - t)
 """
 
 
+PYTHON = Path(sys.executable)  # the interpreter of the installed copy (install())
+
+
+def install(work: Path) -> Path:
+    """This tree installed as a user installs it: a wheel, installed (bytecode compiled) into a private
+    venv in `work` whose other packages are the running interpreter's. Returns its python."""
+    repo = Path(__file__).resolve().parent.parent
+    venv, wheels = work / "venv", work / "wheel"
+    for d in (venv, wheels):
+        shutil.rmtree(d, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next(venv.glob("lib/python*/site-packages"))
+    (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    pip = [sys.executable, "-m", "pip", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "-w", str(wheels), str(repo)], check=True, capture_output=True)
+    whl = [str(w) for w in wheels.glob("*.whl")]
+    subprocess.run([*pip, "--python", str(venv / "bin" / "python"), "install", "--no-deps", *whl], check=True)
+    shutil.rmtree(wheels)
+    return venv / "bin" / "python"
+
+
 def engine_seconds(argv: list[str]) -> float:
     """Seconds of the library call alone, in an interpreter already started (imports not timed)."""
     opts = argv[: argv.index(next(a for a in argv if a in ("signature", "delta", "patch")))]
     rest = argv[len(opts) :]
-    res = subprocess.run([sys.executable, "-c", ENGINE, rest[0], *opts, *rest[1:]], capture_output=True, text=True)
+    res = subprocess.run([str(PYTHON), "-c", ENGINE, rest[0], *opts, *rest[1:]], capture_output=True, text=True)
     if res.returncode != 0:
         raise SystemExit(res.stderr)
     return float(res.stdout.strip())
@@ -148,8 +180,8 @@ def peak_pss(argv: list[str]) -> int:
 
 
 def ours_command() -> list[str]:
-    ours = Path(sys.executable).parent / "deltadump-rdiff"
-    return [str(ours)] if ours.exists() else [sys.executable, "-m", "deltadump.cli.rdiff"]
+    ours = PYTHON.parent / "deltadump-rdiff"
+    return [str(ours)] if ours.exists() else [str(PYTHON), "-m", "deltadump.cli.rdiff"]
 
 
 def med_best(xs: list[float]) -> tuple[float, float]:
@@ -162,7 +194,7 @@ def bench_pair(case: str, base: Path, new: Path, work: Path, repeat: int, rdiff:
           "interleaved runs each, median / best; ratio = ours / rdiff")  # fmt: skip
     print(
         f"{'options':<8} {'step':<9} {'rdiff s':>11} {'ours s':>11} {'ratio':>11} {'engine s':>11} {'ratio':>11}"
-        f" {'rdiff MB':>8} {'ours MB':>7}  output"
+        f" {'cpu ratio':>9} {'rdiff MB':>8} {'ours MB':>7}  output"
     )
     for opts in ([], ["-b", "512"]):
         label = " ".join(opts) or "default"
@@ -178,11 +210,15 @@ def bench_pair(case: str, base: Path, new: Path, work: Path, repeat: int, rdiff:
                 argv = [a.format(**names) for a in tmpl]
                 cmds[who] = ([rdiff] if who == "rdiff" else ours_cmd) + argv
             times: dict[str, list[float]] = {"rdiff": [], "ours": [], "engine": []}
+            cpu: dict[str, list[float]] = {"rdiff": [], "ours": []}
             for _ in range(repeat):  # interleaved, so that a slow spell of the machine hits both
                 for who, cmd in cmds.items():
                     Path(cmd[-1]).unlink(missing_ok=True)
-                    times[who].append(run_timed(cmd))
+                    wall, used = run_timed(cmd)
+                    times[who].append(wall)
+                    cpu[who].append(used)
                 Path(cmds["ours"][-1]).unlink(missing_ok=True)
+                os.sync()
                 times["engine"].append(engine_seconds(cmds["ours"][len(ours_cmd) :]))
             mem = {}
             for who, cmd in cmds.items():
@@ -199,9 +235,11 @@ def bench_pair(case: str, base: Path, new: Path, work: Path, repeat: int, rdiff:
                 )
                 sizes = "both outputs equal the new file" if ok else "OUTPUT MISMATCH"
             (rm, rb), (om, ob), (em, eb) = (med_best(times[w]) for w in ("rdiff", "ours", "engine"))
+            cr = statistics.median(cpu["ours"]) / statistics.median(cpu["rdiff"])
             print(
                 f"{label:<8} {step:<9} {rm:5.2f}/{rb:5.2f} {om:5.2f}/{ob:5.2f} {om / rm:5.2f}/{ob / rb:5.2f}"
-                f" {em:5.2f}/{eb:5.2f} {em / rm:5.2f}/{eb / rb:5.2f} {mem['rdiff'] / 1024:8.1f} {mem['ours'] / 1024:7.1f}"
+                f" {em:5.2f}/{eb:5.2f} {em / rm:5.2f}/{eb / rb:5.2f} {cr:9.2f}"
+                f" {mem['rdiff'] / 1024:8.1f} {mem['ours'] / 1024:7.1f}"
                 f"  {sizes}",
                 flush=True,
             )
@@ -217,7 +255,7 @@ def bench_small(work: Path, n: int, rdiff: str) -> None:
     (work / "small.base").write_bytes(base)
     (work / "small.new").write_bytes(new)
     ours_cmd = ours_command()
-    idle = [sys.executable, "-c", "pass"]
+    idle = [str(PYTHON), "-c", "pass"]
     print(f"\nsmall files: {n} invocations of each step on a 10 KB basis and its new version (-f), interleaved")
     print(f"{'step':<10} {'rdiff s':>8} {'ours s':>8} {'python -c pass s':>17} {'ours/rdiff':>11} {'ours/pass':>10}")
     for step in ("signature", "delta", "patch"):
@@ -264,7 +302,10 @@ def main() -> None:
         raise SystemExit("rdiff is not installed (apt-get install rdiff)")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ddbench-"))
     work.mkdir(parents=True, exist_ok=True)
+    global PYTHON
     try:
+        PYTHON = install(work)
+        print(f"deltadump-rdiff: {ours_command()[0]} (this tree, installed from a wheel)")
         if "synthetic" in cases:
             base, new = work / "base.dump", work / "new.dump"
             if not (base.exists() and new.exists() and base.stat().st_size >= args.size_mb * 10**6):
@@ -284,8 +325,10 @@ def main() -> None:
         if args.workdir is None:
             shutil.rmtree(work)
     print(
-        "\n(ours s: the whole deltadump-rdiff command, like rdiff s; engine s: the library call alone, in an"
-        " interpreter already started. MB: peak PSS of each command's processes, shared pages counted once)"
+        "\n(ours s: the whole deltadump-rdiff command, as installed from a wheel, like rdiff s; engine s: the library"
+        " call alone, in an interpreter already started. cpu ratio: median CPU seconds (user + system, all of a"
+        " command's processes) of ours over rdiff's: on a machine whose cores are all busy, the wall ratio tends to"
+        " it. MB: peak PSS of each command's processes, shared pages counted once)"
     )
 
 

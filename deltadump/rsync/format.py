@@ -125,7 +125,8 @@ FILTER_BITS_MAX = 24
 
 
 def filter_bits(nblocks: int) -> int:
-    """log2 of the entries (one byte each) of the weak-sum filter of a signature of nblocks blocks."""
+    """log2 of the entries (one byte each) of the weak-sum filters of a signature of nblocks blocks
+    (two filters of half as many entries each)."""
     return min(FILTER_BITS_MAX, max(10, nblocks.bit_length() + 4))
 
 

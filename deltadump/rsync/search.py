@@ -36,6 +36,7 @@ SCAN_MAX = 1 << 20  # most windows searched at once: the sums of a region take a
 CHAIN_MIN = 1 << 16  # bytes read for the first run after a break (doubling while runs continue)
 CHAIN_MAX = 8 << 20
 _MIX = U32(0x9E3779B1)
+_MIX2 = U32(0x85EBCA6B)
 EXTEND_MAX = 1 << 16  # how far a match may grow into each neighbouring literal
 LOAD_RECORDS = 1 << 18  # signature records read at a time
 PIECE_MAX = 64 << 20  # most input bytes one worker searches per task (bounds the events it returns)
@@ -44,8 +45,8 @@ PIECE_MAX = 64 << 20  # most input bytes one worker searches per task (bounds th
 class Signature:
     """A loaded signature, in compact arrays: the strong sums (strong_len bytes a block, in block
     order), the block numbers sorted by weak sum (uint32, lowest number first among equal sums) with
-    those sums (uint32), and a filter of one byte per 2**bits weak-sum buckets: strong_len + 8 bytes
-    a block and at most 16 MiB (format.sig_memory). No Python object per block."""
+    those sums (uint32), and two filters of one byte per weak-sum bucket: strong_len + 8 bytes a
+    block and at most 16 MiB (format.sig_memory). No Python object per block."""
 
     def __init__(self, params: SigParams, weak: list[np.ndarray], strong: np.ndarray) -> None:
         """From the weak sums (uint32, in block order, in a one-element list that is emptied: they are
@@ -67,17 +68,24 @@ class Signature:
         self.sorted_weak = w[self.order]
         del w
         self._weak: np.ndarray | None = None
-        bits = filter_bits(nb)
+        # two filters of half the size (as much memory as one), indexed by two different mixes of the
+        # weak sum: a window passes both about 4 times less often than it would pass one, so far
+        # fewer go on to the binary search (its cache misses dominate the search of new data)
+        bits = filter_bits(nb) - 1
         self.filter_shift = U32(32 - bits)
         self.filter = np.zeros(1 << bits, dtype=bool)
+        self.filter2 = np.zeros(1 << bits, dtype=bool)
         for i in range(0, nb, LOAD_RECORDS):  # in slices: the mixed sums are a temporary array
-            self.filter[self._mix(self.sorted_weak[i : i + LOAD_RECORDS])] = True
+            w = self.sorted_weak[i : i + LOAD_RECORDS]
+            self.filter[self._mix(w)] = True
+            self.filter2[(w * _MIX2) >> self.filter_shift] = True
         self.hasher = strong_hasher(params.strong)
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the arrays (the signature's memory, beyond a few small objects)."""
-        return int(self.strong.nbytes + self.order.nbytes + self.sorted_weak.nbytes + self.filter.nbytes)
+        arrays = (self.strong, self.order, self.sorted_weak, self.filter, self.filter2)
+        return sum(int(a.nbytes) for a in arrays)
 
     def strong_of(self, i: int) -> bytes:
         sl = self.strong_len
@@ -93,6 +101,10 @@ class Signature:
         if not cand.size:
             return [], []
         hv = h[cand]
+        second = self.filter2[(hv * _MIX2) >> self.filter_shift]
+        cand, hv = cand[second], hv[second]
+        if not cand.size:
+            return [], []
         idx = np.searchsorted(self.sorted_weak, hv)
         np.minimum(idx, self.nblocks - 1, out=idx)
         ok = self.sorted_weak[idx] == hv
