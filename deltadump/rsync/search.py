@@ -25,8 +25,9 @@ import numpy as np
 from ..errors import RsyncError
 from .format import SigParams, filter_bits, parse_sig_header
 from .parallel import WorkerPool, want_workers, worker_state
+from .small import strong_hasher
 from .streams import Source
-from .sums import U32, rolling_weak, strong_hasher, strong_run, suffix_weak
+from .sums import U32, rolling_weak, strong_run, suffix_weak
 
 if TYPE_CHECKING:
     from .small import SmallSignature

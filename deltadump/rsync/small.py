@@ -82,10 +82,12 @@ class WeakSum:
         n = len(w)
         if self.kind == "rabinkarp":
             if n == self.n:
-                return (self.top + sum(map(mul, w, self.powers))) & MASK
-            return (pow(RK_MULT, n, 1 << 32) + sum(map(mul, w, self.powers[self.n - n :]))) & MASK
-        s1 = sum(w) + ROLL_OFFSET * n
-        s2 = sum(map(mul, w, range(n, 0, -1))) + ROLL_OFFSET * n * (n + 1) // 2
+                total: int = sum(map(mul, w, self.powers))
+                return (self.top + total) & MASK
+            total = sum(map(mul, w, self.powers[self.n - n :]))
+            return (pow(RK_MULT, n, 1 << 32) + total) & MASK
+        s1: int = sum(w) + ROLL_OFFSET * n
+        s2: int = sum(map(mul, w, range(n, 0, -1))) + ROLL_OFFSET * n * (n + 1) // 2
         return ((s2 & 0xFFFF) << 16) | (s1 & 0xFFFF)
 
 

@@ -7,9 +7,11 @@ prefix-sum forms of spec section 2, so no Python loop touches a byte.
 
 from __future__ import annotations
 
+from hashlib import blake2b
+
 import numpy as np
 
-from .small import blake2b, strong_hasher
+from .small import strong_hasher
 
 RK_MULT = 0x08104225
 RK_INV = 0x98F009AD
@@ -80,7 +82,8 @@ def block_weak(data: np.ndarray, block_len: int, kind: str) -> np.ndarray:
 
 def _dot(rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Each row (uint8) times the weights (uint32), summed modulo 2**32."""
-    return np.einsum("ij,j->i", rows, weights, dtype=U32, casting="unsafe")
+    out: np.ndarray = np.einsum("ij,j->i", rows, weights, dtype=U32, casting="unsafe")
+    return out
 
 
 def weak_one(data: np.ndarray | bytes, kind: str) -> int:
@@ -104,7 +107,7 @@ def rolling_weak(data: np.ndarray, n: int, kind: str) -> np.ndarray:
     if kind == "rabinkarp":
         # h(p) = M^n + M^(p+n-1) * (Q[p+n] - Q[p]),  Q[k] = sum_{i<k} x_i * Minv^i = c[k-1] (few calls:
         # on the short regions searched after each change, numpy's cost per call is what counts)
-        c = np.multiply(data, _powers(RK_INV, L), dtype=U32)
+        c: np.ndarray = np.multiply(data, _powers(RK_INV, L), dtype=U32)
         np.cumsum(c, out=c)
         diff = c[n - 1 :]
         diff[1:] -= c[: count - 1]  # overlapping operands: numpy buffers them
@@ -122,7 +125,8 @@ def rolling_weak(data: np.ndarray, n: int, kind: str) -> np.ndarray:
     e = np.arange(n, n + count, dtype=U32)
     s2 = e * da - (w[n:] - w[:count]) + U32(ROLL_OFFSET * n * (n + 1) // 2 & 0xFFFFFFFF)
     s1 = da + U32(ROLL_OFFSET * n)
-    return ((s2 & 0xFFFF) << 16) | (s1 & 0xFFFF)
+    out: np.ndarray = ((s2 & 0xFFFF) << 16) | (s1 & 0xFFFF)
+    return out
 
 
 def suffix_weak(data: np.ndarray, kind: str) -> np.ndarray:
@@ -135,7 +139,8 @@ def suffix_weak(data: np.ndarray, kind: str) -> np.ndarray:
         q[0] = 0
         np.cumsum(data * _powers(RK_INV, L), dtype=U32, out=q[1:])
         lens = np.arange(L, 0, -1)
-        return (q[L] - q[:L]) * _powers(RK_MULT, L)[L - 1] + _powers(RK_MULT, L + 1)[lens]
+        sums: np.ndarray = (q[L] - q[:L]) * _powers(RK_MULT, L)[L - 1] + _powers(RK_MULT, L + 1)[lens]
+        return sums
     a = np.empty(L + 1, dtype=U32)
     a[0] = 0
     np.cumsum(data, dtype=U32, out=a[1:])
@@ -146,7 +151,8 @@ def suffix_weak(data: np.ndarray, kind: str) -> np.ndarray:
     da = a[L] - a[:L]
     s1 = da + n * U32(ROLL_OFFSET)
     s2 = U32(L) * da - (w[L] - w[:L]) + (n * (n + U32(1)) // U32(2)) * U32(ROLL_OFFSET)
-    return ((s2 & 0xFFFF) << 16) | (s1 & 0xFFFF)
+    result: np.ndarray = ((s2 & 0xFFFF) << 16) | (s1 & 0xFFFF)
+    return result
 
 
 def strong_run(buf: bytes | memoryview, block_len: int, kind: str, strong_len: int) -> bytes:
