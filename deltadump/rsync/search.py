@@ -36,7 +36,9 @@ SCAN_MIN = 256
 SCAN_MAX = 1 << 20  # most windows searched at once: the sums of a region take about 16 bytes per window
 CHAIN_MIN = 1 << 16  # bytes read for the first run after a break (doubling while runs continue)
 CHAIN_MAX = 8 << 20
-_MIX = U32(0x9E3779B1)
+MIX = 0x9E3779B1
+_MIX = U32(MIX)
+_UNMIX = U32(pow(MIX, -1, 1 << 32))
 _MIX2 = U32(0x85EBCA6B)
 EXTEND_MAX = 1 << 16  # how far a match may grow into each neighbouring literal
 LOAD_RECORDS = 1 << 18  # signature records read at a time
@@ -95,13 +97,14 @@ class Signature:
     def _mix(self, h: np.ndarray) -> np.ndarray:
         return (h * _MIX) >> self.filter_shift
 
-    def candidates(self, h: np.ndarray) -> tuple[list[int], list[int]]:
-        """Offsets into h whose weak sum is in the signature (ascending), and for each the first
-        place of that sum among the sorted weak sums."""
-        cand = np.flatnonzero(self.filter[self._mix(h)])
+    def candidates(self, hm: np.ndarray) -> tuple[list[int], list[int]]:
+        """Offsets into hm (weak sums times the filter's mix, as rolling_weak(..., mult=MIX) gives
+        them) whose weak sum is in the signature (ascending), and for each the first place of that
+        sum among the sorted weak sums."""
+        cand = np.flatnonzero(self.filter[hm >> self.filter_shift])
         if not cand.size:
             return [], []
-        hv = h[cand]
+        hv = hm[cand] * _UNMIX
         second = self.filter2[(hv * _MIX2) >> self.filter_shift]
         cand, hv = cand[second], hv[second]
         if not cand.size:
@@ -264,9 +267,9 @@ class Matcher:
             at_eof = len(data) < need
             nwin = max(0, len(data) - bl + 1)
             if nwin:
-                h = rolling_weak(np.frombuffer(data, dtype=np.uint8), bl, self.kind)
+                hm = rolling_weak(np.frombuffer(data, dtype=np.uint8), bl, self.kind, MIX)
                 mv = memoryview(data)
-                for c, j in zip(*sig.candidates(h), strict=True):
+                for c, j in zip(*sig.candidates(hm), strict=True):
                     k = sig.lookup_at(j, mv[c : c + bl])
                     if k >= 0:
                         yield pos + c, k, bl

@@ -35,6 +35,19 @@ def _powers(base: int, n: int) -> np.ndarray:
 
 POWERS_MAX = (1 << 20) + (1 << 16)  # powers kept ahead of need: a scan's region and a block or so
 
+_scaled_cache: dict[int, np.ndarray] = {}
+
+
+def _scaled_powers(mult: int, n: int) -> np.ndarray:
+    """RK_MULT**i * mult mod 2^32 for i in range(n), uint32 (cached, grown with _powers)."""
+    if mult == 1:
+        return _powers(RK_MULT, n)
+    have = _scaled_cache.get(mult)
+    if have is None or len(have) < n:
+        _powers(RK_MULT, n)  # grows the cache of powers, which is then scaled whole
+        have = _scaled_cache[mult] = _pow_cache[RK_MULT] * U32(mult)
+    return have[:n]
+
 
 def rk_pow(n: int) -> int:
     return pow(RK_MULT, n, 1 << 32)
@@ -98,22 +111,25 @@ def weak_one(data: np.ndarray | bytes, kind: str) -> int:
     return ((s2 & 0xFFFF) << 16) | (s1 & 0xFFFF)
 
 
-def rolling_weak(data: np.ndarray, n: int, kind: str) -> np.ndarray:
-    """Weak sums of every window data[p:p+n], p = 0 .. len(data)-n (uint32)."""
+def rolling_weak(data: np.ndarray, n: int, kind: str, mult: int = 1) -> np.ndarray:
+    """Weak sums of every window data[p:p+n], p = 0 .. len(data)-n (uint32), times `mult` (mod 2**32:
+    the search's filter mixes the sums with a multiplication, done here at no extra pass)."""
     L = len(data)
     count = L - n + 1
     if count <= 0:
         return np.empty(0, dtype=U32)
     if kind == "rabinkarp":
-        # h(p) = M^n + M^(p+n-1) * (Q[p+n] - Q[p]),  Q[k] = sum_{i<k} x_i * Minv^i = c[k-1] (few calls:
-        # on the short regions searched after each change, numpy's cost per call is what counts)
+        # h(p) = M^n + M^(p+n-1) * (Q[p+n] - Q[p]),  Q[k] = sum_{i<k} x_i * Minv^i = c[k-1] (few passes
+        # and calls: the search of new data is made of them, and after each change numpy's cost per
+        # call is what counts)
         c: np.ndarray = np.multiply(data, _powers(RK_INV, L), dtype=U32)
         np.cumsum(c, out=c)
-        diff = c[n - 1 :]
-        diff[1:] -= c[: count - 1]  # overlapping operands: numpy buffers them
-        diff *= _powers(RK_MULT, L)[n - 1 : n - 1 + count]
-        diff += U32(rk_pow(n))
-        return diff
+        out = np.empty(count, dtype=U32)
+        out[0] = c[n - 1]
+        np.subtract(c[n:], c[: count - 1], out=out[1:])
+        out *= _scaled_powers(mult, L)[n - 1 : n - 1 + count]
+        out += U32(rk_pow(n) * mult & 0xFFFFFFFF)
+        return out
     # rollsum: s1 = (A_e - A_p) + 31n ; s2 = e*(A_e - A_p) - (W_e - W_p) + 31 n(n+1)/2  (mod 2^16)
     a = np.empty(L + 1, dtype=U32)
     a[0] = 0
@@ -125,8 +141,10 @@ def rolling_weak(data: np.ndarray, n: int, kind: str) -> np.ndarray:
     e = np.arange(n, n + count, dtype=U32)
     s2 = e * da - (w[n:] - w[:count]) + U32(ROLL_OFFSET * n * (n + 1) // 2 & 0xFFFFFFFF)
     s1 = da + U32(ROLL_OFFSET * n)
-    out: np.ndarray = ((s2 & 0xFFFF) << 16) | (s1 & 0xFFFF)
-    return out
+    sums: np.ndarray = ((s2 & 0xFFFF) << 16) | (s1 & 0xFFFF)
+    if mult != 1:
+        sums *= U32(mult)
+    return sums
 
 
 def suffix_weak(data: np.ndarray, kind: str) -> np.ndarray:
