@@ -141,7 +141,7 @@ def bounded_sig_params(size: int, min_block: int = 512, budget: int = SIG_MEMORY
     """(block_len, strong_len) for the signature of a file of `size` bytes such that, loaded for a
     delta, it takes at most `budget` bytes (sig_memory): `min_block` while that fits, else the smallest
     multiple of `min_block` that does. The strong sum has BOUNDED_STRONG_LEN (16) bytes of BLAKE2b:
-    a forged pair of blocks with equal sums (by whoever writes rows) costs about 2**64 tries, and 16 is
+    a forged pair of blocks with equal sums (by whoever controls part of the input) costs about 2**64 tries, and 16 is
     above librsync's recommended minimum for every file size (at most 2**21 blocks: at most 13)."""
     sl = BOUNDED_STRONG_LEN
     if size < 0 or min_block < 1 or budget < sig_memory(1, sl):

@@ -4,7 +4,7 @@ When the basis, the delta and the output are regular files (and not small), the 
 window at a time and decoded in one loop that cuts the commands into batches of adjacent output; a
 second thread writes each batch with one pwritev from a read-only mapping of the basis window it
 copies from (populated at once where its copies fill it, faulted in page by page where they are
-scattered, as updated rows make them in real dumps) and from the mapped literal bytes: every byte is
+scattered, as edits spread over a large file make them) and from the mapped literal bytes: every byte is
 copied once, by the kernel, while the next batch is decoded, in bounded memory. Otherwise (pipes,
 small files) commands are applied in order, COPY by copy_file_range where it can.
 """
@@ -382,7 +382,7 @@ class _Batch:
 
 PARALLEL_MIN = 8 << 20  # basis and delta bytes below which the sequential path is used (no threads)
 _BATCH = 8 << 20  # output bytes per batch
-_NTHREADS = 1  # writer threads (a second measured slower on real dumps: it contends for the locks of the
+_NTHREADS = 1  # writer threads (a second measured slower on many small copies: it contends for the locks of the
 #                 output inode and of the address space more than it overlaps)
 _WINDOW = 32 << 20  # most bytes of the basis one batch maps
 _IOV_MAX = IOV_MAX  # commands per batch: one pwritev
@@ -446,7 +446,7 @@ class _Parallel:
 
     def _plan(self, cmds: _Commands, st: PatchStats, q: queue.Queue[_Batch | None]) -> None:
         """Decode the commands (the same checks and errors as _Commands, in one loop over the mapped
-        delta: tens of thousands of commands on real dumps) and hand out batches of them."""
+        delta: tens of thousands of commands on edited large files) and hand out batches of them."""
         dsize, bsize = cmds.size, self.src.size
         assert bsize is not None and cmds.fd >= 0
         ops, unpack, batch_max, window, iov_max, top = _OPS, _UNPACK, _BATCH, _WINDOW, _IOV_MAX, 1 << 63
