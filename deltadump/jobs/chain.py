@@ -24,6 +24,7 @@ from ..config import Config
 from ..errors import IntegrityError, RsyncError
 from ..fsio import atomic_write, checkpoint, make_dirs, sha256_file, storage_error, tmp_name
 from ..naming import check_relpath
+from ..rsync import bounded_sig_params
 from ..rsync import delta as rs_delta
 from ..rsync import signature as rs_signature
 from ..store.chain import Basis, chain_of, next_basis
@@ -182,7 +183,8 @@ def make_chain_objects(
     # the signature the next delta is made against (incremental: this dump; differential: the base)
     if out["kind"] == "base" or d.mode == "incremental":
         sig = chain_dir / f"{rec_id}.sig"
-        rs_signature(dump, sig, block_len=d.effective_block_len)
+        bl, sl = bounded_sig_params(size, d.effective_block_len)  # bounded memory at any size
+        rs_signature(dump, sig, block_len=bl, strong_len=sl)
         size, digest = sha256_file(sig)
         out["signature"] = ObjectRecord(path=f"{CHAIN_DIR}/{sig.name}", size=size, sha256=digest)
     return out
@@ -241,7 +243,8 @@ def make_dir_chain_objects(
         new_sig = parent is None or d.mode == "incremental"  # differential: the base's signatures serve
         if df.how != "same" and f.size >= SMALL_FILE and new_sig:
             sig_path = f"{folder}/{name}.sig"
-            rs_signature(src, dest / sig_path, block_len=d.effective_block_len)
+            bl, sl = bounded_sig_params(f.size, d.effective_block_len)
+            rs_signature(src, dest / sig_path, block_len=bl, strong_len=sl)
             size, digest = sha256_file(dest / sig_path)
             sig = ObjectRecord(path=sig_path, size=size, sha256=digest)
             df = df.model_copy(update={"signature": sig})
