@@ -6,6 +6,7 @@ Keys are the product's contract (README.md, "Config"). Unknown keys are errors, 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -85,7 +86,25 @@ class RetentionConfig(KeepConfig):
     keep_last: int = Field(1, ge=1)
 
 
+class CopyRetention(_Model):
+    """An offsite copy's own retention (`[offsite.retention]`, or `retention = {...}` in its table):
+    a key it does not give takes the value of the top-level [retention]."""
+
+    daily: int | None = Field(None, ge=0)
+    weekly: int | None = Field(None, ge=0)
+    monthly: int | None = Field(None, ge=0)
+    keep_last: int | None = Field(None, ge=1)
+
+
+DEFAULT_COPY = "default"  # the name of a single [offsite] table's copy (and of one [[offsite]] without a name)
+# a copy's name is part of file names (deltadump-offsite/NAME/), metric labels and the rollback state:
+# a letter first (never taken for a backup id or a date on the command line), then letters, digits, - and _
+COPY_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
+RESERVED_COPY_NAMES = ("latest", "local", "offsite")
+
+
 class OffsiteConfig(_Model):
+    name: str = ""  # "" = "default" (a single copy); required when there are several
     url: str = ""
     endpoint_url: str = ""  # s3
     username: str = ""  # smb (or the url's user@)
@@ -97,8 +116,22 @@ class OffsiteConfig(_Model):
     known_hosts: str = ""  # sftp: "" = ~/.ssh/known_hosts
     encrypt: bool = False
     recipients: list[str] = []
-    keep: KeepConfig = KeepConfig()  # the retention of configs written before [retention] existed
+    keep: KeepConfig | None = None  # the retention of configs written before [retention] existed
+    retention: CopyRetention | None = None  # this copy's own retention, over the top-level [retention]
     alert_after: str = "26h"  # `status` fails when the newest good backup is not offsite after this long
+
+    @property
+    def copy_name(self) -> str:
+        return self.name or DEFAULT_COPY
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, v: str) -> str:
+        if v and not COPY_NAME_RE.fullmatch(v):
+            raise ValueError(f"invalid copy name {v[:40]!r}: a letter, then up to 31 letters, digits, - or _")
+        if v in RESERVED_COPY_NAMES:
+            raise ValueError(f"{v!r} cannot name a copy (the command line gives it another meaning)")
+        return v
 
     @field_validator("alert_after")
     @classmethod
@@ -243,22 +276,81 @@ class Config(_Model):
     database: DatabaseConfig
     backup: BackupConfig
     delta: DeltaConfig = DeltaConfig()
-    offsite: OffsiteConfig = OffsiteConfig()
+    # the offsite copies: a single [offsite] table (the copy named "default"), or [[offsite]] tables
+    offsite: list[OffsiteConfig] = []
     retention: RetentionConfig | None = None
     drill: DrillConfig = DrillConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     notify: NotifyConfig = NotifyConfig()
     path: Path | None = None
 
+    @field_validator("offsite", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: object) -> object:
+        if isinstance(v, dict):  # a single [offsite] table: the copy named "default"
+            return [v] if v else []
+        return v
+
     @model_validator(mode="after")
     def _check_combination(self) -> Config:
         if self.backup.kind == "physical" and self.delta.enabled:
             raise ValueError('[delta] works on logical dumps; it cannot be enabled with [backup] kind = "physical"')
+        copies = self.offsite
+        if any(not c.url for c in copies) and (len(copies) > 1 or any(c.name for c in copies)):
+            raise ValueError("every [[offsite]] copy needs a url")
+        if len(copies) > 1:
+            unnamed = [str(i) for i, c in enumerate(copies, 1) if not c.name]
+            if unnamed:
+                raise ValueError(f"with several [[offsite]] copies each needs a name (copy {', '.join(unnamed)} "
+                                 "has none)")  # fmt: skip
+            if any(c.keep is not None for c in copies):
+                raise ValueError("keep belongs to configs with a single [offsite]; with several copies use "
+                                 "[retention] and each copy's retention")  # fmt: skip
+        names = [c.copy_name for c in copies]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"two [[offsite]] copies are named {dup[0]!r}; each name must be unique")
+        urls = [c.url.rstrip("/") for c in copies]
+        same = sorted({u for u in urls if urls.count(u) > 1})
+        if same:
+            raise ValueError("two [[offsite]] copies have the same url; each copy needs a place of its own")
         return self
 
     @property
     def offsite_enabled(self) -> bool:
-        return bool(self.offsite.url)
+        return any(c.url for c in self.offsite)
+
+    @property
+    def copies(self) -> list[OffsiteConfig]:
+        """The configured offsite copies, in config order."""
+        return [c for c in self.offsite if c.url]
+
+    def offsite_copy(self, name: str | None = None) -> OffsiteConfig:
+        """The copy named `name`; None: the only one. UsageError when there are several and none is
+        named, ConfigError when there is none or no copy has that name."""
+        from .errors import UsageError
+
+        copies = self.copies
+        if not copies:
+            raise ConfigError("no [offsite] url in the config")
+        if name is None or name == "":
+            if len(copies) == 1:
+                return copies[0]
+            raise UsageError(f"the config has {len(copies)} offsite copies ({', '.join(c.copy_name for c in copies)}): "
+                             "name one (--from offsite NAME, or --offsite NAME)")  # fmt: skip
+        for c in copies:
+            if c.copy_name == name:
+                return c
+        raise UsageError(f"no offsite copy named {name!r} in the config (its copies: "
+                         f"{', '.join(c.copy_name for c in copies)})")  # fmt: skip
+
+    def copy_keep(self, copy: OffsiteConfig) -> RetentionConfig:
+        """A copy's retention: its own keys, the others from [retention] (or the older [offsite] keep)."""
+        base = self.keep
+        if copy.retention is None:
+            return base
+        own = {k: v for k, v in copy.retention.model_dump().items() if v is not None}
+        return RetentionConfig(**{**base.model_dump(), **own})
 
     @property
     def dest(self) -> Path:
@@ -269,7 +361,8 @@ class Config(_Model):
         """[retention], else the older [offsite] keep, else the defaults."""
         if self.retention is not None:
             return self.retention
-        return RetentionConfig(**self.offsite.keep.model_dump())
+        old = next((c.keep for c in self.offsite if c.keep is not None), None)
+        return RetentionConfig(**(old or KeepConfig()).model_dump())
 
     @property
     def signing_key_path(self) -> Path | None:
@@ -308,10 +401,11 @@ def load(explicit: str | os.PathLike[str] | None = None) -> Config:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
     cfg = parse(data, path)
-    if cfg.offsite.encrypt and not cfg.offsite.recipients:
-        raise ConfigError(
-            f"[offsite] encrypt = true needs at least one age recipient in recipients{' in ' + str(path)}"
-        )
+    for c in cfg.copies:
+        if c.encrypt and not c.recipients:
+            which = "[offsite]" if len(cfg.copies) == 1 else f"the offsite copy {c.copy_name!r}"
+            raise ConfigError(f"{which}: encrypt = true needs at least one age recipient in recipients"
+                              f"{' in ' + str(path)}")  # fmt: skip
     return cfg
 
 
@@ -321,12 +415,18 @@ def parse(data: dict[str, object], path: Path | None = None) -> Config:
         return Config.model_validate({**data, "path": path})
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
+        parts = [str(x) for x in err["loc"]]
+        if parts[:1] == ["offsite"] and len(parts) > 1 and parts[1].isdigit():
+            # a single [offsite] table is offsite.KEY; the copies of [[offsite]] are offsite[N].KEY (from 1)
+            parts[:2] = ["offsite"] if isinstance(data.get("offsite"), dict) else [f"offsite[{int(parts[1]) + 1}]"]
+        loc = ".".join(parts)
         if err["type"] == "extra_forbidden":
             raise ConfigError(f"unknown config key '{loc}'{where}") from None
         if err["type"] == "missing":
             raise ConfigError(f"missing config key '{loc}'{where}") from None
         msg = err["msg"].removeprefix("Value error, ")
+        if not loc:  # a rule across sections
+            raise ConfigError(f"invalid config{where}: {msg}") from None
         raise ConfigError(f"invalid config key '{loc}'{where}: {msg}") from None
 
 

@@ -378,7 +378,7 @@ def test_hostile_offsite_store(pg: LocalServer, pwfile: Path, maildb: str, tmp: 
         saved = obj.read_bytes()
         obj.unlink()
         obj.symlink_to(victim)  # the base object, replaced by a link to a file outside the copy
-        attempt("symbolic link", "missing", read_objects_only=True)
+        attempt("symbolic link", "a link, not an object", "missing", read_objects_only=True)
         obj.unlink()
         obj.write_bytes(saved)
         (store.root / "chain" / "stray").symlink_to(victim)

@@ -151,26 +151,18 @@ def run(cfg: Config, reporter: Reporter | None = None, *, wait: bool = False) ->
 
 
 def _continue_offsite(cfg: Config, repo: Repository, rep: Reporter) -> tuple[str, int] | None:
-    """A new (empty) backup folder whose offsite copy already holds a repository signed with this
+    """A new (empty) backup folder whose offsite copies already hold a repository signed with this
     host's key (the old folder was lost or replaced): the new folder continues that repository, its
-    numbers above every number the copy holds, so that the copy carries on. None otherwise."""
+    numbers above every number the copies hold, so that they carry on. None otherwise."""
     if not cfg.offsite_enabled:
         return None
-    from .offsite import Offsite
+    from .offsite import continue_repository
 
-    try:
-        off = Offsite(cfg, rep, write=True)
-        head = off.mirror.load() or off.load().head
-        if head is None:
-            return None
-        src = off.mirror if off.mirror.head is not None else off.remote
-        top = max([head.seq, *src.live()])
-    except DeltadumpError as exc:
-        rep.info(f"offsite: could not read the copy to continue its repository ({exc.message})")
-        return None
-    rep.info(f"this backup folder is new; it continues the repository {head.repository} of the offsite copy "
-             f"(head {head.seq})")  # fmt: skip
-    return head.repository, top
+    found = continue_repository(cfg, rep)
+    if found is not None:
+        rep.info(f"this backup folder is new; it continues the repository {found[0]} of the offsite copy "
+                 f"(records up to {found[1]})")  # fmt: skip
+    return found
 
 
 def _dump_and_commit(
@@ -329,9 +321,11 @@ def backup_and_report(
         mon.failed(msg, time.monotonic() - t0)
         raise IntegrityError(msg, hint="check who or what changed the backup folder; verify the remaining backups")
     if res.offsite_error is not None:
+        from .offsite import failure_text
+
         err = res.offsite_error
         raise type(err)(
-            f"backup {rec.id} is safe locally, but the offsite copy failed: {err.message}",
+            f"backup {rec.id} is safe locally, but {failure_text(cfg, err)}",
             hint="the next backup sends what is missing",
         ) from err
     return rec

@@ -55,9 +55,10 @@ class PruneResult:
 
 def prune(
     cfg: Config, *, dry_run: bool = False, offsite: bool = False, reporter: Reporter | None = None,
-    identity: Path | None = None,
+    identity: Path | None = None, copy: str | None = None,
 ) -> PruneResult:  # fmt: skip
-    """`deltadump prune`: the plan for every backup (keep or delete, and why); carried out unless dry_run."""
+    """`deltadump prune`: the plan for every backup (keep or delete, and why); carried out unless dry_run.
+    `offsite`: the offsite copy named `copy` (None: the only one), with that copy's retention."""
     from ..store.lock import RunLock
 
     rep = reporter or SilentReporter()
@@ -69,9 +70,9 @@ def prune(
         if offsite:
             from .offsite import Offsite
 
-            off = Offsite(cfg, rep, write=not dry_run, expect=local.id, identity=identity)
-            p, backups = off.prune(pol, rep, dry_run=dry_run)
-            return PruneResult(off.describe(), p, {b.id: b for b in backups})
+            off = Offsite(cfg, rep, write=not dry_run, expect=local.id, identity=identity, copy=copy)
+            p, backups = off.prune(off.policy, rep, dry_run=dry_run)
+            return PruneResult(off.title(), p, {b.id: b for b in backups})
         backups = local.backups()
         p = prune_local(cfg, local, pol, rep, dry_run=dry_run)
         return PruneResult(str(cfg.dest), p, {b.id: b for b in backups})

@@ -70,9 +70,10 @@ class Source:
 @contextlib.contextmanager
 def open_source(
     cfg: Config, rep: Reporter, *, from_offsite: bool, identity: Path | None = None, trust: str | None = None,
-    allow_older: bool = False,
+    allow_older: bool = False, copy: str | None = None,
 ) -> Iterator[Source]:  # fmt: skip
-    """The local repository (holding the read lock while in use), or the offsite copy alone."""
+    """The local repository (holding the read lock while in use), or the offsite copy named `copy` (None:
+    the only one) alone."""
     if from_offsite:
         from .offsite import Offsite
 
@@ -80,11 +81,11 @@ def open_source(
         with contextlib.suppress(DeltadumpError):
             if cfg.dest.is_dir():
                 local_id = open_local(cfg, SilentReporter(), trust=trust).id
-        off = Offsite(cfg, rep, identity=identity, trust=trust, allow_older=allow_older, expect=local_id)
+        off = Offsite(cfg, rep, identity=identity, trust=trust, allow_older=allow_older, expect=local_id, copy=copy)
         repo = off.load()
         if repo.head is None:
-            raise RestoreError(f"the offsite copy at {off.describe()} holds no backup")
-        rep.info(f"offsite copy {off.describe()}: head {repo.head.seq}, committed "
+            raise RestoreError(f"the offsite copy at {off.title()} holds no backup")
+        rep.info(f"offsite copy {off.title()}: head {repo.head.seq}, committed "
                  f"{repo.head.time.isoformat(timespec='seconds')}, repository {repo.head.repository}")  # fmt: skip
         yield Source(repo, repo.backups(), off)
         return
@@ -161,6 +162,7 @@ def restore(
     identity: Path | None = None,
     trust: str | None = None,
     allow_older: bool = False,
+    copy: str | None = None,
 ) -> RestoreResult:
     rep = reporter or SilentReporter()
     t0 = time.monotonic()
@@ -175,7 +177,7 @@ def restore(
     try:
         with (
             open_source(cfg, rep, from_offsite=from_offsite, identity=identity, trust=trust,
-                        allow_older=allow_older) as src,
+                        allow_older=allow_older, copy=copy) as src,
             work_folder(_work_parent(cfg), "restore") as work,
         ):  # fmt: skip
             rec = src.pick(ref, cfg.dest)
@@ -211,7 +213,7 @@ def _need_physical(rec: BackupRecord) -> None:
 def restore_datadir(
     cfg: Config, ref: str, datadir: Path, *, start: bool = False, port: int | None = None,
     reporter: Reporter | None = None, from_offsite: bool = False, identity: Path | None = None,
-    trust: str | None = None, allow_older: bool = False, socket_dir: Path | None = None,
+    trust: str | None = None, allow_older: bool = False, socket_dir: Path | None = None, copy: str | None = None,
 ) -> RestoreResult:  # fmt: skip
     """Lay out a physical backup (from here, or from the offsite copy alone) as a data directory,
     refusing a non-empty one; with start, start a server on it (PostgreSQL replays the WAL, as after
@@ -228,7 +230,7 @@ def restore_datadir(
                 f"{d} is not empty; a data directory (and its tablespaces) is only laid out in an empty folder"
             )
     with open_source(cfg, rep, from_offsite=from_offsite, identity=identity, trust=trust,
-                     allow_older=allow_older) as src:  # fmt: skip
+                     allow_older=allow_older, copy=copy) as src:  # fmt: skip
         rec = src.pick(ref, cfg.dest)
         _need_physical(rec)
         parent = datadir.parent if from_offsite else _work_parent(cfg)
@@ -239,7 +241,7 @@ def restore_datadir(
 
                 off = src.offsite
                 assert isinstance(off, Offsite)
-                rep.info(f"fetching {rec.id} from the offsite copy at {off.describe()}")
+                rep.info(f"fetching {rec.id} from the offsite copy at {off.title()}")
                 backup = off.fetch_full(rec, work)
                 files = record_files(rec)
             else:

@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import SplitResult, unquote
 
-from ..errors import TargetError
+from ..errors import TargetError, register_secret
 from ..fsio import tmp_name
 from . import TMP_PREFIX, HashedSource, MissingObject, TargetOptions, check_key, check_prefix, listed_key, write_local
 
@@ -109,6 +109,7 @@ class SMBTarget:
                               hint="password_file names a file whose first line is the password") from None  # fmt: skip
         if not line:
             raise TargetError(f"the SMB password file {self.password_file} is empty")
+        register_secret(line)  # never in a message, a log line or a notification, whatever quotes it
         return line
 
     def _connect(self) -> None:
