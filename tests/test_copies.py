@@ -19,9 +19,9 @@ from test_delta_offsite import DAYS, drop, stats
 
 from deltadump.config import parse
 from deltadump.errors import ConfigError
-from deltadump.store.keys import create_secret
 from deltadump.jobs import sample
 from deltadump.store.chain import chain_of
+from deltadump.store.keys import create_secret
 
 # --- the config ----------------------------------------------------------------------------------------
 
