@@ -47,6 +47,19 @@ class BackupConfig(_Model):
     after: str = ""
     after_timeout: int = Field(3600, gt=0)
     signing_key: str = ""  # Ed25519 key (minisign format) that signs every record; default: in the config's folder
+    # dest = "smb://...": the rotation slots go to the share; the records, locks and chain objects stay in a
+    # local state folder (default: <config folder>/<config name>.state)
+    state: str = ""
+    username: str = ""  # smb dest (or the url's user@)
+    password_file: str = ""  # smb dest: first line; never the password itself
+    domain: str = ""
+    require_encryption: bool = True
+    dialect: Literal["", "3.1.1", "3.0.2", "3.0", "2.1", "2.0.2"] = ""
+
+    @property
+    def remote(self) -> bool:
+        """dest is a share (smb://), not a local folder."""
+        return "://" in self.dest
 
     @field_validator("name")
     @classmethod
@@ -61,7 +74,33 @@ class BackupConfig(_Model):
     def _check_dest(cls, v: str) -> str:
         if not v:
             raise ValueError("dest must name a folder")
+        if "://" in v:
+            from .targets import split_url
+
+            if not v.startswith("smb://"):
+                raise ValueError("dest is a folder or an smb:// url (a share reached without mounting)")
+            split_url(v)  # no password in it, a share, a valid port
         return v
+
+    @model_validator(mode="after")
+    def _check_remote(self) -> BackupConfig:
+        smb_keys = ("state", "username", "password_file", "domain", "dialect")
+        if not self.remote:
+            for key in smb_keys:
+                if getattr(self, key):
+                    raise ValueError(f"{key} applies to an smb:// dest only")
+            return self
+        check_smb(self.dest, self.username, self.password_file, self.require_encryption, self.dialect)
+        if self.kind == "physical" or self.format == "directory":
+            what = "physical backups" if self.kind == "physical" else 'format = "directory"'
+            raise ValueError(f"an smb:// dest takes single-file dumps (custom, plain, tar); {what} need a folder")
+        return self
+
+    def target_options(self) -> TargetOptions:
+        from .targets import TargetOptions
+
+        return TargetOptions(username=self.username, password_file=self.password_file, domain=self.domain,
+                             require_encryption=self.require_encryption, dialect=self.dialect)  # fmt: skip
 
 
 class DeltaConfig(_Model):
@@ -157,16 +196,7 @@ class OffsiteConfig(_Model):
             if getattr(self, key) and scheme != owner:
                 raise ValueError(f"{key} applies to {owner}:// urls only")
         if scheme == "smb":
-            from urllib.parse import unquote, urlsplit
-
-            user = unquote(urlsplit(self.url).username or "")
-            if user and self.username and user != self.username:
-                raise ValueError(f"the url names user {user!r} but username is {self.username!r}")
-            if not (user or self.username) or not self.password_file:
-                raise ValueError("an smb:// url needs a username (or user@ in the url) and a password_file")
-            if self.require_encryption and self.dialect.startswith("2"):
-                raise ValueError(f"SMB dialect {self.dialect} has no encryption: set require_encryption = false "
-                                 "to use it")  # fmt: skip
+            check_smb(self.url, self.username, self.password_file, self.require_encryption, self.dialect)
         return self
 
     def target_options(self) -> TargetOptions:
@@ -175,6 +205,19 @@ class OffsiteConfig(_Model):
         return TargetOptions(username=self.username, password_file=self.password_file, domain=self.domain,
                              require_encryption=self.require_encryption, dialect=self.dialect,
                              identity=self.identity, known_hosts=self.known_hosts)  # fmt: skip
+
+
+def check_smb(url: str, username: str, password_file: str, require_encryption: bool, dialect: str) -> None:
+    """The keys an smb:// url needs, consistent with it (an offsite copy's, or an smb:// dest's)."""
+    from urllib.parse import unquote, urlsplit
+
+    user = unquote(urlsplit(url).username or "")
+    if user and username and user != username:
+        raise ValueError(f"the url names user {user!r} but username is {username!r}")
+    if not (user or username) or not password_file:
+        raise ValueError("an smb:// url needs a username (or user@ in the url) and a password_file")
+    if require_encryption and dialect.startswith("2"):
+        raise ValueError(f"SMB dialect {dialect} has no encryption: set require_encryption = false to use it")
 
 
 def parse_duration(v: str) -> float:
@@ -354,7 +397,21 @@ class Config(_Model):
 
     @property
     def dest(self) -> Path:
-        return Path(self.backup.dest).expanduser()
+        """The local backup folder: dest itself, or, when dest is a share (smb://), the state folder that
+        holds everything but the rotation slots."""
+        if not self.backup.remote:
+            return Path(self.backup.dest).expanduser()
+        if self.backup.state:
+            return Path(self.backup.state).expanduser()
+        if self.path is None:
+            raise ConfigError("an smb:// dest needs [backup] state (the config has no folder to keep it beside)")
+        return self.path.absolute().parent / f"{self.path.stem}.state"
+
+    def slot_where(self, rel: str) -> str:
+        """Where a rotation slot is, for people: a path in dest, or a url on the share."""
+        if self.backup.remote:
+            return self.backup.dest.rstrip("/") + "/" + rel
+        return str(self.dest / rel)
 
     @property
     def keep(self) -> RetentionConfig:

@@ -166,7 +166,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
     cfg = _cfg(args)
     rec = backup_and_report(cfg, CliReporter(args.quiet), wait=args.wait)
-    out.print(f"backup {rec.id}: {cfg.dest / rec.path} ({_size(rec.size)}, {rec.duration:.1f} s)")
+    out.print(f"backup {rec.id}: {cfg.slot_where(rec.path)} ({_size(rec.size)}, {rec.duration:.1f} s)")
     return 0
 
 
@@ -186,7 +186,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         from ..jobs.repo import local_view, open_local
 
         repo = open_local(cfg, rep, **_trust_args(args))  # type: ignore[arg-type]
-        rows = backup_rows(repo.backups(), repo.notes(), local_view(repo, cfg.dest))
+        rows = backup_rows(repo.backups(), repo.notes(), local_view(repo, cfg.dest, cfg.backup.remote))
         title = "backups, newest first"
     if args.json:
         print(json.dumps(rows, indent=1))

@@ -40,6 +40,7 @@ from .common import Reporter, SilentReporter, check_dest, server_for, tool
 from .offsite import SyncStats, sync_after_backup
 from .prune import prune_local
 from .repo import carry_out_switches, open_for_backup, tidy
+from .ring import prepare, ring_of
 
 
 @dataclass
@@ -123,16 +124,18 @@ def run(cfg: Config, reporter: Reporter | None = None, *, wait: bool = False) ->
     recording the failure); an offsite failure is returned in the result, never raised here."""
     rep = reporter or SilentReporter()
     dest = cfg.dest
+    if (ring := ring_of(cfg)) is not None:  # dest is a share: the state folder here, the slots there
+        prepare(cfg, ring)
     check_dest(dest)
     old_umask = os.umask(0o077)  # every file and folder we (and pg_dump) create: owner only
     try:
         with RunLock(dest, wait=wait):
             repo, damaged = open_for_backup(cfg, rep)
-            tidy(repo, dest, rep)
+            tidy(repo, dest, rep, ring)
             cont = _continue_offsite(cfg, repo, rep) if repo.head is None else None
             rec = _dump_and_commit(cfg, repo, dest, rep, cont)  # the commit point
             try:
-                carry_out_switches(repo, dest, rep)
+                carry_out_switches(repo, dest, rep, ring)
             except DeltadumpError as exc:  # committed and restorable from its temporary name
                 rep.info(f"backup {rec.id} is committed; its slot switch is completed by the next run ({exc})")
             res = RunResult(rec, damaged=damaged)
@@ -142,7 +145,7 @@ def run(cfg: Config, reporter: Reporter | None = None, *, wait: bool = False) ->
                 res.pruned = prune_local(cfg, repo, Policy(k.daily, k.weekly, k.monthly, k.keep_last), rep)
             if cfg.backup.after:
                 try:
-                    after.start(cfg, dest, rec.id, dest / rec.path, cfg.backup.after, cfg.backup.after_timeout)
+                    after.start(cfg, dest, rec.id, cfg.slot_where(rec.path), cfg.backup.after, cfg.backup.after_timeout)
                 except OSError as exc:  # never fails the backup
                     rep.info(f"could not start the after-command: {exc}")
             return res
@@ -282,7 +285,7 @@ def notify_body(cfg: Config, job: str, status: str, rec: BackupRecord | None, er
     where = rec.database if rec else _where(cfg)
     body: dict[str, object] = {"job": job, "status": status, "database": where, "error": redact(error)}
     if rec is not None:
-        body.update(id=rec.id, size=rec.size, duration=rec.duration, path=str(cfg.dest / rec.path) if rec.path else "")
+        body.update(id=rec.id, size=rec.size, duration=rec.duration, path=cfg.slot_where(rec.path) if rec.path else "")
     return body
 
 

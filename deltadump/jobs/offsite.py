@@ -12,13 +12,15 @@ RECOVERY.txt. With encrypt = true every name but RECOVERY.txt gets ".age" and is
 
 from __future__ import annotations
 
+import contextlib
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import DEFAULT_COPY, Config, OffsiteConfig
 from ..errors import ConfigError, DeltadumpError, IntegrityError, TargetError
-from ..fsio import checkpoint, sha256_file
+from ..fsio import checkpoint, sha256_file, work_folder
 from ..naming import check_relpath
 from ..store import manifest as v1
 from ..store.records import SIG_SUFFIX, BackupRecord, FileRecord, Note, record_name
@@ -28,6 +30,7 @@ from ..targets import Target, open_target
 from .chain import Fetch
 from .common import Reporter
 from .repo import file_location, trust_for
+from .ring import fetch_slot, ring_of
 
 RECOVERY = """\
 deltadump offsite copy: how to recover by hand, with standard tools only
@@ -243,6 +246,11 @@ class Offsite:
 
     def _send(self, rec: BackupRecord, local: Repository, dest: Path, have: dict[str, int], st: SyncStats) -> str:
         """Send rec's objects the copy lacks, then its records; '' when done, else why not."""
+        with contextlib.ExitStack() as stack:
+            return self._send_in(rec, local, dest, have, st, stack)
+
+    def _send_in(self, rec: BackupRecord, local: Repository, dest: Path, have: dict[str, int], st: SyncStats,
+                 stack: contextlib.ExitStack) -> str:  # fmt: skip
         for obj in offsite_objects(rec):
             if obj.path in have and (self.encrypted or have[obj.path] == obj.size):
                 continue
@@ -251,6 +259,11 @@ class Offsite:
             else:
                 f = next(f for f in rec.files if f"full/{rec.id}/{f.path}" == obj.path)
                 src = file_location(local, dest, rec, f)
+                if (ring := ring_of(self.cfg)) is not None and not os.path.lexists(src):  # its slot is on the share
+                    fetched, why = fetch_slot(ring, local, dest, rec, stack.enter_context(work_folder(dest, "send")))
+                    if fetched is None:
+                        return f"its slot cannot be read: {why}"
+                    src = fetched
             if not src.is_file() or src.is_symlink():
                 return f"{obj.path} is no longer here (its slot was reused before it reached the offsite copy)"
             if sha256_file(src)[1] != obj.sha256:

@@ -16,6 +16,7 @@ from ..store.retention import Plan, Policy, plan
 from .chain import collect_objects
 from .common import Reporter, SilentReporter
 from .repo import open_local, reading, tidy
+from .ring import ring_of
 
 
 def policy_of(cfg: Config) -> Policy:
@@ -66,7 +67,7 @@ def prune(
     with RunLock(cfg.dest, wait=True):
         local = open_local(cfg, rep, write=not dry_run)
         if not dry_run:
-            tidy(local, cfg.dest, rep)  # a switch an interrupted run left is completed first
+            tidy(local, cfg.dest, rep, ring_of(cfg))  # a switch an interrupted run left is completed first
         if offsite:
             from .offsite import Offsite
 

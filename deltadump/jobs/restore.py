@@ -33,6 +33,7 @@ from ..store.resolve import resolve
 from . import chain
 from .common import Reporter, SilentReporter, major_of, record_files, server_for, tool
 from .repo import LocalView, file_location, local_view, open_local, reading, slot_location
+from .ring import fetch_slot, ring_of
 from .verify import check_slot, hash_fd
 
 
@@ -95,7 +96,7 @@ def open_source(
                  f"{repo.head.time.isoformat(timespec='seconds')}")  # fmt: skip
     with reading(cfg.dest):
         repo.refresh()  # what the lock now protects is what we read
-        view = local_view(repo, cfg.dest)
+        view = local_view(repo, cfg.dest, cfg.backup.remote)
         yield Source(repo, view.backups, view=view)
 
 
@@ -117,7 +118,13 @@ def checked_dump(
         return
     if src.view is not None and src.view.in_slot(rec):
         rep.info(f"checking {rec.path} against its recorded checksums")
-        if rec.format in ("custom", "plain", "tar") and len(rec.files) == 1:
+        if (ring := ring_of(cfg)) is not None:  # the slot is on the share: fetched, then checked
+            local, problem = fetch_slot(ring, src.repo, dest, rec, work)
+            if local is not None:
+                yield local, "slot", []
+                return
+            problems = [problem]
+        elif rec.format in ("custom", "plain", "tar") and len(rec.files) == 1:
             problem = ""
             located = file_location(src.repo, dest, rec, rec.files[0])
             try:
