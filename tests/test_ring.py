@@ -71,6 +71,8 @@ def test_the_state_folder_is_beside_the_config_unless_named(tmp: Path) -> None:
     assert (opts.password_file, opts.require_encryption) == ("/etc/pw", True)
     with pytest.raises(ConfigError, match=r"needs \[backup\] state"):
         _ = parse({**BASE, "backup": b}).dest
+    r = cli("init", "--dsn", "postgresql://nobody@127.0.0.1:1/x", "--dest", b["dest"], "--config", tmp / "new.toml")
+    assert r.returncode == 2 and "init --dest takes a folder" in r.stderr and not (tmp / "new.toml").exists()
 
 
 def test_a_whole_ring_on_a_share_with_its_after_command(
@@ -127,6 +129,8 @@ def test_a_whole_ring_on_a_share_with_its_after_command(
         assert r.returncode == 0 and "(slot)" in r.stdout, r.stderr
         assert stats(pg, f"ring_{b.id[-4:]}") == snaps[b.id]
         drop(pg, f"ring_{b.id[-4:]}")
+    r = cli("drill", "latest", "--config", c)
+    assert r.returncode == 0 and "drill passed" in r.stdout, r.stdout + r.stderr
     # the offsite copy got every backup made without delta, fetched from the share
     off = json.loads(cli("list", "--offsite", "--json", "--config", c).stdout)
     assert {x["id"] for x in off} == set(ids)

@@ -451,6 +451,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     rep = CliReporter(args.quiet)
+    from ..jobs.ring import ensure_state
+
+    ensure_state(cfg)  # an smb:// dest's state folder, where the scheduler's lock lives
     with RunLock(cfg.dest, name="deltadump-scheduler.lock"):
         schedule.run_forever(cfg, lambda: backup_and_report(cfg, rep, wait=True), stop=lambda: stopping["flag"],
                              log=lambda m: err.print(redact(m)),

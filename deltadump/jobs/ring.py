@@ -13,6 +13,7 @@ its record before anything uses it; a switch not yet carried out is read at its 
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -21,19 +22,27 @@ from ..errors import DeltadumpError, IntegrityError, StorageError, TargetError
 from ..fsio import checkpoint, sha256_file, storage_error
 from ..store.records import BackupRecord, Pending
 from ..store.repository import Repository
-from ..targets import Target, open_target
+from ..targets import Target, TargetOptions, open_target
 
 
 def ring_of(cfg: Config) -> Target | None:
-    """The share holding the rotation slots (None: dest is a local folder)."""
+    """The share holding the rotation slots (None: dest is a local folder). One target (one connection,
+    opened when first used, opened again after a drop) per process and share."""
     if not cfg.backup.remote:
         return None
-    return open_target(cfg.backup.dest, options=cfg.backup.target_options())
+    return _open(cfg.backup.dest, cfg.backup.target_options())
 
 
-def prepare(cfg: Config, ring: Target) -> None:
-    """Before a backup writes anything: the state folder exists (created 0700, it is ours), and the share
-    answers with our login (a wrong password, a missing share or a server down fails here, at once)."""
+@functools.lru_cache(maxsize=8)
+def _open(url: str, options: TargetOptions) -> Target:
+    return open_target(url, options=options)
+
+
+def ensure_state(cfg: Config) -> None:
+    """The state folder of an smb:// dest exists (created 0700: it is ours, unlike a dest folder, which
+    deltadump never creates). Nothing to do for a local dest."""
+    if not cfg.backup.remote:
+        return
     state = cfg.dest
     if state.is_symlink():
         raise StorageError(f"state folder {state} is a symbolic link; give its real path")
@@ -41,6 +50,12 @@ def prepare(cfg: Config, ring: Target) -> None:
         state.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise storage_error(exc, state, "creating the state folder") from exc
+
+
+def prepare(cfg: Config, ring: Target) -> None:
+    """Before a backup writes anything: the state folder exists, and the share answers with our login (a
+    wrong password, a missing share or a server down fails here, at once)."""
+    ensure_state(cfg)
     try:
         ring.stat("deltadump-probe")  # a name deltadump never writes: answers None when all is well
     except TargetError as exc:
