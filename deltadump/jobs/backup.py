@@ -40,6 +40,7 @@ from .common import Reporter, SilentReporter, check_dest, server_for, tool
 from .offsite import SyncStats, sync_after_backup
 from .prune import prune_local
 from .repo import carry_out_switches, open_for_backup, tidy
+from .ring import prepare, ring_of
 
 
 @dataclass
@@ -127,16 +128,18 @@ def run(cfg: Config, reporter: Reporter | None = None, *, wait: bool = False) ->
 
         raise ConfigError(problem)
     dest = cfg.dest
+    if (ring := ring_of(cfg)) is not None:  # dest is a share: the state folder here, the slots there
+        prepare(cfg, ring)
     check_dest(dest)
     old_umask = os.umask(0o077)  # every file and folder we (and pg_dump) create: owner only
     try:
         with RunLock(dest, wait=wait):
             repo, damaged = open_for_backup(cfg, rep)
-            tidy(repo, dest, rep)
+            tidy(repo, dest, rep, ring)
             cont = _continue_offsite(cfg, repo, rep) if repo.head is None else None
             rec = _dump_and_commit(cfg, repo, dest, rep, cont)  # the commit point
             try:
-                carry_out_switches(repo, dest, rep)
+                carry_out_switches(repo, dest, rep, ring)
             except DeltadumpError as exc:  # committed and restorable from its temporary name
                 rep.info(f"backup {rec.id} is committed; its slot switch is completed by the next run ({exc})")
             res = RunResult(rec, damaged=damaged)
@@ -146,7 +149,7 @@ def run(cfg: Config, reporter: Reporter | None = None, *, wait: bool = False) ->
                 res.pruned = prune_local(cfg, repo, Policy(k.daily, k.weekly, k.monthly, k.keep_last), rep)
             if cfg.backup.after:
                 try:
-                    after.start(cfg, dest, rec.id, dest / rec.path, cfg.backup.after, cfg.backup.after_timeout)
+                    after.start(cfg, dest, rec.id, cfg.slot_where(rec.path), cfg.backup.after, cfg.backup.after_timeout)
                 except OSError as exc:  # never fails the backup
                     rep.info(f"could not start the after-command: {exc}")
             return res
@@ -155,26 +158,18 @@ def run(cfg: Config, reporter: Reporter | None = None, *, wait: bool = False) ->
 
 
 def _continue_offsite(cfg: Config, repo: Repository, rep: Reporter) -> tuple[str, int] | None:
-    """A new (empty) backup folder whose offsite copy already holds a repository signed with this
+    """A new (empty) backup folder whose offsite copies already hold a repository signed with this
     host's key (the old folder was lost or replaced): the new folder continues that repository, its
-    numbers above every number the copy holds, so that the copy carries on. None otherwise."""
+    numbers above every number the copies hold, so that they carry on. None otherwise."""
     if not cfg.offsite_enabled:
         return None
-    from .offsite import Offsite
+    from .offsite import continue_repository
 
-    try:
-        off = Offsite(cfg, rep, write=True)
-        head = off.mirror.load() or off.load().head
-        if head is None:
-            return None
-        src = off.mirror if off.mirror.head is not None else off.remote
-        top = max([head.seq, *src.live()])
-    except DeltadumpError as exc:
-        rep.info(f"offsite: could not read the copy to continue its repository ({exc.message})")
-        return None
-    rep.info(f"this backup folder is new; it continues the repository {head.repository} of the offsite copy "
-             f"(head {head.seq})")  # fmt: skip
-    return head.repository, top
+    found = continue_repository(cfg, rep)
+    if found is not None:
+        rep.info(f"this backup folder is new; it continues the repository {found[0]} of the offsite copy "
+                 f"(records up to {found[1]})")  # fmt: skip
+    return found
 
 
 def _dump_and_commit(
@@ -297,7 +292,7 @@ def notify_body(cfg: Config, job: str, status: str, rec: BackupRecord | None, er
     where = rec.database if rec else _where(cfg)
     body: dict[str, object] = {"job": job, "status": status, "database": where, "error": redact(error)}
     if rec is not None:
-        body.update(id=rec.id, size=rec.size, duration=rec.duration, path=str(cfg.dest / rec.path) if rec.path else "")
+        body.update(id=rec.id, size=rec.size, duration=rec.duration, path=cfg.slot_where(rec.path) if rec.path else "")
     return body
 
 
@@ -336,9 +331,11 @@ def backup_and_report(
         mon.failed(msg, time.monotonic() - t0)
         raise IntegrityError(msg, hint="check who or what changed the backup folder; verify the remaining backups")
     if res.offsite_error is not None:
+        from .offsite import failure_text
+
         err = res.offsite_error
         raise type(err)(
-            f"backup {rec.id} is safe locally, but the offsite copy failed: {err.message}",
+            f"backup {rec.id} is safe locally, but {failure_text(cfg, err)}",
             hint="the next backup sends what is missing",
         ) from err
     return rec

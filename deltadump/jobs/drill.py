@@ -63,14 +63,17 @@ def drill(
     allow_older: bool = False,
     reporter: Reporter | None = None,
     before_compare: Callable[[str], None] | None = None,
+    copy: str | None = None,
 ) -> DrillResult:
+    """`offsite`: from the offsite copy named `copy` (None: the only one) alone."""
     rep = reporter or SilentReporter()
     t0 = time.monotonic()
-    with open_source(cfg, rep, from_offsite=offsite, identity=identity, trust=trust, allow_older=allow_older) as src:
+    with open_source(cfg, rep, from_offsite=offsite, identity=identity, trust=trust, allow_older=allow_older,
+                     copy=copy) as src:  # fmt: skip
         rec = src.pick(ref, cfg.dest)
         want = src.repo.tables(rec) if rec.format != "physical" else {}
     if rec.format == "physical":
-        res = _physical_drill(cfg, rec, rep, offsite, identity, trust, allow_older)
+        res = _physical_drill(cfg, rec, rep, offsite, identity, trust, allow_older, copy)
         res.seconds = time.monotonic() - t0
         _record(cfg, rec, res, offsite, rep)
         return res
@@ -80,7 +83,7 @@ def drill(
     srv = server_for(cfg)
     try:
         restore(cfg, rec.id, db, reporter=rep, from_offsite=offsite, identity=identity, trust=trust,
-                allow_older=allow_older)  # fmt: skip
+                allow_older=allow_older, copy=copy)  # fmt: skip
         if before_compare is not None:
             before_compare(db)
         want_checksums = any(v[1] is not None for v in want.values())
@@ -120,7 +123,7 @@ def _record(cfg: Config, rec: BackupRecord, res: DrillResult, offsite: bool, rep
 
 def _physical_drill(
     cfg: Config, rec: BackupRecord, rep: Reporter, offsite: bool, identity: Path | None, trust: str | None,
-    allow_older: bool,
+    allow_older: bool, copy: str | None = None,
 ) -> DrillResult:  # fmt: skip
     """A throwaway server: lay the backup out, start it (WAL replay), check that every database
     answers and count its tables' rows, stop it, remove it."""
@@ -146,7 +149,7 @@ def _physical_drill(
         try:
             restore_datadir(cfg, rec.id, data, start=True, port=port, reporter=rep, from_offsite=offsite,
                             identity=identity, trust=trust, allow_older=allow_older,
-                            socket_dir=work / "sock")  # fmt: skip
+                            socket_dir=work / "sock", copy=copy)  # fmt: skip
         except Exception as exc:
             res.differences.append(f"the throwaway server did not start: {exc}")
             return res

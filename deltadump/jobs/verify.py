@@ -23,6 +23,8 @@ from ..store.resolve import resolve
 from . import chain
 from .common import Reporter, SilentReporter, major_of, record_files
 from .repo import file_location, local_view, open_local, reading, slot_location
+from .ring import check_slot as check_ring_slot
+from .ring import ring_of
 
 
 @dataclass
@@ -113,7 +115,7 @@ def verify(cfg: Config, ref: str | None = None, *, deep: bool = False, reporter:
     rep = reporter or SilentReporter()
     dest = cfg.dest
     repo = open_local(cfg, rep)
-    view = local_view(repo, dest)
+    view = local_view(repo, dest, cfg.backup.remote)
     backups = view.backups
     repo.notes()  # every live record is read, so its signature is checked too
     by_id = {b.id: b for b in backups}
@@ -148,7 +150,10 @@ def verify(cfg: Config, ref: str | None = None, *, deep: bool = False, reporter:
                     res.problems.append(str(exc))
             if view.in_slot(rec):
                 res.checked.append("slot")
-                res.problems += check_slot(repo, dest, rec, cfg.database.pg_bin)
+                if (ring := ring_of(cfg)) is not None:  # the slot is on the share
+                    res.problems += check_ring_slot(cfg, ring, repo, rec)
+                else:
+                    res.problems += check_slot(repo, dest, rec, cfg.database.pg_bin)
             if rec.in_chain:
                 res.checked.append("chain")
                 try:
