@@ -3,7 +3,7 @@
 
 Builds a mail-like database of at least --size-mb on a private PostgreSQL server, then for each of
 --days days applies a day of mail traffic (new messages; some read, flagged, moved, deleted; a setting
-changes) and runs `deltadump backup` (delta enabled, offsite to a folder). It prints per day: bytes
+changes) and runs `deltadump backup` (delta enabled, offsite to a folder or --url). It prints per day: bytes
 uploaded, bytes stored offsite, backup time; beside them a compressed full `pg_dump -Fc` (size and
 time), the by-hand recipe with rdiff's defaults (differential against day 1, default block length),
 and `zstd -3 --long=30 --patch-from=YESTERDAY TODAY`. Then it deletes the local backup folder,
@@ -13,6 +13,15 @@ best of --restores runs each).
 
     python bench/offsite_days.py [--size-mb 400] [--days 14] [--workdir DIR] [--restores 3]
     python bench/offsite_days.py --workdir DIR --restore-only      # the restore measurement again
+    python bench/offsite_days.py --smbd                            # the offsite copy on a private smbd
+    python bench/offsite_days.py --url smb://user@nas/share/bench --password-file F [--store-dir DIR]
+
+The offsite copy goes to a folder by default; `--url` sends it to any target deltadump takes (with
+`--password-file` for smb://, `--identity` and `--known-hosts` for sftp://, `--endpoint-url` for s3://);
+`--smbd` starts a private Samba server on loopback (tests/servers.py, as the tests do; needs root
+and the samba package) and sends the copy to its share. What was uploaded each day is measured on the
+store's files when they lie on this machine (a folder, the private smbd's share, or `--store-dir`),
+else as deltadump reports it (its metrics file: objects and records).
 """
 
 from __future__ import annotations
@@ -57,6 +66,15 @@ def folder_size(p: Path) -> int:
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
 
+def stored_size(cfgp: Path) -> int:
+    """What the offsite copy holds, as its target lists it."""
+    from deltadump.config import load
+    from deltadump.targets import open_target
+
+    c = load(cfgp).offsite_copy()
+    return sum(open_target(c.url, c.endpoint_url, c.target_options()).list().values())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mb", type=int, default=400)
@@ -65,6 +83,13 @@ def main() -> None:
     ap.add_argument("--restores", type=int, default=3, help="restore measurements (best counts)")
     ap.add_argument("--restore-only", action="store_true",
                     help="only measure the restore, in the --workdir of an earlier run")  # fmt: skip
+    ap.add_argument("--url", help="the offsite copy's url (default: a folder in the workdir)")
+    ap.add_argument("--password-file", help="smb:// urls: the file whose first line is the password")
+    ap.add_argument("--identity", help="sftp:// urls: the private key")
+    ap.add_argument("--known-hosts", help="sftp:// urls: the known_hosts file")
+    ap.add_argument("--endpoint-url", help="s3:// urls: the store's endpoint")
+    ap.add_argument("--store-dir", type=Path, help="where the target's files lie on this machine, if they do")
+    ap.add_argument("--smbd", action="store_true", help="start a private smbd and send the copy to its share")
     args = ap.parse_args()
     if args.restore_only:
         if args.workdir is None:
@@ -77,16 +102,49 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ddoffsite-"))
     work.mkdir(parents=True, exist_ok=True)
     work.chmod(0o711)
+    smbd = start_smbd(args) if args.smbd else None
     server = LocalServer(work / "server")
     server.start()
     try:
         run(server, work, args)
     finally:
+        if smbd is not None:
+            smbd.remove()
         if args.workdir is None:
             server.remove()
             shutil.rmtree(work, ignore_errors=True)
         else:
             server.stop()
+
+
+def start_smbd(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """A private Samba server (tests/servers.py) whose share takes the offsite copy."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from servers import SambaServer
+
+    smbd = SambaServer()
+    smbd.start()
+    args.url = smbd.url("share", "offsite")
+    args.password_file = str(smbd.password_file)
+    args.store_dir = smbd.share / "offsite"
+    print(f"private smbd on 127.0.0.1:{smbd.port}, copy to {args.url}", file=sys.stderr)
+    return smbd
+
+
+def offsite_section(args: argparse.Namespace, remote: Path) -> str:
+    if not args.url:
+        return f'[offsite]\nurl = "file://{remote}"\n'
+    keys = {"url": args.url, "password_file": args.password_file, "identity": args.identity,
+            "known_hosts": args.known_hosts, "endpoint_url": args.endpoint_url}  # fmt: skip
+    return "[offsite]\n" + "".join(f'{k} = "{v}"\n' for k, v in keys.items() if v)
+
+
+def last_upload(metrics: Path) -> int:
+    """What the last run sent offsite, as deltadump's metrics file says."""
+    for line in metrics.read_text().splitlines():
+        if line.startswith("deltadump_last_upload_bytes{"):
+            return int(float(line.rsplit(" ", 1)[1]))
+    raise SystemExit("the metrics file has no deltadump_last_upload_bytes")
 
 
 def restore_again(work: Path, day: int, times: int) -> None:
@@ -114,14 +172,18 @@ def run(server: LocalServer, work: Path, args: argparse.Namespace) -> None:
     dest, remote, scratch = work / "dest", work / "remote", work / "scratch"
     for d in (dest, remote, scratch):
         d.mkdir(exist_ok=True)
+    store = remote if not args.url else args.store_dir  # where the copy's bytes can be measured, if anywhere
+    metrics = work / "metrics.prom"
     pw = work / "pw"
     pw.write_text(server.password + "\n")
     cfgp = work / "deltadump.toml"
     cfgp.write_text(
         f'[database]\ndsn = "{server.dsn("mail")}"\npassword_file = "{pw}"\npg_bin = "{server.bin}"\n'
         f'[backup]\ndest = "{dest}"\nname = "DBBACK.DMP"\n'
-        f'[delta]\nenabled = true\n[offsite]\nurl = "file://{remote}"\n'
+        f'[delta]\nenabled = true\n{offsite_section(args, remote)}[notify]\nmetrics_file = "{metrics}"\n'
     )
+    how = f"on its files in {store}" if store else "as deltadump reports it (objects and records)"
+    print(f"offsite copy: {args.url or f'file://{remote}'}; upload measured {how}")
     env = {**os.environ}
     pgenv = {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(server.port), "PGUSER": server.superuser,
              "PGPASSWORD": server.password, "PGDATABASE": "mail"}  # fmt: skip
@@ -136,7 +198,7 @@ def run(server: LocalServer, work: Path, args: argparse.Namespace) -> None:
         if day > 1:
             sample.mail_day(pb, conn, "mail", day, new=new_per_day, words=40)
         env["DELTADUMP_NOW"] = f"2026-12-{day:02d}T02:00:00"
-        before = remote_files(remote)
+        before = remote_files(store) if store else {}
         t = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "deltadump.cli.main", "backup", "--config", str(cfgp), "-q"],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -144,8 +206,12 @@ def run(server: LocalServer, work: Path, args: argparse.Namespace) -> None:
         bt = time.perf_counter() - t
         if proc.returncode != 0:
             raise SystemExit(proc.stderr.read() if proc.stderr else "backup failed")
-        after = remote_files(remote)
-        upload = sum(size for k, (size, mt) in after.items() if before.get(k) != (size, mt))  # objects + records + head
+        if store:
+            after = remote_files(store)
+            changed = [k for k, v in after.items() if before.get(k) != v]  # objects, records, head
+            upload = sum(after[k][0] for k in changed)
+        else:
+            upload = last_upload(metrics)
         rec = newest_backup(cfgp)
         today = scratch / f"day{day}.dump"
         shutil.copyfile(dest / rec.path, today)
@@ -163,7 +229,7 @@ def run(server: LocalServer, work: Path, args: argparse.Namespace) -> None:
             zs = (scratch / "zs.zst").stat().st_size
             prev_dump.unlink()
         prev_dump = today
-        off = folder_size(remote)
+        off = folder_size(store) if store else stored_size(cfgp)
         rows.append(dict(day=day, kind=rec.kind, upload=upload, offsite=off, bt=bt, fcs=fcs, fct=fct, rd=rd, zs=zs,
                          peak=peak_kb))  # fmt: skip
         print(f"{day:>3} {rec.kind:>5} {upload / 1e6:10.2f} {off / 1e6:11.1f} {bt:9.1f} {rows[-1]['peak'] / 1024:8.0f} | "

@@ -6,6 +6,7 @@ Keys are the product's contract (README.md, "Config"). Unknown keys are errors, 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -85,6 +86,20 @@ class BackupConfig(_Model):
     signing_key: str = ""  # Ed25519 key (minisign format) that signs every record; default: in the config's folder
     # whole-server configs: the roles' passwords (their hashes) in the globals backup, or not
     globals: Literal["without-passwords", "with-passwords"] = "without-passwords"
+    jobs: int = Field(0, ge=0, le=64)  # parallel pg_dump/pg_restore jobs (directory format); 0: the cores, at most 4
+    # dest = "smb://...": the rotation slots go to the share; the records, locks and chain objects stay in a
+    # local state folder (default: <config folder>/<config name>.state)
+    state: str = ""
+    username: str = ""  # smb dest (or the url's user@)
+    password_file: str = ""  # smb dest: first line; never the password itself
+    domain: str = ""
+    require_encryption: bool = True
+    dialect: Literal["", "3.1.1", "3.0.2", "3.0", "2.1", "2.0.2"] = ""
+
+    @property
+    def remote(self) -> bool:
+        """dest is a share (smb://), not a local folder."""
+        return "://" in self.dest
 
     @field_validator("name")
     @classmethod
@@ -99,7 +114,33 @@ class BackupConfig(_Model):
     def _check_dest(cls, v: str) -> str:
         if not v:
             raise ValueError("dest must name a folder")
+        if "://" in v:
+            from .targets import split_url
+
+            if not v.startswith("smb://"):
+                raise ValueError("dest is a folder or an smb:// url (a share reached without mounting)")
+            split_url(v)  # no password in it, a share, a valid port
         return v
+
+    @model_validator(mode="after")
+    def _check_remote(self) -> BackupConfig:
+        smb_keys = ("state", "username", "password_file", "domain", "dialect")
+        if not self.remote:
+            for key in smb_keys:
+                if getattr(self, key):
+                    raise ValueError(f"{key} applies to an smb:// dest only")
+            return self
+        check_smb(self.dest, self.username, self.password_file, self.require_encryption, self.dialect)
+        if self.kind == "physical" or self.format == "directory":
+            what = "physical backups" if self.kind == "physical" else 'format = "directory"'
+            raise ValueError(f"an smb:// dest takes single-file dumps (custom, plain, tar); {what} need a folder")
+        return self
+
+    def target_options(self) -> TargetOptions:
+        from .targets import TargetOptions
+
+        return TargetOptions(username=self.username, password_file=self.password_file, domain=self.domain,
+                             require_encryption=self.require_encryption, dialect=self.dialect)  # fmt: skip
 
 
 class DeltaConfig(_Model):
@@ -124,7 +165,25 @@ class RetentionConfig(KeepConfig):
     keep_last: int = Field(1, ge=1)
 
 
+class CopyRetention(_Model):
+    """An offsite copy's own retention (`[offsite.retention]`, or `retention = {...}` in its table):
+    a key it does not give takes the value of the top-level [retention]."""
+
+    daily: int | None = Field(None, ge=0)
+    weekly: int | None = Field(None, ge=0)
+    monthly: int | None = Field(None, ge=0)
+    keep_last: int | None = Field(None, ge=1)
+
+
+DEFAULT_COPY = "default"  # the name of a single [offsite] table's copy (and of one [[offsite]] without a name)
+# a copy's name is part of file names (deltadump-offsite/NAME/), metric labels and the rollback state:
+# a letter first (never taken for a backup id or a date on the command line), then letters, digits, - and _
+COPY_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
+RESERVED_COPY_NAMES = ("latest", "local", "offsite")
+
+
 class OffsiteConfig(_Model):
+    name: str = ""  # "" = "default" (a single copy); required when there are several
     url: str = ""
     endpoint_url: str = ""  # s3
     username: str = ""  # smb (or the url's user@)
@@ -136,8 +195,22 @@ class OffsiteConfig(_Model):
     known_hosts: str = ""  # sftp: "" = ~/.ssh/known_hosts
     encrypt: bool = False
     recipients: list[str] = []
-    keep: KeepConfig = KeepConfig()  # the retention of configs written before [retention] existed
+    keep: KeepConfig | None = None  # the retention of configs written before [retention] existed
+    retention: CopyRetention | None = None  # this copy's own retention, over the top-level [retention]
     alert_after: str = "26h"  # `status` fails when the newest good backup is not offsite after this long
+
+    @property
+    def copy_name(self) -> str:
+        return self.name or DEFAULT_COPY
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, v: str) -> str:
+        if v and not COPY_NAME_RE.fullmatch(v):
+            raise ValueError(f"invalid copy name {v[:40]!r}: a letter, then up to 31 letters, digits, - or _")
+        if v in RESERVED_COPY_NAMES:
+            raise ValueError(f"{v!r} cannot name a copy (the command line gives it another meaning)")
+        return v
 
     @field_validator("alert_after")
     @classmethod
@@ -163,16 +236,7 @@ class OffsiteConfig(_Model):
             if getattr(self, key) and scheme != owner:
                 raise ValueError(f"{key} applies to {owner}:// urls only")
         if scheme == "smb":
-            from urllib.parse import unquote, urlsplit
-
-            user = unquote(urlsplit(self.url).username or "")
-            if user and self.username and user != self.username:
-                raise ValueError(f"the url names user {user!r} but username is {self.username!r}")
-            if not (user or self.username) or not self.password_file:
-                raise ValueError("an smb:// url needs a username (or user@ in the url) and a password_file")
-            if self.require_encryption and self.dialect.startswith("2"):
-                raise ValueError(f"SMB dialect {self.dialect} has no encryption: set require_encryption = false "
-                                 "to use it")  # fmt: skip
+            check_smb(self.url, self.username, self.password_file, self.require_encryption, self.dialect)
         return self
 
     def target_options(self) -> TargetOptions:
@@ -181,6 +245,19 @@ class OffsiteConfig(_Model):
         return TargetOptions(username=self.username, password_file=self.password_file, domain=self.domain,
                              require_encryption=self.require_encryption, dialect=self.dialect,
                              identity=self.identity, known_hosts=self.known_hosts)  # fmt: skip
+
+
+def check_smb(url: str, username: str, password_file: str, require_encryption: bool, dialect: str) -> None:
+    """The keys an smb:// url needs, consistent with it (an offsite copy's, or an smb:// dest's)."""
+    from urllib.parse import unquote, urlsplit
+
+    user = unquote(urlsplit(url).username or "")
+    if user and username and user != username:
+        raise ValueError(f"the url names user {user!r} but username is {username!r}")
+    if not (user or username) or not password_file:
+        raise ValueError("an smb:// url needs a username (or user@ in the url) and a password_file")
+    if require_encryption and dialect.startswith("2"):
+        raise ValueError(f"SMB dialect {dialect} has no encryption: set require_encryption = false to use it")
 
 
 def parse_duration(v: str) -> float:
@@ -282,18 +359,45 @@ class Config(_Model):
     database: DatabaseConfig
     backup: BackupConfig
     delta: DeltaConfig = DeltaConfig()
-    offsite: OffsiteConfig = OffsiteConfig()
+    # the offsite copies: a single [offsite] table (the copy named "default"), or [[offsite]] tables
+    offsite: list[OffsiteConfig] = []
     retention: RetentionConfig | None = None
     drill: DrillConfig = DrillConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     notify: NotifyConfig = NotifyConfig()
     path: Path | None = None
 
+    @field_validator("offsite", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: object) -> object:
+        if isinstance(v, dict):  # a single [offsite] table: the copy named "default"
+            return [v] if v else []
+        return v
+
     @model_validator(mode="after")
     def _check_combination(self) -> Config:
         if self.backup.kind == "physical" and self.delta.enabled:
             raise ValueError('[delta] works on logical dumps; it cannot be enabled with [backup] kind = "physical"')
         self._check_whole_server()
+        copies = self.offsite
+        if any(not c.url for c in copies) and (len(copies) > 1 or any(c.name for c in copies)):
+            raise ValueError("every [[offsite]] copy needs a url")
+        if len(copies) > 1:
+            unnamed = [str(i) for i, c in enumerate(copies, 1) if not c.name]
+            if unnamed:
+                raise ValueError(f"with several [[offsite]] copies each needs a name (copy {', '.join(unnamed)} "
+                                 "has none)")  # fmt: skip
+            if any(c.keep is not None for c in copies):
+                raise ValueError("keep belongs to configs with a single [offsite]; with several copies use "
+                                 "[retention] and each copy's retention")  # fmt: skip
+        names = [c.copy_name for c in copies]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"two [[offsite]] copies are named {dup[0]!r}; each name must be unique")
+        urls = [c.url.rstrip("/") for c in copies]
+        same = sorted({u for u in urls if urls.count(u) > 1})
+        if same:
+            raise ValueError("two [[offsite]] copies have the same url; each copy needs a place of its own")
         return self
 
     def _check_whole_server(self) -> None:
@@ -322,18 +426,85 @@ class Config(_Model):
 
     @property
     def offsite_enabled(self) -> bool:
-        return bool(self.offsite.url)
+        return any(c.url for c in self.offsite)
+
+    @property
+    def copies(self) -> list[OffsiteConfig]:
+        """The configured offsite copies, in config order."""
+        return [c for c in self.offsite if c.url]
+
+    def offsite_copy(self, name: str | None = None) -> OffsiteConfig:
+        """The copy named `name`; None: the only one. UsageError when there are several and none is
+        named, ConfigError when there is none or no copy has that name."""
+        from .errors import UsageError
+
+        copies = self.copies
+        if not copies:
+            raise ConfigError("no [offsite] url in the config")
+        if name is None or name == "":
+            if len(copies) == 1:
+                return copies[0]
+            raise UsageError(f"the config has {len(copies)} offsite copies ({', '.join(c.copy_name for c in copies)}): "
+                             "name one (--from offsite NAME, or --offsite NAME)")  # fmt: skip
+        for c in copies:
+            if c.copy_name == name:
+                return c
+        raise UsageError(f"no offsite copy named {name!r} in the config (its copies: "
+                         f"{', '.join(c.copy_name for c in copies)})")  # fmt: skip
+
+    def copy_keep(self, copy: OffsiteConfig) -> RetentionConfig:
+        """A copy's retention: its own keys, the others from [retention] (or the older [offsite] keep)."""
+        base = self.keep
+        if copy.retention is None:
+            return base
+        own = {k: v for k, v in copy.retention.model_dump().items() if v is not None}
+        return RetentionConfig(**{**base.model_dump(), **own})
 
     @property
     def dest(self) -> Path:
-        return Path(self.backup.dest).expanduser()
+        """The local backup folder: dest itself, or, when dest is a share (smb://), the state folder that
+        holds everything but the rotation slots."""
+        if not self.backup.remote:
+            return Path(self.backup.dest).expanduser()
+        if self.backup.state:
+            return Path(self.backup.state).expanduser()
+        if self.path is None:
+            raise ConfigError("an smb:// dest needs [backup] state (the config has no folder to keep it beside)")
+        return self.path.absolute().parent / f"{self.path.stem}.state"
+
+    def slot_where(self, rel: str) -> str:
+        """Where a rotation slot is, for people: a path in dest, or a url on the share."""
+        if self.backup.remote:
+            return self.backup.dest.rstrip("/") + "/" + rel
+        return str(self.dest / rel)
+
+    def delta_conflict(self) -> str:
+        """What in the config deltas cannot do ('' when nothing): checked before a backup, never silently
+        rewritten. Deltas need an uncompressed custom or directory dump; a compression level left at
+        its default is taken as 0 (the dump is stored zstd-compressed anyway)."""
+        if not self.delta.enabled:
+            return ""
+        if self.backup.format not in ("custom", "directory"):
+            return (f'[delta] works on custom or directory dumps, not format = "{self.backup.format}": '
+                    'set [backup] format = "custom" or "directory", or disable [delta]')  # fmt: skip
+        if self.backup.compress and "compress" in self.backup.model_fields_set:
+            return (f"[delta] needs an uncompressed dump, but [backup] compress = {self.backup.compress}: set "
+                    "compress = 0 (the chain's objects are zstd-compressed anyway)")  # fmt: skip
+        return ""
+
+    @property
+    def dump_jobs(self) -> int:
+        from os import cpu_count
+
+        return self.backup.jobs or max(1, min(4, cpu_count() or 1))
 
     @property
     def keep(self) -> RetentionConfig:
         """[retention], else the older [offsite] keep, else the defaults."""
         if self.retention is not None:
             return self.retention
-        return RetentionConfig(**self.offsite.keep.model_dump())
+        old = next((c.keep for c in self.offsite if c.keep is not None), None)
+        return RetentionConfig(**(old or KeepConfig()).model_dump())
 
     @property
     def signing_key_path(self) -> Path | None:
@@ -372,10 +543,11 @@ def load(explicit: str | os.PathLike[str] | None = None) -> Config:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
     cfg = parse(data, path)
-    if cfg.offsite.encrypt and not cfg.offsite.recipients:
-        raise ConfigError(
-            f"[offsite] encrypt = true needs at least one age recipient in recipients{' in ' + str(path)}"
-        )
+    for c in cfg.copies:
+        if c.encrypt and not c.recipients:
+            which = "[offsite]" if len(cfg.copies) == 1 else f"the offsite copy {c.copy_name!r}"
+            raise ConfigError(f"{which}: encrypt = true needs at least one age recipient in recipients"
+                              f"{' in ' + str(path)}")  # fmt: skip
     return cfg
 
 
@@ -385,7 +557,11 @@ def parse(data: dict[str, object], path: Path | None = None) -> Config:
         return Config.model_validate({**data, "path": path})
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
+        parts = [str(x) for x in err["loc"]]
+        if parts[:1] == ["offsite"] and len(parts) > 1 and parts[1].isdigit():
+            # a single [offsite] table is offsite.KEY; the copies of [[offsite]] are offsite[N].KEY (from 1)
+            parts[:2] = ["offsite"] if isinstance(data.get("offsite"), dict) else [f"offsite[{int(parts[1]) + 1}]"]
+        loc = ".".join(parts)
         if err["type"] == "extra_forbidden":
             raise ConfigError(f"unknown config key '{loc}'{where}") from None
         if err["type"] == "missing":
@@ -419,7 +595,8 @@ dest = {dest}
 name = "DBBACK-%w.DMP"
 # custom | directory | plain | tar
 format = "custom"
-# pg_dump -Z level; 0 = uncompressed (delta-friendly)
+# pg_dump -Z level; 0 = uncompressed. With [delta] enabled set 0 (deltas need an uncompressed dump;
+# their objects are zstd-compressed anyway): a higher level is refused when a backup starts.
 compress = 6
 # Extra pg_dump arguments, as a list (never passed through a shell).
 options = []

@@ -6,10 +6,12 @@ botocore) are translated where they are born, with the original chained. Only th
 
 from __future__ import annotations
 
+import _thread
 import re
-import threading
-from typing import ClassVar
-from urllib.parse import quote
+
+TYPE_CHECKING = False  # no typing or threading import at run time: `deltadump rdiff` starts fast
+if TYPE_CHECKING:
+    from typing import ClassVar
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -22,7 +24,7 @@ EXIT_USAGE = 2
 
 MASK = "***"
 _secrets: set[str] = set()
-_secrets_lock = threading.Lock()
+_secrets_lock = _thread.allocate_lock()
 # scheme://user:PASSWORD@host (any scheme: postgresql, smtp, https...): the userinfo's password
 _URI_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^/@:\s'\"]*:)(?P<pw>[^@\s'\"]*)(?=@)")
 # password=VALUE in a libpq key=value string (quoted with '...' and backslash escapes, or a bare word),
@@ -36,6 +38,8 @@ def register_secret(secret: str) -> None:
     if not secret:
         return
     with _secrets_lock:
+        from urllib.parse import quote
+
         _secrets.update({secret, quote(secret, safe=""), quote(secret)})
 
 

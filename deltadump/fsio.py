@@ -6,16 +6,18 @@ Files are created readable by their owner only (0600); folders 0700.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import hashlib
 import os
-import secrets
-from collections.abc import Iterator
-from pathlib import Path
-from typing import BinaryIO
 
 from .errors import StorageError
+
+TYPE_CHECKING = False  # typing, pathlib, hashlib, contextlib: imported where needed (`rdiff` starts fast)
+if TYPE_CHECKING:
+    import hashlib
+    from collections.abc import Iterator
+    from contextlib import AbstractContextManager
+    from pathlib import Path
+    from typing import BinaryIO
 
 TMP_PREFIX = ".tmp-"
 WORK_LOCK = ".lock"  # held (flock) inside a work folder while its owner lives
@@ -54,7 +56,11 @@ def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
 
 def tmp_name(final: Path) -> Path:
     """A temporary name beside `final`, recognisable as ours so stale ones can be cleaned."""
-    return final.with_name(f"{TMP_PREFIX}{final.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    return final.with_name(_tmp_basename(final.name))
+
+
+def _tmp_basename(name: str) -> str:
+    return f"{TMP_PREFIX}{name}.{os.getpid()}.{os.urandom(4).hex()}"
 
 
 def unlock_close(fd: int) -> None:
@@ -69,12 +75,28 @@ def unlock_close(fd: int) -> None:
         os.close(fd)
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_dir(path: str | os.PathLike[str]) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def make_dirs(path: Path, mode: int = 0o700) -> None:
+    """Create `path` and any missing parents durably: each new folder is fsynced in its parent, so a
+    power cut cannot lose a folder whose files were made durable."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=mode)
+        except FileExistsError:
+            continue
+        fsync_dir(d.parent)
 
 
 def storage_error(exc: OSError, path: Path, action: str) -> StorageError:
@@ -100,18 +122,45 @@ def storage_error(exc: OSError, path: Path, action: str) -> StorageError:
 class AtomicFile:
     """A file written under a temporary name and renamed into place on commit()."""
 
-    def __init__(self, final: Path, mode: int = 0o600, durable: bool = True, hashing: bool = True) -> None:
-        self.final = Path(final)
+    def __init__(
+        self, final: str | os.PathLike[str], mode: int = 0o600, durable: bool = True, hashing: bool = True
+    ) -> None:
+        self._final = os.fspath(final)
+        folder, name = os.path.split(self._final)
+        self._tmp = os.path.join(folder, _tmp_basename(name))
         self.durable = durable
         self.hashing = hashing
-        self.tmp = tmp_name(self.final)
-        self.sha256 = hashlib.sha256()
+        if hashing:  # (the sha256 of what is written; without hashing, hashlib need not even be imported)
+            import hashlib
+
+            self.sha256: hashlib._Hash = hashlib.sha256()
         self.size = 0
         try:
-            fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         except OSError as exc:
             raise storage_error(exc, self.final, "creating") from exc
         self.file: BinaryIO = os.fdopen(fd, "wb", buffering=1 << 20)
+
+    def __enter__(self) -> AtomicFile:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is not None:
+            self.abort()
+        else:
+            self.commit()
+
+    @property
+    def final(self) -> Path:
+        from pathlib import Path
+
+        return Path(self._final)
+
+    @property
+    def tmp(self) -> Path:
+        from pathlib import Path
+
+        return Path(self._tmp)
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         try:
@@ -129,34 +178,33 @@ class AtomicFile:
             if self.durable:
                 os.fsync(self.file.fileno())
             self.file.close()
+            name = os.path.basename(self._final)
             if self.durable:
-                checkpoint(f"write {self.final.name}")
-            os.replace(self.tmp, self.final)
+                checkpoint(f"write {name}")
+            os.replace(self._tmp, self._final)
             if self.durable:
-                fsync_dir(self.final.parent)
-                checkpoint(f"rename {self.final.name}")
+                fsync_dir(os.path.dirname(self._final) or ".")
+                checkpoint(f"rename {name}")
         except OSError as exc:
             self.abort()
             raise storage_error(exc, self.final, "saving") from exc
 
     def abort(self) -> None:
-        with contextlib.suppress(OSError):
+        try:  # noqa: SIM105  (no contextlib here: `deltadump rdiff` starts fast)
             self.file.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.tmp.unlink()
+        except OSError:
+            pass
+        try:  # noqa: SIM105
+            os.unlink(self._tmp)
+        except FileNotFoundError:
+            pass
 
 
-@contextlib.contextmanager
-def atomic_write(final: Path, mode: int = 0o600, durable: bool = True, hashing: bool = True) -> Iterator[AtomicFile]:
+def atomic_write(final: Path, mode: int = 0o600, durable: bool = True, hashing: bool = True) -> AtomicFile:
     """Write `final` all or nothing, never a half-written file under the final name; durably
-    (fsync of the file and its folder) unless it is a scratch file."""
-    f = AtomicFile(final, mode, durable, hashing)
-    try:
-        yield f
-    except BaseException:
-        f.abort()
-        raise
-    f.commit()
+    (fsync of the file and its folder) unless it is a scratch file: `with atomic_write(p) as f`
+    commits on leaving, or removes the temporary file if the block raised."""
+    return AtomicFile(final, mode, durable, hashing)
 
 
 def write_bytes_atomic(final: Path, data: bytes, mode: int = 0o600) -> str:
@@ -168,6 +216,8 @@ def write_bytes_atomic(final: Path, data: bytes, mode: int = 0o600) -> str:
 
 def sha256_file(path: Path, bufsize: int = 4 << 20) -> tuple[int, str]:
     """(size, sha256 hex) of a file, streamed."""
+    import hashlib
+
     h = hashlib.sha256()
     size = 0
     with open(path, "rb", buffering=0) as f:
@@ -181,6 +231,7 @@ def remove_stale_temps(folder: Path, keep: set[Path] | frozenset[Path] = frozens
     """Remove temporary files and folders left by killed runs (ours only: the TMP_PREFIX names), except
     those in `keep` (a slot switch not yet carried out) and work folders whose owner still lives (it
     holds the flock on their WORK_LOCK file)."""
+    import contextlib
     import shutil
 
     removed: list[Path] = []
@@ -220,16 +271,21 @@ def _in_use(d: Path) -> bool:
         os.close(fd)
 
 
-@contextlib.contextmanager
-def work_folder(parent: Path, label: str) -> Iterator[Path]:
+def work_folder(parent: Path, label: str) -> AbstractContextManager[Path]:
     """A private scratch folder (0700) in `parent`, named as ours (removed by the next run if we die),
     held by a lock while we live (so that no other run removes it), and removed when done."""
+    import contextlib
+
+    return contextlib.contextmanager(_work_folder)(parent, label)
+
+
+def _work_folder(parent: Path, label: str) -> Iterator[Path]:
     import fcntl
     import shutil
 
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        d = parent / f"{TMP_PREFIX}{label}.{os.getpid()}.{secrets.token_hex(4)}"
+        d = parent / _tmp_basename(label)
         d.mkdir(mode=0o700)
         fd = os.open(d / WORK_LOCK, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as exc:

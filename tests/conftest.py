@@ -186,7 +186,7 @@ class History:
 
         self.cfg = load(cfg_path)
         self.repo = open_local(self.cfg, SilentReporter())
-        self.view = local_view(self.repo, self.cfg.dest)
+        self.view = local_view(self.repo, self.cfg.dest, self.cfg.backup.remote)
         self.backups = self.view.backups
         self.notes = self.repo.notes()
         self.owners = self.view.owners

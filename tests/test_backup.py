@@ -109,13 +109,16 @@ def wait_for_after_command(c: Path):  # type: ignore[no-untyped-def]
 def test_after_command_runs_detached_with_quoted_path(
     pg: LocalServer, pwfile: Path, maildb: str, dest: Path, tmp: Path
 ) -> None:
-    marker = tmp / "after.out"
+    marker, go = tmp / "after.out", tmp / "go"
+    # the after-command waits for a file the test creates only once the backup has returned: had the
+    # backup waited for it, it would never return
     c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest,
-                     after=f"sleep 3; printf '%s\\n' %f > {marker}; echo done-output; exit 3")  # fmt: skip
-    t = time.monotonic()
-    r = cli("backup", "--config", c)
+                     after=f"while [ ! -e {go} ]; do sleep 0.05; done; printf '%s\\n' %f > {marker}; "
+                           "echo done-output; exit 3")  # fmt: skip
+    r = cli("backup", "--config", c, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert time.monotonic() - t < 3, "the after-command blocked the backup"
+    assert not marker.exists()  # still waiting: the backup did not wait for it
+    go.touch()
     rec, note = wait_for_after_command(c)
     assert rec.after and note is not None and note.exit_code == 3 and not note.ok
     assert marker.read_text() == f"{dest / rec.path}\n"  # one argument, spaces and all

@@ -71,9 +71,9 @@ def leftovers(dest: Path, remote: Path | None) -> list[str]:
     named = {o.path for b in h.backups for o in b.objects}
     named |= {b.signature.path for b in h.backups if b.signature is not None}
     out = [p.relative_to(dest).as_posix() for p in dest.rglob(".tmp-*")]
-    for p in (dest / "chain").glob("*") if (dest / "chain").is_dir() else []:
+    for p in (dest / "chain").rglob("*") if (dest / "chain").is_dir() else []:
         rel = p.relative_to(dest).as_posix()
-        if rel not in named and not rel.endswith(".sig"):
+        if p.is_file() and rel not in named and not rel.endswith(".sig"):
             out.append(rel)
     live = set(h.repo.live())
     for p in (dest / "records").glob("*.json"):

@@ -191,7 +191,7 @@ def test_manual_recovery_with_standard_tools(
     assert public.startswith("RW")
     shutil.rmtree(dest)
     recovery = (remote / "RECOVERY.txt").read_text()
-    assert "rdiff patch" in recovery and "minisign -V" in recovery
+    assert "rdiff patch" in recovery and "minisign -V" in recovery and "in steps of" in recovery
     # by hand, following RECOVERY.txt: decrypt, check every signature with minisign, follow the chain
     w = tmp / "by-hand"
     w.mkdir()
@@ -210,9 +210,10 @@ def test_manual_recovery_with_standard_tools(
     heads = sorted(p.name.removesuffix(".age") for p in (remote / "heads").glob("*.json.age"))
     head = signed_json(f"heads/{heads[-1]}")
     live = set()
-    for part in str(head["live"]).split(","):
-        a, _, b = part.partition("-")
-        live.update(range(int(a), int(b or a) + 1))
+    for part in str(head["live"]).split(","):  # as RECOVERY.txt describes: "1-5,8,9-21:2"
+        span, _, step = part.partition(":")
+        a, _, b = span.partition("-")
+        live.update(range(int(a), int(b or a) + 1, int(step or 1)))
     records = {}
     for p in (remote / "records").glob("*.json.age"):
         name = "records/" + p.name.removesuffix(".age")

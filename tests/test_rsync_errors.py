@@ -130,6 +130,23 @@ def _fuzz_case(tmp: Path, rdiff: str, kind: str, blob: bytes) -> None:
         assert (tmp / "out.ours").read_bytes() == (tmp / "out.theirs").read_bytes()
     if ours.returncode != 0:
         assert not (tmp / "out.ours").exists()
+    if kind == "delta":  # the two-thread path (for large files) gives the same code and output
+        from unittest import mock
+
+        from deltadump.rsync import patcher
+
+        (tmp / "out.par").unlink(missing_ok=True)
+        with mock.patch.object(patcher, "PARALLEL_MIN", 0):
+            try:
+                patch(tmp / "basis", tmp / "m", tmp / "out.par")
+                code = 0
+            except RsyncError as exc:
+                code = exc.rs_code
+        assert code == ours.returncode, (code, ours.stderr)
+        if code == 0:
+            assert (tmp / "out.par").read_bytes() == (tmp / "out.theirs").read_bytes()
+        else:
+            assert not (tmp / "out.par").exists()
 
 
 mutation = st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255), st.sampled_from("rdit")), max_size=6)

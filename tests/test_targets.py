@@ -400,11 +400,14 @@ def test_offsite_config_gives_the_target_what_it_needs(tmp: Path) -> None:
     cfg = parse({"database": {"dsn": "dbname=x"}, "backup": {"dest": str(tmp)},
                  "offsite": {"url": "smb://nas.lan/backups/mail", "username": "backup", "password_file": "/etc/pw",
                              "domain": "OFFICE", "dialect": "3.0.2"}})  # fmt: skip
-    opts = cfg.offsite.target_options()
+    opts = cfg.offsite_copy().target_options()
     assert (opts.username, opts.password_file, opts.domain, opts.dialect, opts.require_encryption) == (
         "backup", "/etc/pw", "OFFICE", "3.0.2", True)  # fmt: skip
-    t = open_target(cfg.offsite.url, options=opts)
+    t = open_target(cfg.offsite_copy().url, options=opts)
     assert t.describe() == "smb://backup@nas.lan/backups/mail"
     cfg = parse({"database": {"dsn": "dbname=x"}, "backup": {"dest": str(tmp)},
                  "offsite": {"url": "sftp://me@host:2222/srv/b", "identity": "~/.ssh/id_ed25519"}})  # fmt: skip
-    assert open_target(cfg.offsite.url, options=cfg.offsite.target_options()).describe() == "sftp://me@host:2222/srv/b"
+    assert (
+        open_target(cfg.offsite_copy().url, options=cfg.offsite_copy().target_options()).describe()
+        == "sftp://me@host:2222/srv/b"
+    )

@@ -75,6 +75,47 @@ def _trust_args(args: argparse.Namespace) -> dict[str, object]:
     return {"trust": getattr(args, "trust", None), "allow_older": getattr(args, "allow_older", False)}
 
 
+def _is_backup_ref(word: str) -> bool:
+    """A word that names a backup (latest, a date, an id, a path), never an offsite copy's name (a letter
+    first, then letters, digits, - and _; never 'latest')."""
+    return word == "latest" or word[:1].isdigit() or "." in word or "/" in word
+
+
+def _offsite_choice(args: argparse.Namespace, cfg: Config) -> tuple[bool, str | None]:
+    """Where a command reads: (False, None) for the backup folder, (True, NAME) for an offsite copy (None:
+    the only one). From `--from local|offsite [NAME]` or `--offsite [NAME]`. A word after them that is not
+    a copy's name but a backup's (`restore --from offsite latest`, `drill --offsite latest`, as before
+    copies had names) is taken as the BACKUP argument. Several copies and no name: UsageError (exit 2)."""
+    from ..errors import UsageError
+
+    src: list[str] | None = getattr(args, "source", None)
+    flag: str | None = getattr(args, "offsite", None)
+    if src is not None and flag is not None:
+        raise UsageError("give either --from or --offsite, not both")
+    if src is None and flag is None:
+        return False, None
+    if src is not None and src[0] not in ("local", "offsite"):
+        raise UsageError(f"--from takes local or offsite [NAME], not {src[0]!r}")
+    if src is not None and src[0] == "local":
+        if len(src) > 1:
+            raise UsageError(f"--from local takes no name ({src[1]!r})")
+        return False, None
+    words = src[1:] if src is not None else ([flag] if flag else [])
+    names = [c.copy_name for c in cfg.copies]
+    copy = None
+    if words and not _is_backup_ref(words[0]):
+        copy = words.pop(0)
+        if copy not in names:
+            raise UsageError(f"no offsite copy named {copy!r} in the config (its copies: {', '.join(names) or 'none'})")
+    if words:
+        if len(words) == 1 and getattr(args, "backup", "") is None and _is_backup_ref(words[0]):
+            args.backup = words[0]
+        else:
+            raise UsageError(f"unexpected argument {words[0]!r} after the offsite copy's name")
+    cfg.offsite_copy(copy)  # no copy configured: ConfigError; several and none named: UsageError
+    return True, copy
+
+
 def backup_rows(backups: list[BackupRecord], notes: list[Note], view: LocalView | None) -> list[dict[str, object]]:
     """Newest first, each with what is known of it: its status (ok, failed, replaced: its slot was
     reused and it is in no chain), its latest drill and after-command result."""
@@ -138,26 +179,27 @@ def cmd_backup(args: argparse.Namespace) -> int:
     backup_and_report(cfg, CliReporter(args.quiet), wait=args.wait, on_run=runs.append)
     for rec in runs[0].records:
         of = (" (globals)" if rec.format == "globals" else f" (database {rec.db})") if cfg.whole_server else ""
-        out.print(f"backup {rec.id}{of}: {cfg.dest / rec.path} ({_size(rec.size)}, {rec.duration:.1f} s)")
+        out.print(f"backup {rec.id}{of}: {cfg.slot_where(rec.path)} ({_size(rec.size)}, {rec.duration:.1f} s)")
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
     rep = CliReporter(args.quiet)
-    if args.offsite:
+    offsite, copy = _offsite_choice(args, cfg)
+    if offsite:
         from ..jobs.offsite import Offsite
 
-        off = Offsite(cfg, rep, identity=args.identity, **_trust_args(args))  # type: ignore[arg-type]
+        off = Offsite(cfg, rep, identity=args.identity, copy=copy, **_trust_args(args))  # type: ignore[arg-type]
         repo = off.load()
         rows = backup_rows(repo.backups(), repo.notes(), None) if repo.head else []
-        title = f"offsite copy {off.describe()}" + (f", head {repo.head.seq} of {repo.head.time:%Y-%m-%d %H:%M}"
+        title = f"offsite copy {off.title()}" + (f", head {repo.head.seq} of {repo.head.time:%Y-%m-%d %H:%M}"
                                                      if repo.head else ": empty")  # fmt: skip
     else:
         from ..jobs.repo import local_view, open_local
 
         repo = open_local(cfg, rep, **_trust_args(args))  # type: ignore[arg-type]
-        rows = backup_rows(repo.backups(), repo.notes(), local_view(repo, cfg.dest))
+        rows = backup_rows(repo.backups(), repo.notes(), local_view(repo, cfg.dest, cfg.backup.remote))
         title = "backups, newest first"
     if args.json:
         print(json.dumps(rows, indent=1))
@@ -171,17 +213,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     cfg = _cfg(args)
     rep = CliReporter(args.quiet)
-    if args.offsite:
+    offsite, copy = _offsite_choice(args, cfg)
+    if offsite:
         from ..jobs.offsite import Offsite
 
-        off = Offsite(cfg, rep, identity=args.identity, **_trust_args(args))  # type: ignore[arg-type]
+        off = Offsite(cfg, rep, identity=args.identity, copy=copy, **_trust_args(args))  # type: ignore[arg-type]
         live, problems = off.verify(rep)
         for b in live:
             if b.id in problems:
                 for p in problems[b.id]:
                     out.print(f"FAILED  {b.id}  {p}", markup=False)
             else:
-                out.print(f"ok      {b.id}  offsite ({b.kind})", markup=False)
+                out.print(f"ok      {b.id}  offsite{'' if len(cfg.copies) == 1 else ' ' + off.name} ({b.kind})",
+                          markup=False)  # fmt: skip
         if problems:
             err.print(f"deltadump: error: {len(problems)} of {len(live)} offsite backup(s) failed verification")
             return EXIT_FAILED
@@ -211,6 +255,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from ..jobs.restore import restore
 
     cfg = _cfg(args)
+    offsite, copy = _offsite_choice(args, cfg)
     ref = args.backup or args.at or "latest"
     if args.server:
         return _restore_server(cfg, args, ref)
@@ -223,7 +268,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         from ..jobs.restore import restore_datadir
 
         r2 = restore_datadir(cfg, ref, Path(args.to_datadir), start=args.start, port=args.port,
-                             reporter=CliReporter(args.quiet), from_offsite=args.source == "offsite",
+                             reporter=CliReporter(args.quiet), from_offsite=offsite, copy=copy,
                              identity=args.identity, **_trust_args(args))  # type: ignore[arg-type]  # fmt: skip
         started = " and started it" if args.start else ""
         out.print(f"laid out {r2.backup.id} in {r2.database}{started} in {r2.seconds:.1f} s")
@@ -236,9 +281,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     # each job is a pg_restore connection and a server backend: on a machine that also runs the server,
     # more jobs than half the cores only compete (measured: --jobs=2 no faster than 1 on 2 cores)
-    jobs = args.jobs if args.jobs is not None else max(1, min(4, cpu_count() // 2))
+    jobs = args.jobs if args.jobs is not None else (cfg.backup.jobs or max(1, min(4, cpu_count() // 2)))
     res = restore(cfg, ref, args.to_db, dsn=args.dsn, clean=args.clean, jobs=jobs,
-                  reporter=CliReporter(args.quiet), from_offsite=args.source == "offsite",
+                  reporter=CliReporter(args.quiet), from_offsite=offsite, copy=copy,
                   identity=args.identity, of_db=args.db, **_trust_args(args))  # type: ignore[arg-type]  # fmt: skip
     out.print(f'restored {res.backup.id} ({res.source}) into "{res.database}" in {res.seconds:.1f} s')
     return 0
@@ -254,9 +299,10 @@ def _restore_server(cfg: Config, args: argparse.Namespace, ref: str) -> int:
     for opt in ("to_db", "to_datadir", "dsn", "clean", "db"):
         if getattr(args, opt):
             raise UsageError(f"restore --server does not take --{opt.replace('_', '-')}")
-    jobs = args.jobs if args.jobs is not None else (max(1, min(4, cpu_count() // 2)))
+    jobs = args.jobs if args.jobs is not None else (cfg.backup.jobs or max(1, min(4, cpu_count() // 2)))
+    offsite, copy = _offsite_choice(args, cfg)
     res = restore_server(cfg, ref, args.to_dsn, password_file=args.password_file or "", only=args.only, jobs=jobs,
-                         reporter=CliReporter(args.quiet), from_offsite=args.source == "offsite",
+                         reporter=CliReporter(args.quiet), from_offsite=offsite, copy=copy,
                          identity=args.identity, **_trust_args(args))  # type: ignore[arg-type]  # fmt: skip
     for d in res.databases:
         if d.ok and d.drill is not None:
@@ -318,7 +364,8 @@ def cmd_drill(args: argparse.Namespace) -> int:
     from ..jobs.drill import drill
 
     cfg = _cfg(args)
-    res = drill(cfg, args.backup or "latest", offsite=args.offsite, identity=args.identity,
+    offsite, copy = _offsite_choice(args, cfg)
+    res = drill(cfg, args.backup or "latest", offsite=offsite, copy=copy, identity=args.identity,
                 reporter=CliReporter(args.quiet), of_db=args.db, **_trust_args(args))  # type: ignore[arg-type]  # fmt: skip
     render_drill(res)
     if res.ok:
@@ -345,7 +392,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             "never" if st.last_drill_at is None else f"{st.last_drill_at} ({'ok' if st.last_drill_ok else 'FAILED'})"
         )
         lines.append(f"last drill:       {drill_s}")
-        lines.append(f"offsite:          {st.offsite}")
+        if len(st.copies) > 1:
+            width = max(len(str(c["name"])) for c in st.copies)
+            lines += [f"offsite {c['name']!s:<{width}}: {c['text']}" for c in st.copies]
+        else:
+            lines.append(f"offsite:          {st.offsite}")
         for d in st.databases:  # a whole-server config: each database, and the globals
             good = "never" if d["last_good_age_hours"] is None else f"{d['last_good_age_hours']:.1f} h ago"
             gone = "" if d["in_last_run"] else ", no longer backed up (backups kept)"
@@ -354,7 +405,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         for ln in lines:
             out.print(ln, markup=False)
     if st.stale:
-        why = "the offsite copy lags" if st.offsite_stale else "the last good backup is too old (or there is none)"
+        lagging = [str(c["name"]) for c in st.copies if c["stale"]]
+        which = "the offsite copy"
+        if len(st.copies) > 1:
+            which = ("the offsite copy " if len(lagging) == 1 else "the offsite copies ") + ", ".join(lagging)
+        why = f"{which} lags" if st.offsite_stale else "the last good backup is too old (or there is none)"
         if st.stale_databases and not st.offsite_stale:
             why = f"the last good backup of {', '.join(st.stale_databases)} is too old (or there is none)"
         err.print(f"deltadump: error: {why}")
@@ -366,7 +421,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from ..jobs.prune import prune
 
     cfg = _cfg(args)
-    res = prune(cfg, dry_run=args.dry_run, offsite=args.offsite, reporter=CliReporter(args.quiet),
+    offsite, copy = _offsite_choice(args, cfg)
+    res = prune(cfg, dry_run=args.dry_run, offsite=offsite, copy=copy, reporter=CliReporter(args.quiet),
                 identity=args.identity)  # fmt: skip
     t = Table(title=f"retention of {res.where}" + (" (dry run: nothing deleted)" if args.dry_run else ""))
     of = {i: _db_label(b) for i, b in res.backups.items()}  # a whole-server config's: each backup's database
@@ -459,6 +515,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     rep = CliReporter(args.quiet)
+    from ..jobs.ring import ensure_state
+
+    ensure_state(cfg)  # an smb:// dest's state folder, where the scheduler's lock lives
     with RunLock(cfg.dest, name="deltadump-scheduler.lock"):
         schedule.run_forever(cfg, lambda: backup_and_report(cfg, rep, wait=True), stop=lambda: stopping["flag"],
                              log=lambda m: err.print(redact(m)),
@@ -522,7 +581,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("list", parents=[common, trust], help="every recorded backup, newest first")
     s.add_argument("--json", action="store_true")
-    s.add_argument("--offsite", action="store_true", help="list the offsite copy's backups")
+    s.add_argument("--from", dest="source", nargs="+", metavar=("local|offsite", "NAME"),
+                   help="where to read: the backup folder (local, the default) or an offsite copy (offsite, with "
+                   "the copy's name when the config has several)")  # fmt: skip
+    s.add_argument("--offsite", nargs="?", const="", metavar="NAME",
+                   help="list an offsite copy's backups (NAME: which, when the config has several)")  # fmt: skip
     s.add_argument("--identity", type=Path, help="age secret key file (encrypted offsite copies)")
     s.set_defaults(func=cmd_list)
 
@@ -530,15 +593,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("backup", nargs="?", help="backup id, path, or 'latest' (default: all current backups)")
     s.add_argument("--all", action="store_true", help="every current backup (the default)")
     s.add_argument("--db", metavar="NAME", help="a whole-server config: this database's backups only")
-    s.add_argument("--offsite", action="store_true", help="check the offsite copy: presence, sha256, chains")
+    s.add_argument("--from", dest="source", nargs="+", metavar=("local|offsite", "NAME"),
+                   help="where to read: the backup folder (local, the default) or an offsite copy (offsite, with "
+                   "the copy's name when the config has several)")  # fmt: skip
+    s.add_argument("--offsite", nargs="?", const="", metavar="NAME",
+                   help="check an offsite copy: presence, sha256, chains (NAME: which, when the config has "
+                   "several)")  # fmt: skip
     s.add_argument("--deep", action="store_true", help="also rebuild every chained backup's dump and check it")
     s.add_argument("--identity", type=Path, help="age secret key file (encrypted offsite copies)")
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("restore", parents=[common, trust], help="restore a backup into a database")
     s.add_argument("backup", nargs="?", help="backup id, path, date or 'latest' (default: latest)")
-    s.add_argument("--from", dest="source", choices=["local", "offsite"], default="local",
-                   help="where to take the backup from (offsite works with the local folder gone)")  # fmt: skip
+    s.add_argument("--from", dest="source", nargs="+", metavar=("local|offsite", "NAME"),
+                   help="where to take the backup from: the backup folder (local, the default) or an offsite copy "
+                   "(offsite, with the copy's name when the config has several; works with the local folder "
+                   "gone)")  # fmt: skip
     s.add_argument("--at", metavar="latest|DATE", help="the newest backup on or before DATE (YYYY-MM-DD)")
     s.add_argument("--identity", type=Path, help="age secret key file, to decrypt an encrypted offsite copy")
     s.add_argument("--to-db", metavar="NAME", help="target database (created if missing)")
@@ -565,7 +635,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("drill", parents=[common, trust],
                        help="restore into a throwaway database and compare every table")  # fmt: skip
     s.add_argument("backup", nargs="?", help="backup id, date or 'latest' (default)")
-    s.add_argument("--offsite", action="store_true", help="drill the offsite copy")
+    s.add_argument("--from", dest="source", nargs="+", metavar=("local|offsite", "NAME"),
+                   help="where to read: the backup folder (local, the default) or an offsite copy (offsite, with "
+                   "the copy's name when the config has several)")  # fmt: skip
+    s.add_argument("--offsite", nargs="?", const="", metavar="NAME",
+                   help="drill an offsite copy (NAME: which, when the config has several)")  # fmt: skip
     s.add_argument("--db", metavar="NAME", help="a whole-server config: the database whose backup BACKUP means")
     s.add_argument("--identity", type=Path, help="age secret key file (encrypted offsite copies)")
     s.set_defaults(func=cmd_drill)
@@ -577,7 +651,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("prune", parents=[common], help="apply retention: show (and unless --dry-run, carry out) "
                        "what is kept and deleted, and why")  # fmt: skip
     s.add_argument("--dry-run", action="store_true", help="only show the plan")
-    s.add_argument("--offsite", action="store_true", help="the offsite copy's retention")
+    s.add_argument("--offsite", nargs="?", const="", metavar="NAME",
+                   help="an offsite copy's retention (NAME: which, when the config has several)")  # fmt: skip
     s.add_argument("--identity", type=Path, help="age secret key file (encrypted offsite copies)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_prune)

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import BinaryIO, TextIO
 
 from ..errors import RsyncError
+
+TYPE_CHECKING = False  # no typing import at run time: this command starts fast
+if TYPE_CHECKING:
+    from typing import BinaryIO, TextIO
 
 SYNTAX = 101
 

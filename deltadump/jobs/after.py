@@ -26,7 +26,7 @@ from ..fsio import child_env
 LOG_NAME = "deltadump-after.log"
 
 
-def substitute(command: str, path: Path) -> str:
+def substitute(command: str, path: Path | str) -> str:
     """%f -> the backup's path as one shell-quoted argument; %% -> %."""
     out = []
     i = 0
@@ -41,7 +41,7 @@ def substitute(command: str, path: Path) -> str:
     return "".join(out)
 
 
-def start(cfg: Config, dest: Path, backup_id: str, path: Path, command: str, timeout: int) -> int:
+def start(cfg: Config, dest: Path, backup_id: str, path: Path | str, command: str, timeout: int) -> int:
     """Start the runner in its own session; returns its pid at once."""
     key = str(cfg.signing_key_path or "")
     argv = [sys.executable, "-I", "-m", "deltadump.jobs.after", str(dest), backup_id, str(timeout), key]

@@ -29,21 +29,23 @@ from typing import Any
 from ..clock import now
 from ..config import Config
 from ..errors import DeltadumpError, DumpError, IntegrityError, StorageError
-from ..fsio import checkpoint, fsync_dir, sha256_file, storage_error, tmp_name
+from ..fsio import checkpoint, fsync_dir, make_dirs, sha256_file, storage_error, tmp_name
 from ..naming import check_relpath, earlier_days, render
 from ..pg.conn import Conn
-from ..pg.dump import run_pg_dump, validate
+from ..pg.dump import data_files, run_pg_dump, validate
 from ..pg.snapshot import SnapshotSession
 from ..store.chain import same_series
 from ..store.lock import RunLock
 from ..store.records import BackupRecord, FileRecord, Pending, TablesRecord
 from ..store.repository import Change, Repository, clock_went_back
 from ..store.retention import Plan, Policy
+from ..targets import Target
 from . import after, chain, cluster
 from .common import Reporter, SilentReporter, check_dest, server_for, tool
 from .offsite import SyncStats, sync_after_backup
 from .prune import prune_local
 from .repo import carry_out_switches, open_for_backup, tidy
+from .ring import prepare, ring_of
 
 
 @dataclass
@@ -131,28 +133,34 @@ def run(cfg: Config, reporter: Reporter | None = None, *, wait: bool = False) ->
     """One backup run, under the backup folder's lock. Raises when the backup itself failed (after
     recording the failure); an offsite failure is returned in the result, never raised here."""
     rep = reporter or SilentReporter()
+    if problem := cfg.delta_conflict():
+        from ..errors import ConfigError
+
+        raise ConfigError(problem)
     dest = cfg.dest
+    if (ring := ring_of(cfg)) is not None:  # dest is a share: the state folder here, the slots there
+        prepare(cfg, ring)
     check_dest(dest)
     old_umask = os.umask(0o077)  # every file and folder we (and pg_dump) create: owner only
     try:
         with RunLock(dest, wait=wait):
             repo, damaged = open_for_backup(cfg, rep)
-            tidy(repo, dest, rep)
+            tidy(repo, dest, rep, ring)
             cont = _continue_offsite(cfg, repo, rep) if repo.head is None else None
             if cfg.whole_server:  # the globals, then every database: each through the same steps
                 out = cluster.back_up(cfg, repo.backups(), rep, lambda unit: _commit_and_switch(
-                    cfg, repo, dest, rep, cont if repo.head is None else None, unit))  # fmt: skip
+                    cfg, repo, dest, rep, ring, cont if repo.head is None else None, unit))  # fmt: skip
                 res = RunResult(out.records[-1], damaged=damaged, notes=out.notes, records=out.records,
                                 failures=out.failures)  # fmt: skip
             else:
-                res = RunResult(_commit_and_switch(cfg, repo, dest, rep, cont), damaged=damaged)
+                res = RunResult(_commit_and_switch(cfg, repo, dest, rep, ring, cont), damaged=damaged)
             res.offsite, res.offsite_error = sync_after_backup(cfg, repo, rep)
             if res.offsite_error is None or cfg.delta.enabled or not cfg.offsite_enabled:
                 k = cfg.keep
                 res.pruned = prune_local(cfg, repo, Policy(k.daily, k.weekly, k.monthly, k.keep_last), rep)
             for r in res.records if cfg.backup.after else []:
                 try:
-                    after.start(cfg, dest, r.id, dest / r.path, cfg.backup.after, cfg.backup.after_timeout)
+                    after.start(cfg, dest, r.id, cfg.slot_where(r.path), cfg.backup.after, cfg.backup.after_timeout)
                 except OSError as exc:  # never fails the backup
                     rep.info(f"could not start the after-command: {exc}")
             return res
@@ -161,35 +169,27 @@ def run(cfg: Config, reporter: Reporter | None = None, *, wait: bool = False) ->
 
 
 def _continue_offsite(cfg: Config, repo: Repository, rep: Reporter) -> tuple[str, int] | None:
-    """A new (empty) backup folder whose offsite copy already holds a repository signed with this
+    """A new (empty) backup folder whose offsite copies already hold a repository signed with this
     host's key (the old folder was lost or replaced): the new folder continues that repository, its
-    numbers above every number the copy holds, so that the copy carries on. None otherwise."""
+    numbers above every number the copies hold, so that they carry on. None otherwise."""
     if not cfg.offsite_enabled:
         return None
-    from .offsite import Offsite
+    from .offsite import continue_repository
 
-    try:
-        off = Offsite(cfg, rep, write=True)
-        head = off.mirror.load() or off.load().head
-        if head is None:
-            return None
-        src = off.mirror if off.mirror.head is not None else off.remote
-        top = max([head.seq, *src.live()])
-    except DeltadumpError as exc:
-        rep.info(f"offsite: could not read the copy to continue its repository ({exc.message})")
-        return None
-    rep.info(f"this backup folder is new; it continues the repository {head.repository} of the offsite copy "
-             f"(head {head.seq})")  # fmt: skip
-    return head.repository, top
+    found = continue_repository(cfg, rep)
+    if found is not None:
+        rep.info(f"this backup folder is new; it continues the repository {found[0]} of the offsite copy "
+                 f"(records up to {found[1]})")  # fmt: skip
+    return found
 
 
 def _commit_and_switch(
-    cfg: Config, repo: Repository, dest: Path, rep: Reporter, cont: tuple[str, int] | None,
+    cfg: Config, repo: Repository, dest: Path, rep: Reporter, ring: Target | None, cont: tuple[str, int] | None,
     unit: cluster.Unit | None = None,
 ) -> BackupRecord:  # fmt: skip
     rec = _dump_and_commit(cfg, repo, dest, rep, cont, unit)  # the commit point
     try:
-        carry_out_switches(repo, dest, rep)
+        carry_out_switches(repo, dest, rep, ring)
     except DeltadumpError as exc:  # committed and restorable from its temporary name
         rep.info(f"backup {rec.id} is committed; its slot switch is completed by the next run ({exc})")
     return rec
@@ -200,10 +200,8 @@ def _dump_and_commit(
     unit: cluster.Unit | None = None,
 ) -> BackupRecord:  # fmt: skip
     b = cfg.backup
-    fmt: str
-    fmt, compress = (b.format, b.compress) if not cfg.delta.enabled else ("custom", 0)  # deltas need raw dumps
-    if b.kind == "physical":
-        fmt = "physical"
+    fmt: str = "physical" if b.kind == "physical" else b.format
+    compress = 0 if cfg.delta.enabled else b.compress  # deltas need raw dumps (delta_conflict checked this)
     started = now()
     t0 = time.monotonic()
     if clock_went_back(repo.head, started):
@@ -229,7 +227,7 @@ def _dump_and_commit(
         fields["path"] = rel
         slot = dest / rel
         try:
-            slot.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_dirs(slot.parent)
         except OSError as exc:
             raise storage_error(exc, slot.parent, "creating") from exc
         tmp = tmp_name(slot)
@@ -242,7 +240,8 @@ def _dump_and_commit(
             with SnapshotSession(srv.conn) as snap:  # the drill record and the dump see the same data
                 tables = snap.table_stats(cfg.drill.checksums)
                 run_pg_dump(pg_dump.path, srv.conn, tmp, fmt=fmt, compress=compress, options=list(b.options),
-                            progress=lambda n: rep.progress("dump", n), snapshot=snap.snapshot_id)  # fmt: skip
+                            progress=lambda n: rep.progress("dump", n), snapshot=snap.snapshot_id,
+                            jobs=cfg.dump_jobs)  # fmt: skip
             validate(pg_restore, tmp, fmt)
         rep.done("dump")
         try:
@@ -252,7 +251,12 @@ def _dump_and_commit(
             fields.update(files=files, size=sum(f.size for f in files))
             if cfg.delta.enabled and fmt != "globals":  # one chain per database
                 mine = same_series(repo.backups(), unit.series if unit is not None else "")
-                fields.update(chain.make_chain_objects(cfg, dest, mine, fields["id"], tmp, files[0].sha256,
+                if fmt == "directory":
+                    keys = data_files(pg_restore, tmp)  # each table's data file, by the table's identity
+                    fields.update(chain.make_dir_chain_objects(cfg, dest, mine, fields["id"], tmp, files, keys,
+                                                               rep))  # fmt: skip
+                else:
+                    fields.update(chain.make_chain_objects(cfg, dest, mine, fields["id"], tmp, files[0].sha256,
                                                        rep))  # fmt: skip
         except OSError as exc:
             raise storage_error(exc, slot, "saving") from exc
@@ -326,7 +330,7 @@ def notify_body(
     where = rec.database if rec and not (res and cfg.whole_server) else _where(cfg)
     body: dict[str, object] = {"job": job, "status": status, "database": where, "error": redact(error)}
     if rec is not None:
-        body.update(id=rec.id, size=rec.size, duration=rec.duration, path=str(cfg.dest / rec.path) if rec.path else "")
+        body.update(id=rec.id, size=rec.size, duration=rec.duration, path=cfg.slot_where(rec.path) if rec.path else "")
     if res is not None:
         body.update(cluster.summary(cfg, res))  # a whole-server run: every backup, new and vanished databases
     return body
@@ -374,9 +378,11 @@ def backup_and_report(
         mon.failed(msg, time.monotonic() - t0)
         raise IntegrityError(msg, hint="check who or what changed the backup folder; verify the remaining backups")
     if res.offsite_error is not None:
+        from .offsite import failure_text
+
         err = res.offsite_error
         raise type(err)(
-            f"backup {rec.id} is safe locally, but the offsite copy failed: {err.message}",
+            f"backup {rec.id} is safe locally, but {failure_text(cfg, err)}",
             hint="the next backup sends what is missing",
         ) from err
     return rec

@@ -22,11 +22,13 @@ import zstandard
 
 from ..config import Config
 from ..errors import IntegrityError, RsyncError
-from ..fsio import atomic_write, checkpoint, sha256_file, storage_error, tmp_name
+from ..fsio import atomic_write, checkpoint, make_dirs, sha256_file, storage_error, tmp_name
+from ..naming import check_relpath
+from ..rsync import bounded_sig_params
 from ..rsync import delta as rs_delta
 from ..rsync import signature as rs_signature
 from ..store.chain import Basis, by_series, chain_of, next_basis
-from ..store.records import BackupRecord, FileRecord, ObjectRecord
+from ..store.records import BackupRecord, DirFile, FileRecord, ObjectRecord
 from ..store.repository import current_slots
 from .common import Reporter
 
@@ -35,8 +37,10 @@ ZSTD_LEVEL = 3  # bases: fast, multi-threaded
 DELTA_ZSTD_LEVEL = 19  # deltas are small: squeeze them, they are what crosses the network every day
 
 
-def zstd_file(src: Path, dst: Path, level: int = ZSTD_LEVEL, raw_size: int | None = None) -> ObjectRecord:
-    """Compress src into dst durably; returns dst's record (path relative to dst's grandparent)."""
+def zstd_file(dest: Path, src: Path, rel: str, level: int = ZSTD_LEVEL, raw_size: int | None = None) -> ObjectRecord:
+    """Compress src into the backup folder's object `rel` (chain/...) durably; returns its record."""
+    dst = dest / check_relpath(rel, (f"{CHAIN_DIR}/",))
+    make_dirs(dst.parent)
     size = src.stat().st_size
     # threads only for big inputs (each thread has its own tables); the size lets zstd scale them
     cctx = zstandard.ZstdCompressor(level=level, threads=-1 if size > 64 << 20 else 0, write_checksum=True)
@@ -45,8 +49,7 @@ def zstd_file(src: Path, dst: Path, level: int = ZSTD_LEVEL, raw_size: int | Non
         while chunk := f.read(4 << 20):
             writer.write(chunk)
         writer.flush(zstandard.FLUSH_FRAME)
-    return ObjectRecord(path=f"{CHAIN_DIR}/{dst.name}", size=out.size, sha256=out.sha256.hexdigest(),
-                        raw_size=raw_size)  # fmt: skip
+    return ObjectRecord(path=rel, size=out.size, sha256=out.sha256.hexdigest(), raw_size=raw_size)
 
 
 def unzstd_checked(src: Path, dst: Path, want_sha256: str, limit: int) -> None:
@@ -119,17 +122,31 @@ def unzstd_pieces(src: Path, chunk: int, depth: int = 3) -> Generator[memoryview
         t.join()
 
 
+def _chain_dir(dest: Path) -> Path:
+    chain_dir = dest / CHAIN_DIR
+    if chain_dir.is_symlink():
+        raise IntegrityError(f"{chain_dir} is a symbolic link; deltadump's own folders never are")
+    make_dirs(chain_dir)
+    return chain_dir
+
+
+def _basis(cfg: Config, backups: list[BackupRecord], *, directory: bool) -> Basis:
+    """The chain rules' basis, when it is a dump of the same shape (one file, or a folder of files)."""
+    d = cfg.delta
+    basis = next_basis(backups, d.mode, d.rebase_ratio, d.max_chain)
+    if basis.record is not None and bool(basis.record.dir_files) != directory:
+        return Basis(None, "the chain holds dumps of the other format (file or folder): a new base")
+    return basis
+
+
 def make_chain_objects(
     cfg: Config, dest: Path, backups: list[BackupRecord], rec_id: str, dump: Path, dump_sha256: str, rep: Reporter
 ) -> dict[str, Any]:
     """Store `dump` (the new backup's uncompressed dump) as a base or a delta against the basis the
     chain rules choose among `backups`; returns the record's chain fields."""
     d = cfg.delta
-    chain_dir = dest / CHAIN_DIR
-    if chain_dir.is_symlink():
-        raise IntegrityError(f"{chain_dir} is a symbolic link; deltadump's own folders never are")
-    chain_dir.mkdir(mode=0o700, exist_ok=True)
-    basis = next_basis(backups, d.mode, d.rebase_ratio, d.max_chain)
+    chain_dir = _chain_dir(dest)
+    basis = _basis(cfg, backups, directory=False)
     owners = current_slots(backups)
     out: dict[str, Any] = {}
     sig_of_basis = chain_dir / f"{basis.record.id}.sig" if basis.record else None
@@ -146,7 +163,7 @@ def make_chain_objects(
     if basis.record is None or sig_of_basis is None:
         rep.info(basis.reason)
         out.update(kind="base", base=rec_id, parent=None)
-        out["objects"] = [zstd_file(dump, chain_dir / f"{rec_id}.base.zst", raw_size=size)]
+        out["objects"] = [zstd_file(dest, dump, f"{CHAIN_DIR}/{rec_id}.base.zst", raw_size=size)]
     else:
         b = basis.record
         out.update(kind="delta", base=b.base, parent=b.id)
@@ -159,17 +176,110 @@ def make_chain_objects(
             rep.info(f"delta against {b.id}: {st.literal_bytes / 1e6:.2f} MB new data, {st.copy_cmds} copies")
             raw_size = raw.stat().st_size
             level = DELTA_ZSTD_LEVEL if raw_size < 64 << 20 else ZSTD_LEVEL
-            out["objects"] = [zstd_file(raw, chain_dir / f"{rec_id}.delta.zst", level, raw_size=raw_size)]
+            out["objects"] = [zstd_file(dest, raw, f"{CHAIN_DIR}/{rec_id}.delta.zst", level, raw_size=raw_size)]
         finally:
             with contextlib.suppress(FileNotFoundError):
                 raw.unlink()
     # the signature the next delta is made against (incremental: this dump; differential: the base)
     if out["kind"] == "base" or d.mode == "incremental":
         sig = chain_dir / f"{rec_id}.sig"
-        rs_signature(dump, sig, block_len=d.effective_block_len)
+        bl, sl = bounded_sig_params(size, d.effective_block_len)  # bounded memory at any size
+        rs_signature(dump, sig, block_len=bl, strong_len=sl)
         size, digest = sha256_file(sig)
         out["signature"] = ObjectRecord(path=f"{CHAIN_DIR}/{sig.name}", size=size, sha256=digest)
     return out
+
+
+SMALL_FILE = 64 << 10  # files below this are stored whole when they change: a delta would save little
+
+
+def make_dir_chain_objects(
+    cfg: Config, dest: Path, backups: list[BackupRecord], rec_id: str, dump: Path, files: list[FileRecord],
+    keys: dict[str, str], rep: Reporter,
+) -> dict[str, Any]:  # fmt: skip
+    """Store a directory-format dump (uncompressed), each table's data file as a chain of its own: whole
+    (zstd) in a base; in a delta backup, nothing when the file is unchanged (same size and sha256 as the
+    parent's file of the same table: no delta work, no upload), an rdiff delta (zstd) against the
+    parent's file of the same table (matched by the table's identity, `keys`, not its file number),
+    or whole when it is new or small. Returns the record's chain fields."""
+    d = cfg.delta
+    chain_dir = _chain_dir(dest)
+    basis = _basis(cfg, backups, directory=True)
+    parent = basis.record
+    owners = current_slots(backups)
+    prev = {f.key: f for f in parent.dir_files} if parent is not None else {}
+    prev_slot = dest / parent.path if parent is not None and owners.get(parent.path) is parent else None
+    rep.info(basis.reason if parent is None else f"per-table deltas against {parent.id}")
+    folder = f"{CHAIN_DIR}/{rec_id}"
+    out_files: list[DirFile] = []
+    stored = changed = 0
+    for f in files:
+        name = f.path.split("/", 1)[1] if "/" in f.path else f.path  # the name inside the dump's folder
+        src = dump / name
+        key = keys.get(name, f"file:{name}")
+        p = prev.get(key)
+        sig: ObjectRecord | None = None
+        if p is not None and (p.size, p.sha256) == (f.size, f.sha256):
+            df = DirFile(name=name, key=key, size=f.size, sha256=f.sha256, how="same", signature=p.signature)
+        elif p is not None and p.signature is not None and f.size >= SMALL_FILE and _sig_ok(dest, p.signature):
+            raw = chain_dir / tmp_name(Path(f"{rec_id}.{name}.delta")).name
+            basis_file = prev_slot / p.name if prev_slot is not None else None
+            if basis_file is not None and not (basis_file.is_file() and sha256_file(basis_file) == (p.size, p.sha256)):
+                basis_file = None  # only the file the signature was made of may lend its bytes
+            try:
+                rs_delta(dest / p.signature.path, src, raw, basis=basis_file)
+                raw_size = raw.stat().st_size
+                obj = zstd_file(dest, raw, f"{folder}/{name}.delta.zst", DELTA_ZSTD_LEVEL if raw_size < 64 << 20
+                                else ZSTD_LEVEL, raw_size=raw_size)  # fmt: skip
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    raw.unlink()
+            df = DirFile(name=name, key=key, size=f.size, sha256=f.sha256, how="delta", object=obj)
+            changed += 1
+        else:
+            obj = zstd_file(dest, src, f"{folder}/{name}.zst", raw_size=f.size)
+            df = DirFile(name=name, key=key, size=f.size, sha256=f.sha256, how="whole", object=obj)
+            changed += 1
+        new_sig = parent is None or d.mode == "incremental"  # differential: the base's signatures serve
+        if df.how != "same" and f.size >= SMALL_FILE and new_sig:
+            sig_path = f"{folder}/{name}.sig"
+            bl, sl = bounded_sig_params(f.size, d.effective_block_len)
+            rs_signature(src, dest / sig_path, block_len=bl, strong_len=sl)
+            size, digest = sha256_file(dest / sig_path)
+            sig = ObjectRecord(path=sig_path, size=size, sha256=digest)
+            df = df.model_copy(update={"signature": sig})
+        elif df.how != "same" and p is not None and d.mode == "differential":
+            df = df.model_copy(update={"signature": p.signature})
+        if df.object is not None:
+            stored += df.object.size
+        out_files.append(df)
+    rep.info(f"{changed} of {len(out_files)} files changed; {stored / 1e6:.2f} MB stored")
+    tree = hashlib.sha256("".join(f"{x.name}\0{x.sha256}\n" for x in out_files).encode()).hexdigest()
+    fields: dict[str, Any] = {"dir_files": out_files, "dump_sha256": tree, "dump_size": sum(x.size for x in out_files)}
+    fields["objects"] = [x.object for x in out_files if x.object is not None]
+    if parent is None:
+        fields.update(kind="base", base=rec_id, parent=None)
+    else:
+        fields.update(kind="delta", base=parent.base, parent=parent.id)
+    return fields
+
+
+def _sig_ok(dest: Path, sig: ObjectRecord) -> bool:
+    p = dest / sig.path
+    return p.is_file() and not p.is_symlink() and sha256_file(p) == (sig.size, sig.sha256)
+
+
+def needed_signatures(backups: list[BackupRecord], mode: str) -> dict[str, tuple[ObjectRecord, str]]:
+    """The signature files the next delta needs: {path under chain/: (its record, the backup it is of)}."""
+    chained = [b for b in backups if b.in_chain]
+    if not chained:
+        return {}
+    last = chained[-1]
+    if last.dir_files:
+        return {f.signature.path: (f.signature, last.id) for f in last.dir_files if f.signature is not None}
+    sig = needed_signature(backups, mode)
+    rec = next((b for b in backups if b.id == sig), None)
+    return {rec.signature.path: (rec.signature, rec.id)} if rec is not None and rec.signature is not None else {}
 
 
 def needed_signature(backups: list[BackupRecord], mode: str) -> str | None:
@@ -183,26 +293,28 @@ def needed_signature(backups: list[BackupRecord], mode: str) -> str | None:
 
 def collect_objects(dest: Path, backups: list[BackupRecord], mode: str, rep: Reporter) -> list[str]:
     """Delete the files of chain/ that no live record names (retention's deleted objects, objects of
-    an interrupted backup) and every signature but the one the next delta needs. Run under the run
+    an interrupted backup) and every signature but those the next delta needs. Run under the run
     lock, after the records that named them were dropped (references before data)."""
     chain_dir = dest / CHAIN_DIR
     if not chain_dir.is_dir() or chain_dir.is_symlink():
         return []
-    named = {Path(o.path).name for b in backups for o in b.objects}
-    sigs = {f"{s}.sig" for group in by_series(backups).values() if (s := needed_signature(group, mode))}  # each chain's
+    named = {o.path for b in backups for o in b.objects}
+    for group in by_series(backups).values():  # each database's chain keeps the signatures its next delta needs
+        named |= set(needed_signatures(group, mode))
+    folders = {str(Path(p).parent) for p in named}
     gone = []
-    for p in sorted(chain_dir.iterdir()):
-        if p.name in named or p.name in sigs:
+    for p in sorted(chain_dir.rglob("*"), key=lambda q: -len(q.parts)):
+        rel = p.relative_to(dest).as_posix()
+        if rel in named or (p.is_dir() and not p.is_symlink() and rel in folders):
             continue
-        checkpoint(f"delete chain/{p.name}")
+        if p.is_dir() and not p.is_symlink():
+            if not any(p.iterdir()):
+                p.rmdir()
+            continue
+        checkpoint(f"delete {rel}")
         with contextlib.suppress(FileNotFoundError):
-            if p.is_dir() and not p.is_symlink():
-                import shutil
-
-                shutil.rmtree(p)
-            else:
-                p.unlink()
-        gone.append(p.name)
+            p.unlink()
+        gone.append(rel)
     return gone
 
 
@@ -212,55 +324,86 @@ Fetch = Callable[[FileRecord, Path], Path]
 
 
 def reconstruct(backups: list[BackupRecord], rec: BackupRecord, fetch: Fetch, work: Path, rep: Reporter) -> Path:
-    """Rebuild rec's dump in `work` from its chain. Every object's sha256 is checked as it arrives;
-    the deltas are composed into one map first, then the base is decompressed on another core and
-    streamed straight into its places in the output (it never exists as a file), and the result is
-    checked against rec's dump_sha256 before anything reads it. Returns the dump's path."""
-    from ..rsync.compose import CHUNK, compose, write
-
+    """Rebuild rec's dump in `work` from its chain (a file; a folder for the directory format). Every
+    object's sha256 is checked as it arrives, and the result's against its record before anything
+    reads it. Returns the dump's path."""
     try:
         chain = chain_of({b.id: b for b in backups}, rec)
     except ValueError as exc:
         raise IntegrityError(f"cannot reconstruct {rec.id}: {exc}") from exc
     work.mkdir(parents=True, exist_ok=True)
+    if rec.dir_files:
+        return _reconstruct_dir(chain, rec, fetch, work, rep)
     for b in chain:
         if not b.objects:
             raise IntegrityError(f"backup {b.id} (needed by {rec.id}) has no stored objects")
     base, deltas = chain[0], chain[1:]
-    if base.kind != "base":
-        raise IntegrityError(f"{base.id} is not a base")
-    base_obj = base.objects[0]
-    base_zst = fetch(base_obj, work / Path(base_obj.path).name)
+    if deltas:
+        rep.info(f"applying {len(deltas)} delta(s) to base {base.id}")
     out = work / "dump"
-    raws = [work / f"delta-{i}" for i in range(1, len(deltas) + 1)]
+    rebuild(base.objects[0], base.dump_size, [d.objects[0] for d in deltas], rec.dump_sha256, rec.dump_size, fetch,
+            work, out, rec.id)  # fmt: skip
+    return out
+
+
+def _reconstruct_dir(chain: list[BackupRecord], rec: BackupRecord, fetch: Fetch, work: Path, rep: Reporter) -> Path:
+    """A directory-format dump, file by file: each file's own chain is its last whole copy in the
+    backup chain and the deltas after it (unchanged days cost nothing)."""
+    out = work / "dump"
+    out.mkdir(mode=0o700, exist_ok=True)
+    by_key = [{f.key: f for f in b.dir_files} for b in chain]
+    for f in rec.dir_files:
+        versions = [(b, m[f.key]) for b, m in zip(chain, by_key, strict=True) if f.key in m]
+        start = max((i for i, (_, v) in enumerate(versions) if v.how == "whole"), default=None)
+        if start is None:
+            raise IntegrityError(f"{f.name} of {rec.id}: no whole copy of it in its chain")
+        base_b, base_v = versions[start]
+        deltas = [v for _, v in versions[start + 1 :] if v.how == "delta"]
+        if base_v.object is None or any(d.object is None for d in deltas):
+            raise IntegrityError(f"{f.name} of {rec.id}: an object of its chain is not recorded")
+        rebuild(base_v.object, base_v.size, [d.object for d in deltas if d.object is not None], f.sha256, f.size,
+                fetch, work, out / f.name, f"{rec.id} ({f.name}, from {base_b.id})")  # fmt: skip
+    return out
+
+
+def rebuild(
+    base_obj: ObjectRecord | FileRecord, base_size: int, delta_objs: list[ObjectRecord] | list[FileRecord],
+    want_sha256: str, want_size: int, fetch: Fetch, work: Path, out: Path, label: str,
+) -> None:  # fmt: skip
+    """One file from a zstd base and zstd rdiff deltas: the deltas are composed into one map first,
+    then the base is decompressed on another core and streamed straight into its places in `out` (it
+    never exists as a file); every object is hashed before it is decompressed, and `out` against
+    `want_sha256`."""
+    from ..rsync.compose import CHUNK, compose, write
+
+    base_zst = fetch(base_obj, work / f"{out.name}.base.zst")
+    raws = [work / f"{out.name}.delta-{i}" for i in range(1, len(delta_objs) + 1)]
 
     def unpack(obj: FileRecord, raw: Path) -> Path:
-        local = fetch(obj, work / Path(obj.path).name)
+        local = fetch(obj, raw.with_name(raw.name + ".zst"))
         # legacy objects (format 1) recorded no raw size: a delta is never more than its result's size
         # plus its commands' bytes, bounded here generously
-        limit = obj.raw_size if obj.raw_size is not None else 2 * rec.dump_size + (1 << 20)
+        limit = obj.raw_size if obj.raw_size is not None else 2 * want_size + (1 << 20)
         try:
             unzstd_checked(local, raw, obj.sha256, limit)
         except IntegrityError as exc:
-            raise IntegrityError(f"{obj.path} is corrupt: {exc.message} (needed by backup {rec.id})") from exc
+            raise IntegrityError(f"{obj.path} is corrupt: {exc.message} (needed by backup {label})") from exc
         except FileNotFoundError as exc:
-            raise IntegrityError(f"{local} is missing (needed by backup {rec.id})") from exc
+            raise IntegrityError(f"{local} is missing (needed by backup {label})") from exc
         _remove_scratch(local, work)
         return raw
 
-    if raws:
-        rep.info(f"applying {len(raws)} delta(s) to base {base.id}")
     with ThreadPoolExecutor(2, thread_name_prefix="fetch") as pool:
         # on the other core: check the base, bring and unpack the deltas, while this one composes
         # each delta as soon as it is there
         base_sha = pool.submit(lambda: sha256_file(base_zst)[1])
-        ready = [pool.submit(unpack, b.objects[0], raw) for b, raw in zip(deltas, raws, strict=True)]
+        ready = [pool.submit(unpack, d, raw) for d, raw in zip(delta_objs, raws, strict=True)]
         try:
-            plan = compose(base.dump_size, (f.result() for f in ready))
+            plan = compose(base_size, (f.result() for f in ready))
             if base_sha.result() != base_obj.sha256:
-                raise IntegrityError(f"{base_obj.path} is corrupt: sha256 mismatch (needed by backup {rec.id})")
+                raise IntegrityError(f"{base_obj.path} is corrupt: sha256 mismatch (needed by backup {label})")
         except RsyncError as exc:
-            raise IntegrityError(f"the delta chain of {rec.id} does not apply: {exc}") from exc
+            raise IntegrityError(f"the delta chain of {label} does not apply: {exc}") from exc
         except OSError as exc:  # an object that cannot be read, a full disk for the unpacked deltas
             raise storage_error(exc, Path(exc.filename or work), "reading or unpacking") from exc
         finally:
@@ -276,13 +419,12 @@ def reconstruct(backups: list[BackupRecord], rec: BackupRecord, fetch: Fetch, wo
         raise storage_error(exc, out, "writing") from exc
     finally:
         pieces.close()  # stops the decompressing thread at once if the write stopped early
-    if written.base_bytes != base.dump_size:
-        raise IntegrityError(f"{base_obj.path} decompresses to {written.base_bytes} bytes, not {base.dump_size}")
-    if written.sha256 != rec.dump_sha256:
-        raise IntegrityError(f"reconstructed dump of {rec.id} does not match its recorded sha256")
+    if written.base_bytes != base_size:
+        raise IntegrityError(f"{base_obj.path} decompresses to {written.base_bytes} bytes, not {base_size}")
+    if written.sha256 != want_sha256:
+        raise IntegrityError(f"reconstructed dump of {label} does not match its recorded sha256")
     for p in [*raws, base_zst]:
         _remove_scratch(p, work)
-    return out
 
 
 def _remove_scratch(p: Path, work: Path) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import Config, parse
+from ..pg.conn import psql
 from ..pg.dump import run_pg_dump
 from ..pg.inspect import table_stats
 from ..pg.server import LocalServer
@@ -72,7 +73,7 @@ def run_demo(
         server.start()
         res = DemoResult(server.version, str(server.bin), workdir=str(work))
         psql_bin = server.psql_bin()
-        sample.psql(psql_bin, server.conn(), "create database mail")
+        psql(psql_bin, server.conn(), "create database mail")
         reporter.info("loading a sample mail database (settings, users, folders, messages)")
         sample.load(psql_bin, server.conn(), "mail", messages=6000)
         dest, offsite = work / "backups", work / "offsite"

@@ -64,17 +64,20 @@ def drill(
     reporter: Reporter | None = None,
     before_compare: Callable[[str], None] | None = None,
     of_db: str | None = None,
+    copy: str | None = None,
 ) -> DrillResult:
+    """`offsite`: from the offsite copy named `copy` (None: the only one) alone."""
     rep = reporter or SilentReporter()
     t0 = time.monotonic()
-    with open_source(cfg, rep, from_offsite=offsite, identity=identity, trust=trust, allow_older=allow_older) as src:
+    with open_source(cfg, rep, from_offsite=offsite, identity=identity, trust=trust, allow_older=allow_older,
+                     copy=copy) as src:  # fmt: skip
         rec = src.pick(ref, cfg.dest, of_db)
         want = src.repo.tables(rec) if rec.format not in ("physical", "globals") else {}
     if rec.format == "globals":
         raise RestoreError(f"backup {rec.id} holds the server's roles and tablespaces, no database to drill",
                            hint="verify checks it; restore --server restores it and drills every database")  # fmt: skip
     if rec.format == "physical":
-        res = _physical_drill(cfg, rec, rep, offsite, identity, trust, allow_older)
+        res = _physical_drill(cfg, rec, rep, offsite, identity, trust, allow_older, copy)
         res.seconds = time.monotonic() - t0
         _record(cfg, rec, res, offsite, rep)
         return res
@@ -84,7 +87,7 @@ def drill(
     srv = server_for(cfg)
     try:
         restore(cfg, rec.id, db, reporter=rep, from_offsite=offsite, identity=identity, trust=trust,
-                allow_older=allow_older)  # fmt: skip
+                allow_older=allow_older, copy=copy)  # fmt: skip
         if before_compare is not None:
             before_compare(db)
         want_checksums = any(v[1] is not None for v in want.values())
@@ -124,7 +127,7 @@ def _record(cfg: Config, rec: BackupRecord, res: DrillResult, offsite: bool, rep
 
 def _physical_drill(
     cfg: Config, rec: BackupRecord, rep: Reporter, offsite: bool, identity: Path | None, trust: str | None,
-    allow_older: bool,
+    allow_older: bool, copy: str | None = None,
 ) -> DrillResult:  # fmt: skip
     """A throwaway server: lay the backup out, start it (WAL replay), check that every database
     answers and count its tables' rows, stop it, remove it."""
@@ -150,7 +153,7 @@ def _physical_drill(
         try:
             restore_datadir(cfg, rec.id, data, start=True, port=port, reporter=rep, from_offsite=offsite,
                             identity=identity, trust=trust, allow_older=allow_older,
-                            socket_dir=work / "sock")  # fmt: skip
+                            socket_dir=work / "sock", copy=copy)  # fmt: skip
         except Exception as exc:
             res.differences.append(f"the throwaway server did not start: {exc}")
             return res

@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 
 from ..config import parse, render_template, toml_str
-from ..errors import ConfigError
+from ..errors import ConfigError, UsageError
 from ..fsio import storage_error
 from ..store.keys import create_secret, load_secret
 from .common import check_dest, connect
@@ -18,6 +18,9 @@ def init(path: Path, dsn: str, dest: str, password_file: str = "") -> tuple[str,
     """Returns the server version found and the public key of the new signing key."""
     if path.exists():
         raise ConfigError(f"config file {path} already exists; not overwriting it", hint="edit it, or remove it first")
+    if "://" in dest:
+        raise UsageError("init --dest takes a folder; for a share (smb://) init with a folder, then set [backup] "
+                         "dest and password_file in the config (README, 'A share as dest')")  # fmt: skip
     text = render_template(dsn, str(Path(dest).expanduser().resolve()))
     if password_file:
         line = f"password_file = {toml_str(password_file)}"  # quotes and backslashes escaped

@@ -23,6 +23,7 @@ from .common import Reporter
 
 if TYPE_CHECKING:
     from .backup import RunResult
+    from .offsite import SyncStats
 
 
 @dataclass
@@ -33,7 +34,8 @@ class Facts:
     dump_size: int = 0
     last_drill_ok: bool | None = None
     last_drill_at: float | None = None
-    offsite_lag: float | None = None  # seconds the newest good backup has waited for the offsite copy
+    offsite_lag: dict[str, float | None] = field(default_factory=dict)  # per copy: seconds the newest good
+    # backup has waited for it (0: it is there; None: unknown, the copy could not be read)
     databases: dict[str, float | None] = field(default_factory=dict)  # whole-server: each one's last success
 
 
@@ -75,14 +77,16 @@ class Monitor:
         for e in notify.send(self.cfg.notify, "success", notify_body(self.cfg, "backup", "ok", rec, res=res)):
             self.rep.info(f"notification failed: {e}")
         if res.offsite_error is not None:
-            msg = f"backup {rec.id} is safe locally, but the offsite copy failed: {res.offsite_error.message}"
+            from .offsite import failure_text
+
+            msg = f"backup {rec.id} is safe locally, but {failure_text(self.cfg, res.offsite_error)}"
             for e in notify.send(self.cfg.notify, "failure", notify_body(self.cfg, "offsite", "failed", rec, msg)):
                 self.rep.info(f"notification failed: {e}")
             self._ping("/fail", msg)
         else:
             self._ping("")
         upload = res.offsite.uploaded if res.offsite is not None else 0
-        self._metrics(ok=res.offsite_error is None, seconds=seconds, upload=upload)
+        self._metrics(ok=res.offsite_error is None, seconds=seconds, upload=upload, copies=res.offsite)
 
     def drill_if_due(self, rec: BackupRecord) -> bool | None:
         """A drill of `rec` when [drill] every says one is due; its result (None: none ran)."""
@@ -134,29 +138,26 @@ class Monitor:
             if drills:
                 f.last_drill_ok, f.last_drill_at = drills[-1].ok, drills[-1].at.timestamp()
             if self.cfg.offsite_enabled and good is not None:
-                from .status import offsite_state
+                from .status import offsite_states
 
-                st = offsite_state(self.cfg, repo, backups, self.rep)
-                f.offsite_lag = st.lag_seconds
+                f.offsite_lag = {st.name: st.lag_seconds for st in offsite_states(self.cfg, repo, backups, self.rep)}
         except DeltadumpError as exc:
             self.rep.info(f"metrics: the repository could not be read: {exc.message}")
         return f
 
-    def _metrics(self, *, ok: bool, seconds: float, upload: int) -> None:
+    def _metrics(self, *, ok: bool, seconds: float, upload: int, copies: SyncStats | None = None) -> None:
         path = self.cfg.notify.metrics_file
         if not path:
             return
         f = self.facts()
-        lab = '{database="' + self.db.replace("\\", "\\\\").replace('"', '\\"') + '"}'
-        rows = [
+        lab = '{database="' + _escape(self.db) + '"}'
+        rows: list[tuple[str, str, float | int | None]] = [
             ("deltadump_last_run_timestamp_seconds", "When the last run ended.", time.time()),
-            ("deltadump_last_run_success", "1 if the last run succeeded (offsite copy included), else 0.", int(ok)),
+            ("deltadump_last_run_success", "1 if the last run succeeded (offsite copies included), else 0.", int(ok)),
             ("deltadump_last_run_duration_seconds", "How long the last run took.", round(seconds, 3)),
             ("deltadump_last_success_timestamp_seconds", "When the newest good backup finished.", f.last_success),
             ("deltadump_last_dump_size_bytes", "Size of the newest good backup's dump.", f.dump_size),
-            ("deltadump_last_upload_bytes", "Bytes sent offsite by the last run.", upload),
-            ("deltadump_offsite_lag_seconds", "How long the newest good backup has waited for the offsite copy "
-             "(0 when it is there).", f.offsite_lag),
+            ("deltadump_last_upload_bytes", "Bytes sent offsite by the last run (every copy).", upload),
             ("deltadump_last_drill_success", "1 if the last restore drill passed, else 0.",
              None if f.last_drill_ok is None else int(f.last_drill_ok)),
             ("deltadump_last_drill_timestamp_seconds", "When the last restore drill ran.", f.last_drill_at),
@@ -170,14 +171,38 @@ class Monitor:
             name = "deltadump_database_last_success_timestamp_seconds"
             lines += [f"# HELP {name} When the newest good backup of each database finished.", f"# TYPE {name} gauge"]
             lines += [f"{name}{_label(db)} {t}" for db, t in f.databases.items() if t is not None]
+        # each offsite copy, labelled with its name
+        names = [c.copy_name for c in self.cfg.copies]
+        per_copy: list[tuple[str, str, dict[str, float | int | None]]] = [
+            ("deltadump_offsite_lag_seconds", "How long the newest good backup has waited for this offsite copy "
+             "(0 when it is there).", {n: f.offsite_lag.get(n) for n in names}),
+        ]  # fmt: skip
+        if copies is not None:
+            per_copy += [
+                ("deltadump_offsite_last_sync_success", "1 if the last run's sync of this offsite copy succeeded.",
+                 {n: int(n not in copies.failed) for n in names}),
+                ("deltadump_offsite_last_upload_bytes", "Bytes the last run sent to this offsite copy.",
+                 {n: copies.copies[n].uploaded if n in copies.copies else 0 for n in names}),
+            ]  # fmt: skip
+        for name, help_, values in per_copy:
+            shown = [(n, v) for n, v in values.items() if v is not None]
+            if not shown:
+                continue
+            lines += [f"# HELP {name} {help_}", f"# TYPE {name} gauge"]
+            lines += [f'{name}{lab[:-1]},copy="{_escape(n)}"}} {v}' for n, v in shown]
         try:
             write_bytes_atomic(Path(path).expanduser(), ("\n".join(lines) + "\n").encode(), mode=0o644)
         except DeltadumpError as exc:
             self.rep.info(f"metrics file {path} could not be written: {exc.message}")
 
 
+def _escape(label: str) -> str:
+    """A Prometheus label value, escaped."""
+    return label.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 def _label(db: str) -> str:
-    return '{database="' + db.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"}'
+    return '{database="' + _escape(db) + '"}'
 
 
 def latest_drill(notes: list[Note]) -> Note | None:

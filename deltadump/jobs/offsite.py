@@ -12,29 +12,33 @@ RECOVERY.txt. With encrypt = true every name but RECOVERY.txt gets ".age" and is
 
 from __future__ import annotations
 
+import contextlib
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import Config
+from ..config import DEFAULT_COPY, Config, OffsiteConfig
 from ..errors import ConfigError, DeltadumpError, IntegrityError, TargetError
-from ..fsio import checkpoint, sha256_file
+from ..fsio import checkpoint, sha256_file, work_folder
 from ..naming import check_relpath
 from ..store import manifest as v1
-from ..store.records import SIG_SUFFIX, BackupRecord, FileRecord, Note, record_name
+from ..store.records import HEAD_NAME, SIG_SUFFIX, BackupRecord, FileRecord, Note, record_name
 from ..store.repository import Change, LocalMeta, MirroredMeta, Repository, TargetMeta
 from ..store.retention import Plan, Policy, plan
 from ..targets import Target, open_target
 from .chain import Fetch
 from .common import Reporter
 from .repo import file_location, trust_for
+from .ring import fetch_slot, ring_of
 
 RECOVERY = """\
 deltadump offsite copy: how to recover by hand, with standard tools only
 ========================================================================
 If names end in .age, decrypt each file first:   age -d -i key.txt -o FILE FILE.age
 
-heads/NNNNNNNNNN.json is the head: "live" lists the numbers of the live records ("1-5,8").
+heads/NNNNNNNNNN.json is the head: "live" lists the numbers of the live records as ranges:
+"1-5,8,9-21:2" is 1 to 5, 8, and 9 to 21 in steps of 2 (9, 11, ..., 21).
 records/NNNNNNNN-ID.json is backup ID: "objects" (the files here, with the sha256 of their plaintext),
 "kind" (base, delta or full), "parent" (the backup a delta applies to), "dump_sha256" (the sha256 of
 the uncompressed pg_dump archive it rebuilds). Every head and record is signed; check one with
@@ -58,6 +62,10 @@ class SyncStats:
     added: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # backup id -> why it could not be sent
     removed: dict[str, str] = field(default_factory=dict)  # backup id -> why retention let it go
+    # after a backup, the total over every copy also holds each copy's own stats, and each failed
+    # copy's error (a failed copy's bytes are not counted)
+    copies: dict[str, SyncStats] = field(default_factory=dict)
+    failed: dict[str, DeltadumpError] = field(default_factory=dict)
 
 
 def _ours(key: str) -> bool:
@@ -78,14 +86,26 @@ def offsite_objects(rec: BackupRecord) -> list[FileRecord]:
     return list(rec.objects) if rec.in_chain else full_objects(rec)
 
 
-MIRROR = "deltadump-offsite"  # in the backup folder: this host's mirror of the copy's heads and records
+MIRROR = "deltadump-offsite"  # in the backup folder: this host's mirror of each copy's heads and records
+
+
+def copy_label(name: str) -> str:
+    """The copy's key in this host's rollback state: "offsite" for the copy named "default" (as before
+    several copies existed, so that what was seen stays known), "offsite:NAME" for the others."""
+    return "offsite" if name == DEFAULT_COPY else f"offsite:{name}"
+
+
+def policy_of(cfg: Config, copy: OffsiteConfig) -> Policy:
+    k = cfg.copy_keep(copy)
+    return Policy(k.daily, k.weekly, k.monthly, k.keep_last)
 
 
 class Offsite:
-    """The offsite copy of a config: its (possibly encrypting) target, the copy's repository as the store
-    holds it (`remote`: what restores read, checked against the trusted key), and this host's mirror of
-    it (`mirror`: what sync, prune and status work on, needing neither the network nor the age identity
-    to know what was committed; every write goes to the mirror, then to the store)."""
+    """One offsite copy of a config (`copy`: its name; None: the only one): its (possibly encrypting)
+    target, the copy's repository as the store holds it (`remote`: what restores read, checked against
+    the trusted key), and this host's mirror of it (`mirror`, in deltadump-offsite/NAME/: what sync,
+    prune and status work on, needing neither the network nor the age identity to know what was
+    committed; every write goes to the mirror, then to the store)."""
 
     def __init__(
         self,
@@ -98,27 +118,35 @@ class Offsite:
         write: bool = False,
         target: Target | None = None,
         expect: str | None = None,
-        name: str = "default",
+        copy: str | None = None,
     ) -> None:
         if not cfg.offsite_enabled:
             raise ConfigError("no [offsite] url in the config")
         self.cfg = cfg
-        self.raw = target or open_target(cfg.offsite.url, cfg.offsite.endpoint_url, cfg.offsite.target_options())
+        self.conf = c = cfg.offsite_copy(copy)
+        self.name = c.copy_name
+        self.raw = target or open_target(c.url, c.endpoint_url, c.target_options())
         self.target: Target = self.raw
-        if cfg.offsite.encrypt:
+        if c.encrypt:
             from ..targets.age import AgeTarget
 
-            self.target = AgeTarget(self.raw, cfg.offsite.recipients, identity)
-        self.encrypted = cfg.offsite.encrypt
+            self.target = AgeTarget(self.raw, c.recipients, identity)
+        self.encrypted = c.encrypt
         self.identity = identity
+        self.policy = policy_of(cfg, c)
         tr = trust_for(cfg, rep, write=write, trust=trust, allow_older=allow_older)
-        self.remote = Repository(TargetMeta(self.target), tr, label="offsite", expect=expect)
+        label = copy_label(self.name)
+        self.remote = Repository(TargetMeta(self.target), tr, label=label, expect=expect)
         self.repo = self.remote  # what readers use
-        self.meta = MirroredMeta(LocalMeta(cfg.dest / MIRROR / name, create=True), TargetMeta(self.target))
-        self.mirror = Repository(self.meta, tr, label="offsite", expect=expect)
+        self.meta = MirroredMeta(LocalMeta(cfg.dest / MIRROR / self.name, create=True), TargetMeta(self.target))
+        self.mirror = Repository(self.meta, tr, label=label, expect=expect)
 
     def describe(self) -> str:
         return self.target.describe()
+
+    def title(self) -> str:
+        """How messages name the copy: its url, and its name when the config has several."""
+        return self.describe() if len(self.cfg.copies) == 1 else f"{self.name} ({self.describe()})"
 
     def load(self) -> Repository:
         """The offsite repository as the store holds it, checked; a copy still in format v1 is refused
@@ -135,7 +163,8 @@ class Offsite:
         again; a store ahead of it (another writer, or a lost backup folder) is adopted when it can be
         read, refused otherwise. Returns the store's listing and whether it holds a format 1 copy."""
         have = self.target.list()
-        remote_seqs = [int(k[6:16]) for k in have if k.startswith("heads/") and k.endswith(".json" + SIG_SUFFIX)]
+        remote_seqs = [int(m.group(1)) for k in have if k.endswith(SIG_SUFFIX)
+                       and (m := HEAD_NAME.fullmatch(k.removesuffix(SIG_SUFFIX)))]  # fmt: skip
         head = self.mirror.load(fresh=True)  # a missing mirror (a new backup folder) is no attack: the store tells
         seq = head.seq if head is not None else 0
         if head is None and not remote_seqs:
@@ -219,6 +248,11 @@ class Offsite:
 
     def _send(self, rec: BackupRecord, local: Repository, dest: Path, have: dict[str, int], st: SyncStats) -> str:
         """Send rec's objects the copy lacks, then its records; '' when done, else why not."""
+        with contextlib.ExitStack() as stack:
+            return self._send_in(rec, local, dest, have, st, stack)
+
+    def _send_in(self, rec: BackupRecord, local: Repository, dest: Path, have: dict[str, int], st: SyncStats,
+                 stack: contextlib.ExitStack) -> str:  # fmt: skip
         for obj in offsite_objects(rec):
             if obj.path in have and (self.encrypted or have[obj.path] == obj.size):
                 continue
@@ -227,6 +261,11 @@ class Offsite:
             else:
                 f = next(f for f in rec.files if f"full/{rec.id}/{f.path}" == obj.path)
                 src = file_location(local, dest, rec, f)
+                if (ring := ring_of(self.cfg)) is not None and not os.path.lexists(src):  # its slot is on the share
+                    fetched, why = fetch_slot(ring, local, dest, rec, stack.enter_context(work_folder(dest, "send")))
+                    if fetched is None:
+                        return f"its slot cannot be read: {why}"
+                    src = fetched
             if not src.is_file() or src.is_symlink():
                 return f"{obj.path} is no longer here (its slot was reused before it reached the offsite copy)"
             if sha256_file(src)[1] != obj.sha256:
@@ -355,18 +394,84 @@ class Offsite:
 
 
 def sync_after_backup(cfg: Config, local: Repository, rep: Reporter) -> tuple[SyncStats | None, DeltadumpError | None]:
-    """The offsite step of a backup run: never raises (the backup is safe locally whatever happens)."""
+    """The offsite step of a backup run: every copy in turn, each on its own (one that fails never
+    stops the next; each failure is collected). Never raises (the backup is safe locally whatever
+    happens). Returns the total (with each copy's stats and errors) and the error to report: None when
+    every copy got the backup; with one copy, its own error; with several, one naming every failed copy."""
     if not cfg.offsite_enabled:
         return None, None
-    try:
-        off = Offsite(cfg, rep, write=True, expect=local.id)
-        p = cfg.keep
-        st = off.sync(local, cfg.dest, rep, Policy(p.daily, p.weekly, p.monthly, p.keep_last))
-        rep.info(f"offsite: sent {st.objects} object(s), {st.uploaded / 1e6:.2f} MB to {off.describe()}")
-        return st, None
-    except DeltadumpError as exc:
-        return None, exc
-    except OSError as exc:  # reading what is to be sent
-        from ..fsio import storage_error
+    total = SyncStats()
+    for c in cfg.copies:
+        name = c.copy_name
+        try:
+            st, where = _sync_one(cfg, local, rep, name)
+        except DeltadumpError as exc:
+            total.failed[name] = exc
+            if len(cfg.copies) > 1:  # (one copy's error is the run's own, reported once at the end)
+                rep.info(f"offsite copy {name}: failed: {exc.message}")
+            continue
+        except OSError as exc:  # reading what is to be sent
+            from ..fsio import storage_error
 
-        return None, storage_error(exc, Path(exc.filename or cfg.dest), "sending from")
+            total.failed[name] = storage_error(exc, Path(exc.filename or cfg.dest), "sending from")
+            continue
+        total.copies[name] = st
+        total.uploaded += st.uploaded
+        total.objects += st.objects
+        label = "offsite" if len(cfg.copies) == 1 else f"offsite copy {name}"
+        rep.info(f"{label}: sent {st.objects} object(s), {st.uploaded / 1e6:.2f} MB to {where}")
+    return total, combined_error(cfg, total.failed)
+
+
+def _sync_one(cfg: Config, local: Repository, rep: Reporter, name: str) -> tuple[SyncStats, str]:
+    off = Offsite(cfg, rep, write=True, expect=local.id, copy=name)
+    return off.sync(local, cfg.dest, rep, off.policy), off.describe()
+
+
+def combined_error(cfg: Config, failed: dict[str, DeltadumpError]) -> DeltadumpError | None:
+    """What a backup reports when copies failed: with one copy configured, its own error (unchanged);
+    with several, one error naming each failed copy and its cause."""
+    if not failed:
+        return None
+    if len(cfg.copies) == 1:
+        return next(iter(failed.values()))
+    urls = {c.copy_name: c.url for c in cfg.copies}
+    parts = [f"{name} ({urls.get(name, '')}): {exc.message}" for name, exc in failed.items()]
+    ok = len(cfg.copies) - len(failed)
+    return DeltadumpError(f"{len(failed)} of {len(cfg.copies)} offsite copies failed ({ok} got it): "
+                          + "; ".join(parts), hint="the next backup sends each copy what it is missing")  # fmt: skip
+
+
+def failure_text(cfg: Config, err: DeltadumpError) -> str:
+    """The end of "backup ID is safe locally, but ...": which offsite copy failed, and why."""
+    if len(cfg.copies) > 1:
+        return err.message
+    return f"the offsite copy failed: {err.message}"
+
+
+def continue_repository(cfg: Config, rep: Reporter) -> tuple[str, int] | None:
+    """A new (empty) backup folder whose offsite copies already hold a repository signed with this
+    host's key (the old folder was lost or replaced): the repository to continue, from the first copy
+    (in config order) that can be read and holds one, with a first number above every number any copy
+    of that repository holds, so that every copy carries on. None when no copy holds one."""
+    found: tuple[str, int] | None = None
+    for c in cfg.copies:
+        try:
+            off = Offsite(cfg, rep, write=True, copy=c.copy_name)
+            head = off.mirror.load() or off.load().head
+            if head is None:
+                continue
+            src = off.mirror if off.mirror.head is not None else off.remote
+            top = max([head.seq, *src.live()])
+        except DeltadumpError as exc:
+            which = "the copy" if len(cfg.copies) == 1 else f"the copy {c.copy_name}"
+            rep.info(f"offsite: could not read {which} to continue its repository ({exc.message})")
+            continue
+        if found is None:
+            found = (head.repository, top)
+        elif found[0] == head.repository:
+            found = (found[0], max(found[1], top))
+        else:
+            rep.info(f"offsite: the copy {c.copy_name} holds another repository ({head.repository}); it will refuse "
+                     "this backup folder's backups")  # fmt: skip
+    return found

@@ -16,6 +16,7 @@ from ..store.retention import Plan, Policy, plan
 from .chain import collect_objects
 from .common import Reporter, SilentReporter
 from .repo import open_local, reading, tidy
+from .ring import ring_of
 
 
 def policy_of(cfg: Config) -> Policy:
@@ -55,9 +56,10 @@ class PruneResult:
 
 def prune(
     cfg: Config, *, dry_run: bool = False, offsite: bool = False, reporter: Reporter | None = None,
-    identity: Path | None = None,
+    identity: Path | None = None, copy: str | None = None,
 ) -> PruneResult:  # fmt: skip
-    """`deltadump prune`: the plan for every backup (keep or delete, and why); carried out unless dry_run."""
+    """`deltadump prune`: the plan for every backup (keep or delete, and why); carried out unless dry_run.
+    `offsite`: the offsite copy named `copy` (None: the only one), with that copy's retention."""
     from ..store.lock import RunLock
 
     rep = reporter or SilentReporter()
@@ -65,13 +67,13 @@ def prune(
     with RunLock(cfg.dest, wait=True):
         local = open_local(cfg, rep, write=not dry_run)
         if not dry_run:
-            tidy(local, cfg.dest, rep)  # a switch an interrupted run left is completed first
+            tidy(local, cfg.dest, rep, ring_of(cfg))  # a switch an interrupted run left is completed first
         if offsite:
             from .offsite import Offsite
 
-            off = Offsite(cfg, rep, write=not dry_run, expect=local.id, identity=identity)
-            p, backups = off.prune(pol, rep, dry_run=dry_run)
-            return PruneResult(off.describe(), p, {b.id: b for b in backups})
+            off = Offsite(cfg, rep, write=not dry_run, expect=local.id, identity=identity, copy=copy)
+            p, backups = off.prune(off.policy, rep, dry_run=dry_run)
+            return PruneResult(off.title(), p, {b.id: b for b in backups})
         backups = local.backups()
         p = prune_local(cfg, local, pol, rep, dry_run=dry_run)
         return PruneResult(str(cfg.dest), p, {b.id: b for b in backups})

@@ -27,6 +27,7 @@ from ..store.lock import RunLock
 from ..store.migrate import convert
 from ..store.records import BackupRecord, FileRecord
 from ..store.repository import Change, LocalMeta, Repository, SeenState, Trust, current_slots
+from ..targets import Target
 from .common import Reporter
 
 MIGRATED_SUFFIX = ".v1-migrated"
@@ -217,9 +218,12 @@ class LocalView:
         return rec.status == "ok" and (self.in_slot(rec) or rec.in_chain)
 
 
-def local_view(repo: Repository, dest: Path) -> LocalView:
+def local_view(repo: Repository, dest: Path, ring: bool = False) -> LocalView:
+    """`ring`: the slots are on a share (an smb:// dest). There a committed backup owns its slot from its
+    commit on (read at its local temporary name until the put to the share is done), since the put
+    replaces the share's file while the temporary name still exists here."""
     backups = repo.backups()
-    pending = repo.head.pending if repo.head is not None else []
+    pending = repo.head.pending if repo.head is not None and not ring else []
     uns = {p.number for p in pending if os.path.lexists(dest / p.tmp)}
     return LocalView(backups, uns, current_slots(backups, uns))
 
@@ -233,20 +237,27 @@ def file_location(repo: Repository, dest: Path, rec: BackupRecord, f: FileRecord
     return slot / f.path[len(rec.path) + 1 :]
 
 
-def carry_out_switches(repo: Repository, dest: Path, rep: Reporter) -> None:
-    """Complete every committed slot switch (the new dump at its temporary name becomes the slot), then
-    commit that none is pending. Idempotent: a kill anywhere in here is completed by the next call."""
+def carry_out_switches(repo: Repository, dest: Path, rep: Reporter, ring: Target | None) -> None:
+    """Complete every committed slot switch (the new dump at its temporary name becomes the slot; with
+    `ring`, the share of an smb:// dest, it is put there), then commit that none is pending.
+    Idempotent: a kill anywhere in here is completed by the next call."""
     if repo.head is None or not repo.head.pending:
         return
     with reading(dest, exclusive=True):
-        _switch(repo, dest)
+        _switch(repo, dest, ring)
     checkpoint("switch committed")
 
 
-def _switch(repo: Repository, dest: Path) -> None:
+def _switch(repo: Repository, dest: Path, ring: Target | None = None) -> None:
     assert repo.head is not None
     done = set()
     for p in repo.head.pending:
+        if ring is not None:
+            from .ring import switch
+
+            switch(ring, repo, dest, p)
+            done.add(p.number)
+            continue
         tmp, slot = dest / p.tmp, dest / p.slot
         old = dest / p.old if p.old else None
         try:
@@ -270,10 +281,10 @@ def _switch(repo: Repository, dest: Path) -> None:
     repo.commit(Change(clear_pending=done))
 
 
-def tidy(repo: Repository, dest: Path, rep: Reporter) -> None:
+def tidy(repo: Repository, dest: Path, rep: Reporter, ring: Target | None) -> None:
     """What a killed run may have left: switches to complete, temporary files, records no head names.
     Run under the backup folder's run lock, before anything new is written."""
-    carry_out_switches(repo, dest, rep)
+    carry_out_switches(repo, dest, rep, ring)
     keep = set()
     if repo.head is not None:
         for sw in repo.head.pending:
@@ -282,6 +293,11 @@ def tidy(repo: Repository, dest: Path, rep: Reporter) -> None:
                 keep.add(dest / sw.old)
     for p in remove_stale_temps(dest, keep):
         rep.info(f"removed a temporary file left by an interrupted run: {p.relative_to(dest)}")
+    if ring is not None:  # the share of an smb:// dest: what a put killed mid-way left there
+        from .ring import clean
+
+        for name in clean(ring):
+            rep.info(f"removed an unfinished upload left by an interrupted run: {ring.describe()}/{name}")
     for name in repo.collect():
         if not name.startswith(("heads/", "records/")) or ".tmp-" in name:
             continue

@@ -33,6 +33,7 @@ from ..store.resolve import resolve
 from . import chain
 from .common import Reporter, SilentReporter, major_of, record_files, server_for, tool
 from .repo import LocalView, file_location, local_view, open_local, reading, slot_location
+from .ring import fetch_slot, ring_of
 from .verify import check_slot, hash_fd
 
 
@@ -71,9 +72,10 @@ class Source:
 @contextlib.contextmanager
 def open_source(
     cfg: Config, rep: Reporter, *, from_offsite: bool, identity: Path | None = None, trust: str | None = None,
-    allow_older: bool = False,
+    allow_older: bool = False, copy: str | None = None,
 ) -> Iterator[Source]:  # fmt: skip
-    """The local repository (holding the read lock while in use), or the offsite copy alone."""
+    """The local repository (holding the read lock while in use), or the offsite copy named `copy` (None:
+    the only one) alone."""
     if from_offsite:
         from .offsite import Offsite
 
@@ -81,11 +83,11 @@ def open_source(
         with contextlib.suppress(DeltadumpError):
             if cfg.dest.is_dir():
                 local_id = open_local(cfg, SilentReporter(), trust=trust).id
-        off = Offsite(cfg, rep, identity=identity, trust=trust, allow_older=allow_older, expect=local_id)
+        off = Offsite(cfg, rep, identity=identity, trust=trust, allow_older=allow_older, expect=local_id, copy=copy)
         repo = off.load()
         if repo.head is None:
-            raise RestoreError(f"the offsite copy at {off.describe()} holds no backup")
-        rep.info(f"offsite copy {off.describe()}: head {repo.head.seq}, committed "
+            raise RestoreError(f"the offsite copy at {off.title()} holds no backup")
+        rep.info(f"offsite copy {off.title()}: head {repo.head.seq}, committed "
                  f"{repo.head.time.isoformat(timespec='seconds')}, repository {repo.head.repository}")  # fmt: skip
         yield Source(repo, repo.backups(), off)
         return
@@ -95,7 +97,7 @@ def open_source(
                  f"{repo.head.time.isoformat(timespec='seconds')}")  # fmt: skip
     with reading(cfg.dest):
         repo.refresh()  # what the lock now protects is what we read
-        view = local_view(repo, cfg.dest)
+        view = local_view(repo, cfg.dest, cfg.backup.remote)
         yield Source(repo, view.backups, view=view)
 
 
@@ -117,7 +119,13 @@ def checked_dump(
         return
     if src.view is not None and src.view.in_slot(rec):
         rep.info(f"checking {rec.path} against its recorded checksums")
-        if rec.format in ("custom", "plain", "tar") and len(rec.files) == 1:
+        if (ring := ring_of(cfg)) is not None:  # the slot is on the share: fetched, then checked
+            local, problem = fetch_slot(ring, src.repo, dest, rec, work)
+            if local is not None:
+                yield local, "slot", []
+                return
+            problems = [problem]
+        elif rec.format in ("custom", "plain", "tar") and len(rec.files) == 1:
             problem = ""
             located = file_location(src.repo, dest, rec, rec.files[0])
             try:
@@ -163,6 +171,7 @@ def restore(
     trust: str | None = None,
     allow_older: bool = False,
     of_db: str | None = None,
+    copy: str | None = None,
 ) -> RestoreResult:
     """`of_db`: the database whose backup `ref` means (a whole-server config's: 'latest' is each database's)."""
     rep = reporter or SilentReporter()
@@ -178,7 +187,7 @@ def restore(
     try:
         with (
             open_source(cfg, rep, from_offsite=from_offsite, identity=identity, trust=trust,
-                        allow_older=allow_older) as src,
+                        allow_older=allow_older, copy=copy) as src,
             work_folder(_work_parent(cfg), "restore") as work,
         ):  # fmt: skip
             rec = src.pick(ref, cfg.dest, of_db)
@@ -217,7 +226,7 @@ def _need_physical(rec: BackupRecord) -> None:
 def restore_datadir(
     cfg: Config, ref: str, datadir: Path, *, start: bool = False, port: int | None = None,
     reporter: Reporter | None = None, from_offsite: bool = False, identity: Path | None = None,
-    trust: str | None = None, allow_older: bool = False, socket_dir: Path | None = None,
+    trust: str | None = None, allow_older: bool = False, socket_dir: Path | None = None, copy: str | None = None,
 ) -> RestoreResult:  # fmt: skip
     """Lay out a physical backup (from here, or from the offsite copy alone) as a data directory,
     refusing a non-empty one; with start, start a server on it (PostgreSQL replays the WAL, as after
@@ -234,7 +243,7 @@ def restore_datadir(
                 f"{d} is not empty; a data directory (and its tablespaces) is only laid out in an empty folder"
             )
     with open_source(cfg, rep, from_offsite=from_offsite, identity=identity, trust=trust,
-                     allow_older=allow_older) as src:  # fmt: skip
+                     allow_older=allow_older, copy=copy) as src:  # fmt: skip
         rec = src.pick(ref, cfg.dest)
         _need_physical(rec)
         parent = datadir.parent if from_offsite else _work_parent(cfg)
@@ -245,7 +254,7 @@ def restore_datadir(
 
                 off = src.offsite
                 assert isinstance(off, Offsite)
-                rep.info(f"fetching {rec.id} from the offsite copy at {off.describe()}")
+                rep.info(f"fetching {rec.id} from the offsite copy at {off.title()}")
                 backup = off.fetch_full(rec, work)
                 files = record_files(rec)
             else:

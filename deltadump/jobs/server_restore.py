@@ -73,8 +73,9 @@ class ServerRestoreResult:
 def restore_server(
     cfg: Config, ref: str, to_dsn: str, *, password_file: str = "", only: str | None = None, jobs: int = 1,
     reporter: Reporter | None = None, from_offsite: bool = False, identity: Path | None = None,
-    trust: str | None = None, allow_older: bool = False,
+    trust: str | None = None, allow_older: bool = False, copy: str | None = None,
 ) -> ServerRestoreResult:  # fmt: skip
+    """`from_offsite`: from the offsite copy named `copy` (None: the only one) alone."""
     rep = reporter or SilentReporter()
     t0 = time.monotonic()
     if only is not None:
@@ -83,7 +84,7 @@ def restore_server(
     check_dbname(srv.conn.dbname, "the database of --to-dsn")
     with (
         open_source(cfg, rep, from_offsite=from_offsite, identity=identity, trust=trust,
-                    allow_older=allow_older) as src,
+                    allow_older=allow_older, copy=copy) as src,
         work_folder(_work_parent(cfg), "restore") as work,
     ):  # fmt: skip
         run = resolve_run(src.backups, ref, restorable=src.restorable, dest=cfg.dest)

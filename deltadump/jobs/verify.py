@@ -23,6 +23,8 @@ from ..store.resolve import resolve
 from . import chain
 from .common import Reporter, SilentReporter, major_of, record_files
 from .repo import file_location, local_view, open_local, reading, slot_location
+from .ring import check_slot as check_ring_slot
+from .ring import ring_of
 
 
 @dataclass
@@ -117,8 +119,9 @@ def verify(
     rep = reporter or SilentReporter()
     dest = cfg.dest
     repo = open_local(cfg, rep)
-    view = local_view(repo, dest)
+    view = local_view(repo, dest, cfg.backup.remote)
     backups = view.backups
+    repo.notes()  # every live record is read, so its signature is checked too
     by_id = {b.id: b for b in backups}
     restorable = view.restorable
 
@@ -153,7 +156,10 @@ def verify(
                     res.problems.append(str(exc))
             if view.in_slot(rec):
                 res.checked.append("slot")
-                res.problems += check_slot(repo, dest, rec, cfg.database.pg_bin)
+                if (ring := ring_of(cfg)) is not None:  # the slot is on the share
+                    res.problems += check_ring_slot(cfg, ring, repo, rec)
+                else:
+                    res.problems += check_slot(repo, dest, rec, cfg.database.pg_bin)
             if rec.in_chain:
                 res.checked.append("chain")
                 try:
@@ -176,14 +182,13 @@ def verify(
             if not res.checked:
                 res.problems.append(f"not restorable here: its slot {rec.path} was reused and it is in no chain")
             report.results.append(res)
-        for group in by_series(backups).values() if ref is None and cfg.delta.enabled else []:
-            tip = chain.needed_signature(group, cfg.delta.mode)  # the signature the next delta is made against
-            rec_tip = by_id.get(tip) if tip else None
-            sig = rec_tip.signature if rec_tip is not None else None
-            if rec_tip is not None and sig is not None and (problem := check_file(dest, sig.path, sig)):
-                report.damaged[sig.path] = []
-                res = VerifyResult(rec_tip, [f"{problem} (the next delta will start a new base)"], ["signature"])
-                report.results.append(res)
+        if ref is None and cfg.delta.enabled:  # the signatures each chain's next delta will be made against
+            for group in by_series(backups).values():
+                for path, (sig, of) in chain.needed_signatures(group, cfg.delta.mode).items():
+                    if problem := check_file(dest, path, sig):
+                        report.damaged[path] = []
+                        res = VerifyResult(by_id[of], [f"{problem} (the next delta will start anew)"], ["signature"])
+                        report.results.append(res)
     for r in report.results:
         for p in r.problems:
             for path in list(report.damaged):

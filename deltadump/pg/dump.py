@@ -79,11 +79,15 @@ def run_pg_dump(
     options: list[str],
     progress: Progress | None = None,
     snapshot: str | None = None,
+    jobs: int = 1,
 ) -> None:
-    """Dump conn's database into `out` (a file, or a folder for the directory format)."""
+    """Dump conn's database into `out` (a file, or a folder for the directory format, in parallel with
+    `jobs` > 1: every worker on the same snapshot)."""
     argv = [str(pg_dump), f"--format={FORMAT_FLAG[fmt]}", f"--compress={compress}", f"--file={out}"]
     if snapshot:
         argv.append(f"--snapshot={snapshot}")
+    if jobs > 1 and fmt == "directory":
+        argv.append(f"--jobs={jobs}")
     argv.extend(options)
     rc, err = run_watched(argv, conn, out, progress)
     if rc == 0:
@@ -138,6 +142,23 @@ def _free(p: Path) -> str:
 def is_gzip(p: Path) -> bool:
     with open(p, "rb") as f:
         return f.read(2) == b"\x1f\x8b"
+
+
+def data_files(pg_restore: Path, out: Path) -> dict[str, str]:
+    """{file name: identity} of a directory-format dump's table data files, read from its TOC through
+    `pg_restore --list` (never by parsing names: a table's name is data): "oid:<table oid>" for each
+    TABLE DATA entry's <dumpid>.dat file. Other files (toc.dat, large objects) are not listed."""
+    import re
+
+    res = subprocess.run([str(pg_restore), "--list", str(out)], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise DumpError(f"archive {out} is unreadable by pg_restore: {' '.join(res.stderr.split())[:300]}")
+    files: dict[str, str] = {}
+    for line in res.stdout.splitlines():
+        m = re.match(r"(\d+); (\d+) (\d+) TABLE DATA ", line)
+        if m:
+            files[f"{m.group(1)}.dat"] = f"oid:{m.group(3)}"
+    return files
 
 
 def validate(pg_restore: Path, out: Path, fmt: str) -> None:

@@ -6,27 +6,31 @@ Knows nothing of databases or backups. Three operations over paths or binary fil
     delta(sig, new, out)
     patch(basis, delta, out)
 
-each streaming in bounded memory and returning statistics. Submodules load on first use, so that
-`patch` (pure I/O) never pays for importing numpy.
+each streaming in bounded memory and returning statistics. Submodules load on first use, and numpy
+only for large inputs (`small` handles small ones in pure Python), so that a command on a small file
+costs little more than the interpreter's start.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
-
+TYPE_CHECKING = False  # no typing import at run time: `deltadump rdiff` starts fast
 if TYPE_CHECKING:
-    from .differ import DeltaStats, Signature, delta, load_signature
-    from .format import SigParams, sig_args
+    from typing import Any
+
+    from .differ import DeltaStats, delta, load_signature
+    from .format import SigParams, bounded_sig_params, sig_args, sig_memory
     from .patcher import PatchStats, patch
+    from .search import Signature
     from .signer import SignatureStats, signature
 
 _WHERE = {
     "DeltaStats": "differ",
-    "Signature": "differ",
+    "Signature": "search",
     "delta": "differ",
     "load_signature": "differ",
     "SigParams": "format",
+    "bounded_sig_params": "format",
+    "sig_memory": "format",
     "sig_args": "format",
     "PatchStats": "patcher",
     "patch": "patcher",
@@ -35,11 +39,12 @@ _WHERE = {
 }
 __all__ = [
     "DeltaStats", "PatchStats", "SigParams", "Signature", "SignatureStats",
-    "delta", "load_signature", "patch", "sig_args", "signature",
+    "bounded_sig_params", "delta", "load_signature", "patch", "sig_args", "sig_memory", "signature",
 ]  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:
     if name in _WHERE:
-        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        module = __import__(f"{__name__}.{_WHERE[name]}", fromlist=[name])  # (importlib costs a few imports)
+        return getattr(module, name)
     raise AttributeError(name)

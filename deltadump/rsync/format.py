@@ -5,16 +5,17 @@ Pure functions and constants only; see docs/librsync-format.md (sections 2, 5, 6
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import struct
-from collections.abc import Callable, Iterator
 from math import isqrt
-from typing import Any, NamedTuple, TypeVar
 
 from ..errors import RsyncError
 
-F = TypeVar("F", bound=Callable[..., Any])
+TYPE_CHECKING = False  # no typing import at run time: `deltadump rdiff` starts fast
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, TypeVar
+
+    F = TypeVar("F", bound=Callable[..., Any])
 
 DELTA_MAGIC = 0x72730236
 RS_MD4_SIG_MAGIC = 0x72730136
@@ -52,11 +53,23 @@ def _log2(x: int) -> int:
     return x.bit_length() - 1
 
 
-class SigParams(NamedTuple):
-    magic: int
-    block_len: int
-    strong_len: int
-    warning: str = ""
+class SigParams:
+    """Signature parameters: magic number, block length, strong-sum length (and a warning to print)."""
+
+    __slots__ = ("block_len", "magic", "strong_len", "warning")
+
+    def __init__(self, magic: int, block_len: int, strong_len: int, warning: str = "") -> None:
+        self.magic, self.block_len, self.strong_len, self.warning = magic, block_len, strong_len, warning
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SigParams) and (self.magic, self.block_len, self.strong_len) == (
+            other.magic, other.block_len, other.strong_len)  # fmt: skip
+
+    def __hash__(self) -> int:
+        return hash((self.magic, self.block_len, self.strong_len))
+
+    def __repr__(self) -> str:
+        return f"SigParams(magic=0x{self.magic:08x}, block_len={self.block_len}, strong_len={self.strong_len})"
 
     @property
     def weak(self) -> str:
@@ -102,6 +115,46 @@ def sig_args(size: int | None, magic: int, block_len: int = 0, strong_len: int =
                 job="",
             )
     return SigParams(magic, bl, min(sl, max_strong), warning)
+
+
+# What a signature takes once loaded for the delta's search (search.Signature), and the choice of
+# parameters that keeps it under a budget for a file of any size (docs/offsite.md, "Block length").
+SIG_MEMORY_BUDGET = 64 << 20
+BOUNDED_STRONG_LEN = 16
+FILTER_BITS_MAX = 24
+
+
+def filter_bits(nblocks: int) -> int:
+    """log2 of the entries (one byte each) of the weak-sum filters of a signature of nblocks blocks
+    (two filters of half as many entries each)."""
+    return min(FILTER_BITS_MAX, max(10, nblocks.bit_length() + 4))
+
+
+def sig_memory(nblocks: int, strong_len: int) -> int:
+    """Bytes a signature of nblocks blocks takes once loaded for the delta's search: per block its
+    strong sum and its weak sum with its block number in weak-sum order (strong_len + 8 bytes), plus
+    the filter (at most 16 MiB)."""
+    return nblocks * (strong_len + 8) + (1 << filter_bits(nblocks))
+
+
+def bounded_sig_params(size: int, min_block: int = 512, budget: int = SIG_MEMORY_BUDGET) -> tuple[int, int]:
+    """(block_len, strong_len) for the signature of a file of `size` bytes such that, loaded for a
+    delta, it takes at most `budget` bytes (sig_memory): `min_block` while that fits, else the smallest
+    multiple of `min_block` that does. The strong sum has BOUNDED_STRONG_LEN (16) bytes of BLAKE2b:
+    a forged pair of blocks with equal sums (by whoever controls part of the input) costs about 2**64 tries, and 16 is
+    above librsync's recommended minimum for every file size (at most 2**21 blocks: at most 13)."""
+    sl = BOUNDED_STRONG_LEN
+    if size < 0 or min_block < 1 or budget < sig_memory(1, sl):
+        raise ValueError(f"no signature parameters for size={size}, min_block={min_block}, budget={budget}")
+    lo, hi = 1, max(1, budget // (sl + 8))  # the most blocks that fit: sig_memory grows with nblocks
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if sig_memory(mid, sl) <= budget else (lo, mid - 1)
+    block = max(min_block, -(-size // lo))
+    block = -(-block // min_block) * min_block
+    if block >= 1 << 31:  # the signature format's limit (librsync refuses longer blocks)
+        raise ValueError(f"a file of {size} bytes needs blocks of {block} bytes to fit {budget} bytes")
+    return block, sl
 
 
 def parse_sig_header(hdr: bytes) -> SigParams:
@@ -180,26 +233,22 @@ def decode_opcode(op: int) -> tuple[str, int, int]:
     return ("bogus", 0, 0)
 
 
-@contextlib.contextmanager
-def rs_job(name: str) -> Iterator[None]:
-    """Name the librsync job of any RsyncError raised inside that does not name one yet."""
-    try:
-        yield
-    except RsyncError as exc:
-        if exc.job is None:
-            exc.job = name
-        raise
-
-
 def librsync_job(name: str) -> Callable[[F], F]:
-    """Decorator form of rs_job."""
+    """Name the librsync job of any RsyncError raised by the decorated function that does not name
+    one yet (written out, without functools: `deltadump rdiff` starts fast)."""
 
     def deco(fn: F) -> F:
-        @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with rs_job(name):
+            try:
                 return fn(*args, **kwargs)
+            except RsyncError as exc:
+                if exc.job is None:
+                    exc.job = name
+                raise
 
+        for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
+            setattr(wrapper, attr, getattr(fn, attr))
+        wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]
 
     return deco

@@ -7,9 +7,12 @@ fork time; a task is just (offset, count), and only digests or counts travel bac
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
+import multiprocessing.pool
 import os
 import signal
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -48,8 +51,20 @@ class WorkerPool:
         ctx = multiprocessing.get_context("fork")
         self._pool = ctx.Pool(workers, initializer=_init, initargs=(state,))
 
-    def imap(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
-        return self._pool.imap(fn, tasks)
+    def imap(self, fn: Callable[[Any], Any], tasks: Iterable[Any], ahead: int = 0) -> Iterator[Any]:
+        """fn over tasks in the workers, results in order; at most `ahead` tasks (default: two per
+        worker) are given out before their results are taken, so that memory stays bounded when
+        the results come faster than the caller uses them."""
+        ahead = ahead or 2 * self.workers
+        todo = iter(tasks)
+        pending: deque[multiprocessing.pool.AsyncResult[Any]] = deque(
+            self._pool.apply_async(fn, (t,)) for t in itertools.islice(todo, ahead)
+        )
+        while pending:
+            res = pending.popleft().get()
+            for t in itertools.islice(todo, 1):
+                pending.append(self._pool.apply_async(fn, (t,)))
+            yield res
 
     def __enter__(self) -> WorkerPool:
         return self

@@ -1,49 +1,42 @@
-"""Signature generation: `rdiff signature`, byte-identical with librsync 2.3.2 (spec section 1)."""
+"""Signature generation: `rdiff signature`, byte-identical with librsync 2.3.2 (spec section 1).
+
+Small inputs are signed in pure Python (`small.records`); large ones with numpy, in worker
+processes that write their records straight into the output file.
+"""
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
-
-import numpy as np
 
 from .format import SigParams, librsync_job, sig_args, sig_magic
-from .parallel import WorkerPool, want_workers, worker_state
+from .small import SIGNATURE_MAX
+from .small import records as small_records
 from .streams import PathOrFile, open_input, open_output
-from .sums import block_weak, strong_blocks
 
 PIECE = 4 << 20
 
 
-@dataclass
 class SignatureStats:
-    block_len: int
-    strong_len: int
-    magic: int
-    blocks: int
-    in_bytes: int
-    out_bytes: int
-    seconds: float
-    warning: str = ""
+    """What a signature did (a plain class: this module stays free of heavy imports, for start-up)."""
+
+    def __init__(self, block_len: int, strong_len: int, magic: int, blocks: int, in_bytes: int, out_bytes: int,
+                 seconds: float, warning: str = "") -> None:  # fmt: skip
+        self.block_len, self.strong_len, self.magic, self.blocks = block_len, strong_len, magic, blocks
+        self.in_bytes, self.out_bytes, self.seconds, self.warning = in_bytes, out_bytes, seconds, warning
 
 
 def records(data: bytes, p: SigParams) -> bytes:
     """The signature records (weak u32 BE + truncated strong) of consecutive blocks of `data`."""
-    if not data:
-        return b""
-    arr = np.frombuffer(data, dtype=np.uint8)
-    weak = block_weak(arr, p.block_len, p.weak)
-    strong = strong_blocks(data, p.block_len, p.strong, p.strong_len)
-    nb = len(weak)
-    rec = np.empty((nb, 4 + p.strong_len), dtype=np.uint8)
-    rec[:, :4] = weak.astype(">u4").view(np.uint8).reshape(nb, 4)
-    rec[:, 4:] = np.frombuffer(strong, dtype=np.uint8).reshape(nb, p.strong_len)
-    return rec.tobytes()
+    from .sums import sig_records
+
+    return sig_records(data, p.block_len, p.weak, p.strong, p.strong_len)
 
 
 def _piece_records(task: tuple[int, int]) -> bytes | int:
     """Worker: the records of one piece; written straight into the output when it is a file."""
+    from .parallel import worker_state
+
     fd, base, p, out_fd = worker_state()
     off, n = task
     rec = records(os.pread(fd, n, base + off), p)
@@ -78,22 +71,30 @@ def signature(
         with open_output(out, force, durable) as sink:
             sink.write(p.header())
             in_bytes = 0
-            workers = want_workers(src.size, parallel)
-            if workers and src.fd is not None and src.size is not None:
-                tasks = [(off, min(piece, src.size - off)) for off in range(0, src.size, piece)]
-                sink.flush()
-                out_fd = sink.fileno_for_copy()
-                with WorkerPool((src.fd, src.base_off, p, out_fd), workers) as pool:
-                    for rec in pool.imap(_piece_records, tasks):
-                        if isinstance(rec, int):
-                            sink.written += rec
-                        else:
-                            sink.write(rec)
-                in_bytes = src.size
+            small = src.read_at(0, SIGNATURE_MAX + 1) if src.size is None else b""
+            if (src.size if src.size is not None else len(small)) <= SIGNATURE_MAX:
+                data = small or src.read_at(0, SIGNATURE_MAX)
+                sink.write(small_records(data, p))
+                in_bytes = len(data)
             else:
-                for chunk in src.chunks(piece):
-                    sink.write(records(chunk, p))
-                    in_bytes += len(chunk)
+                from .parallel import WorkerPool, want_workers
+
+                workers = want_workers(src.size, parallel) if src.fd is not None else 0
+                if workers and src.size is not None:
+                    tasks = [(off, min(piece, src.size - off)) for off in range(0, src.size, piece)]
+                    sink.flush()
+                    out_fd = sink.fileno_for_copy()
+                    with WorkerPool((src.fd, src.base_off, p, out_fd), workers) as pool:
+                        for rec in pool.imap(_piece_records, tasks):
+                            if isinstance(rec, int):
+                                sink.written += rec
+                            else:
+                                sink.write(rec)
+                    in_bytes = src.size
+                else:
+                    for chunk in src.chunks(piece):
+                        sink.write(records(chunk, p))
+                        in_bytes += len(chunk)
     nblocks = -(-in_bytes // p.block_len)
     return SignatureStats(
         p.block_len, p.strong_len, magic, nblocks, in_bytes, sink.written, time.perf_counter() - t0, p.warning

@@ -6,18 +6,22 @@ are read with pread (no copy of the file is kept), pipes through a bounded slidi
 
 from __future__ import annotations
 
-import contextlib
-import mmap
 import os
 import stat
-from collections.abc import Iterator
-from pathlib import Path
-from typing import BinaryIO
 
 from ..errors import RsyncError, StorageError
 from ..fsio import AtomicFile, storage_error
 
-PathOrFile = str | os.PathLike[str] | BinaryIO
+TYPE_CHECKING = False  # typing and pathlib are not imported at run time: `deltadump rdiff` starts fast
+if TYPE_CHECKING:
+    import mmap
+    from collections.abc import Iterator
+    from pathlib import Path
+    from typing import BinaryIO, TypeAlias
+
+    PathOrFile: TypeAlias = str | os.PathLike[str] | BinaryIO
+else:
+    PathOrFile = object  # for annotations only
 
 READ_SIZE = 4 << 20
 
@@ -108,17 +112,26 @@ class Source:
                 return
 
 
-@contextlib.contextmanager
-def open_input(src: PathOrFile) -> Iterator[Source]:
-    if isinstance(src, str | os.PathLike):
-        try:
-            f = open(src, "rb", buffering=0)  # noqa: SIM115
-        except OSError as exc:
-            raise open_error(src, exc, "read") from exc
-        with f:
-            yield Source(f, str(src))
-    else:
-        yield Source(src, getattr(src, "name", "input"))
+class open_input:
+    """An input as a Source; a path is opened here and closed on leaving."""
+
+    def __init__(self, src: PathOrFile) -> None:
+        self.opened: BinaryIO | None = None
+        if isinstance(src, str | os.PathLike):
+            try:
+                self.opened = open(src, "rb", buffering=0)  # noqa: SIM115
+            except OSError as exc:
+                raise open_error(src, exc, "read") from exc
+            self.source = Source(self.opened, str(src))
+        else:
+            self.source = Source(src, getattr(src, "name", "input"))
+
+    def __enter__(self) -> Source:
+        return self.source
+
+    def __exit__(self, *exc: object) -> None:
+        if self.opened is not None:
+            self.opened.close()
 
 
 class Sink:
@@ -127,8 +140,7 @@ class Sink:
     def __init__(self, dst: PathOrFile, force: bool = True, durable: bool = True) -> None:
         self.atomic: AtomicFile | None = None
         if isinstance(dst, str | os.PathLike):
-            path = Path(dst)
-            if not force and path.exists():
+            if not force and os.path.exists(dst):
                 raise RsyncError(
                     RsyncError.RS_IO_ERROR,
                     f'(rs_file_open) File exists "{dst}", aborting!',
@@ -136,7 +148,7 @@ class Sink:
                     tail=False,
                 )
             try:
-                self.atomic = AtomicFile(path, 0o644 & ~_umask(), durable=durable)
+                self.atomic = AtomicFile(dst, 0o644 & ~_umask(), durable=durable, hashing=False)
             except Exception as exc:
                 raise RsyncError(
                     RsyncError.RS_IO_ERROR,
@@ -153,7 +165,7 @@ class Sink:
         try:
             self.f.write(data)
         except OSError as exc:
-            where = self.atomic.final if self.atomic is not None else Path("output")
+            where = self.atomic.final if self.atomic is not None else as_path("output")
             clear = storage_error(exc, where, "writing").message  # e.g. "disk full while writing X (N MB free)"
             raise RsyncError(RsyncError.RS_IO_ERROR, f"write failed: {exc.strerror}", message=clear) from exc
         self.written += len(data)
@@ -178,12 +190,20 @@ class Sink:
             except StorageError as exc:  # e.g. the disk filled up on the last flush
                 raise RsyncError(RsyncError.RS_IO_ERROR, f"write failed: {exc.message}", message=exc.message) from exc
         else:
-            with contextlib.suppress(OSError, ValueError):
+            try:  # noqa: SIM105  (no contextlib here: `deltadump rdiff` starts fast)
                 self.f.flush()
+            except (OSError, ValueError):
+                pass
 
     def abort(self) -> None:
         if self.atomic is not None:
             self.atomic.abort()
+
+
+def as_path(name: str) -> Path:
+    from pathlib import Path
+
+    return Path(name)
 
 
 def _umask() -> int:
@@ -192,16 +212,20 @@ def _umask() -> int:
     return old
 
 
-@contextlib.contextmanager
-def open_output(dst: PathOrFile, force: bool = True, durable: bool = True) -> Iterator[Sink]:
+class open_output:
     """Output to a path (temp name, renamed into place when complete; fsynced first if durable)."""
-    sink = Sink(dst, force, durable)
-    try:
-        yield sink
-    except BaseException:
-        sink.abort()
-        raise
-    sink.commit()
+
+    def __init__(self, dst: PathOrFile, force: bool = True, durable: bool = True) -> None:
+        self.sink = Sink(dst, force, durable)
+
+    def __enter__(self) -> Sink:
+        return self.sink
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is not None:
+            self.sink.abort()
+        else:
+            self.sink.commit()
 
 
 IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
@@ -225,6 +249,8 @@ def pwritev_all(fd: int, bufs: list[memoryview], at: int) -> None:
 def map_range(fd: int, lo: int, hi: int, populate: bool = False) -> tuple[mmap.mmap, int]:
     """A read-only mapping of fd's bytes lo..hi (from the page boundary at or below lo), and the offset
     it starts at; with populate, its pages are mapped at once instead of one fault at a time."""
+    import mmap  # only here: most commands never map a file
+
     start = lo - lo % mmap.ALLOCATIONGRANULARITY
     flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
     return mmap.mmap(fd, hi - start, flags=flags, prot=mmap.PROT_READ, offset=start), start

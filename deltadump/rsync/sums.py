@@ -1,4 +1,4 @@
-"""Weak (RabinKarp, rollsum) and strong (BLAKE2b-256, MD4) checksums, vectorised with numpy.
+"""Weak (RabinKarp, rollsum) and strong (BLAKE2b-256, MD4) checksums of many blocks at once, with numpy.
 
 Weak sums come in two shapes: `block_weak` for consecutive blocks (signatures, aligned runs) and
 `rolling_weak` for every window offset of a region (the delta's search), both from the wrapping
@@ -7,10 +7,11 @@ prefix-sum forms of spec section 2, so no Python loop touches a byte.
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable
+from hashlib import blake2b
 
 import numpy as np
+
+from .small import strong_hasher
 
 RK_MULT = 0x08104225
 RK_INV = 0x98F009AD
@@ -24,13 +25,27 @@ def _powers(base: int, n: int) -> np.ndarray:
     """base**i mod 2^32 for i in range(n), uint32 (cached, grown on demand)."""
     have = _pow_cache.get(base)
     if have is None or len(have) < n:
-        m = max(n, 1 << 16, 0 if have is None else 2 * len(have))
-        arr = np.full(m, base, dtype=np.uint64)
+        m = max(n, 1 << 16, 0 if have is None else min(2 * len(have), POWERS_MAX))
+        arr = np.full(m, base, dtype=np.uint32)
         arr[0] = 1
-        # uint64 products wrap mod 2^64; reduce mod 2^32 each step through cumprod on uint32 view.
-        out = np.cumprod(arr.astype(np.uint32), dtype=np.uint32)
-        have = out
-        _pow_cache[base] = have
+        np.cumprod(arr, dtype=np.uint32, out=arr)  # uint32 products wrap: mod 2**32, as wanted
+        have = _pow_cache[base] = arr
+    return have[:n]
+
+
+POWERS_MAX = (1 << 20) + (1 << 16)  # powers kept ahead of need: a scan's region and a block or so
+
+_scaled_cache: dict[int, np.ndarray] = {}
+
+
+def _scaled_powers(mult: int, n: int) -> np.ndarray:
+    """RK_MULT**i * mult mod 2^32 for i in range(n), uint32 (cached, grown with _powers)."""
+    if mult == 1:
+        return _powers(RK_MULT, n)
+    have = _scaled_cache.get(mult)
+    if have is None or len(have) < n:
+        _powers(RK_MULT, n)  # grows the cache of powers, which is then scaled whole
+        have = _scaled_cache[mult] = _pow_cache[RK_MULT] * U32(mult)
     return have[:n]
 
 
@@ -80,7 +95,8 @@ def block_weak(data: np.ndarray, block_len: int, kind: str) -> np.ndarray:
 
 def _dot(rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Each row (uint8) times the weights (uint32), summed modulo 2**32."""
-    return np.einsum("ij,j->i", rows, weights, dtype=U32, casting="unsafe")
+    out: np.ndarray = np.einsum("ij,j->i", rows, weights, dtype=U32, casting="unsafe")
+    return out
 
 
 def weak_one(data: np.ndarray | bytes, kind: str) -> int:
@@ -95,21 +111,25 @@ def weak_one(data: np.ndarray | bytes, kind: str) -> int:
     return ((s2 & 0xFFFF) << 16) | (s1 & 0xFFFF)
 
 
-def rolling_weak(data: np.ndarray, n: int, kind: str) -> np.ndarray:
-    """Weak sums of every window data[p:p+n], p = 0 .. len(data)-n (uint32)."""
+def rolling_weak(data: np.ndarray, n: int, kind: str, mult: int = 1) -> np.ndarray:
+    """Weak sums of every window data[p:p+n], p = 0 .. len(data)-n (uint32), times `mult` (mod 2**32:
+    the search's filter mixes the sums with a multiplication, done here at no extra pass)."""
     L = len(data)
     count = L - n + 1
     if count <= 0:
         return np.empty(0, dtype=U32)
     if kind == "rabinkarp":
-        # h(p) = M^n + M^(p+n-1) * (Q[p+n] - Q[p]),  Q[k] = sum_{i<k} x_i * Minv^i
-        q = np.empty(L + 1, dtype=U32)
-        q[0] = 0
-        np.cumsum(data * _powers(RK_INV, L), dtype=U32, out=q[1:])
-        diff = q[n:] - q[:count]
-        diff *= _powers(RK_MULT, L)[n - 1 : n - 1 + count]
-        diff += U32(rk_pow(n))
-        return diff
+        # h(p) = M^n + M^(p+n-1) * (Q[p+n] - Q[p]),  Q[k] = sum_{i<k} x_i * Minv^i = c[k-1] (few passes
+        # and calls: the search of new data is made of them, and after each change numpy's cost per
+        # call is what counts)
+        c: np.ndarray = np.multiply(data, _powers(RK_INV, L), dtype=U32)
+        np.cumsum(c, out=c)
+        out = np.empty(count, dtype=U32)
+        out[0] = c[n - 1]
+        np.subtract(c[n:], c[: count - 1], out=out[1:])
+        out *= _scaled_powers(mult, L)[n - 1 : n - 1 + count]
+        out += U32(rk_pow(n) * mult & 0xFFFFFFFF)
+        return out
     # rollsum: s1 = (A_e - A_p) + 31n ; s2 = e*(A_e - A_p) - (W_e - W_p) + 31 n(n+1)/2  (mod 2^16)
     a = np.empty(L + 1, dtype=U32)
     a[0] = 0
@@ -121,7 +141,10 @@ def rolling_weak(data: np.ndarray, n: int, kind: str) -> np.ndarray:
     e = np.arange(n, n + count, dtype=U32)
     s2 = e * da - (w[n:] - w[:count]) + U32(ROLL_OFFSET * n * (n + 1) // 2 & 0xFFFFFFFF)
     s1 = da + U32(ROLL_OFFSET * n)
-    return ((s2 & 0xFFFF) << 16) | (s1 & 0xFFFF)
+    sums: np.ndarray = ((s2 & 0xFFFF) << 16) | (s1 & 0xFFFF)
+    if mult != 1:
+        sums *= U32(mult)
+    return sums
 
 
 def suffix_weak(data: np.ndarray, kind: str) -> np.ndarray:
@@ -134,7 +157,8 @@ def suffix_weak(data: np.ndarray, kind: str) -> np.ndarray:
         q[0] = 0
         np.cumsum(data * _powers(RK_INV, L), dtype=U32, out=q[1:])
         lens = np.arange(L, 0, -1)
-        return (q[L] - q[:L]) * _powers(RK_MULT, L)[L - 1] + _powers(RK_MULT, L + 1)[lens]
+        sums: np.ndarray = (q[L] - q[:L]) * _powers(RK_MULT, L)[L - 1] + _powers(RK_MULT, L + 1)[lens]
+        return sums
     a = np.empty(L + 1, dtype=U32)
     a[0] = 0
     np.cumsum(data, dtype=U32, out=a[1:])
@@ -145,52 +169,43 @@ def suffix_weak(data: np.ndarray, kind: str) -> np.ndarray:
     da = a[L] - a[:L]
     s1 = da + n * U32(ROLL_OFFSET)
     s2 = U32(L) * da - (w[L] - w[:L]) + (n * (n + U32(1)) // U32(2)) * U32(ROLL_OFFSET)
-    return ((s2 & 0xFFFF) << 16) | (s1 & 0xFFFF)
+    result: np.ndarray = ((s2 & 0xFFFF) << 16) | (s1 & 0xFFFF)
+    return result
 
 
-def strong_hasher(kind: str) -> Callable[[bytes | memoryview], bytes]:
-    """A function returning the full strong digest of one block."""
-    if kind == "blake2":
-        b2 = hashlib.blake2b
-
-        def blake2(data: bytes | memoryview) -> bytes:
-            return b2(data, digest_size=32).digest()
-
-        return blake2
-    if kind == "md4":
-        try:
-            hashlib.new("md4", b"")
-
-            def md4_hashlib(data: bytes | memoryview) -> bytes:
-                return hashlib.new("md4", data).digest()
-
-            return md4_hashlib
-        except ValueError:
-            from Crypto.Hash import MD4
-
-            def md4(data: bytes | memoryview) -> bytes:
-                return MD4.new(bytes(data)).digest()
-
-            return md4
-    raise ValueError(f"unknown strong sum {kind!r}")
-
-
-def strong_blocks(buf: bytes | memoryview, block_len: int, kind: str, strong_len: int) -> bytes:
-    """Concatenated truncated strong sums of the consecutive blocks of `buf`."""
+def strong_run(buf: bytes | memoryview, block_len: int, kind: str, strong_len: int) -> bytes:
+    """Concatenated truncated strong sums of the consecutive blocks of `buf` (the last may be short)."""
     mv = memoryview(buf)
     n = len(mv)
     if kind == "blake2":
         # copying a fresh hasher is cheaper than constructing one (no parameter parsing): beside the
-        # hashing itself, this loop's cost is its per-block Python work
-        fresh = hashlib.blake2b(digest_size=32).copy
+        # hashing itself, this loop's cost is its per-block Python work (measured faster than a
+        # chain of C-level map() calls, which pay for the keyword argument on every block)
+        fresh = blake2b(digest_size=32).copy
         out: list[bytes] = []
         add = out.append
         for i in range(0, n, block_len):
             h = fresh()
             h.update(mv[i : i + block_len])
             add(h.digest())
-        if strong_len < 32:
-            return b"".join([d[:strong_len] for d in out])
-        return b"".join(out)
-    hasher = strong_hasher(kind)
-    return b"".join([hasher(mv[i : i + block_len])[:strong_len] for i in range(0, n, block_len)])
+    else:
+        out = list(map(strong_hasher(kind), (mv[i : i + block_len] for i in range(0, n, block_len))))
+    if strong_len < STRONG_FULL[kind]:
+        return b"".join([d[:strong_len] for d in out])
+    return b"".join(out)
+
+
+STRONG_FULL = {"blake2": 32, "md4": 16}
+
+
+def sig_records(data: bytes, block_len: int, weak: str, strong: str, strong_len: int) -> bytes:
+    """The signature records (weak u32 BE + truncated strong) of consecutive blocks of `data`."""
+    if not data:
+        return b""
+    w = block_weak(np.frombuffer(data, dtype=np.uint8), block_len, weak)
+    s = strong_run(data, block_len, strong, strong_len)
+    nb = len(w)
+    rec = np.empty((nb, 4 + strong_len), dtype=np.uint8)
+    rec[:, :4] = w.astype(">u4").view(np.uint8).reshape(nb, 4)
+    rec[:, 4:] = np.frombuffer(s, dtype=np.uint8).reshape(nb, strong_len)
+    return rec.tobytes()

@@ -34,6 +34,7 @@ KDF_NONE = b"\0\0"
 KDF_SCRYPT = b"Sc"
 CHK = b"B2"
 MAX_SIG_BYTES = 4096  # a .minisig we write is about 330 bytes; anything much larger is not ours
+OUR_COMMENT = "untrusted comment: signature from deltadump secret key"
 
 
 @dataclass(frozen=True)
@@ -68,20 +69,27 @@ class PublicKey:
     def pub_file(self) -> str:
         return f"untrusted comment: minisign public key {self.fingerprint}\n{self.encode()}\n"
 
-    def verify(self, data: bytes, sig: bytes, what: str) -> str:
-        """Check a .minisig for `data`; returns its trusted comment. TrustError names `what`."""
+    def verify(self, data: bytes, sig: bytes, what: str, *, ours: bool = True) -> str:
+        """Check a .minisig for `data`; returns its trusted comment. TrustError names `what`. With
+        `ours` (every file deltadump stores) the signature file must be exactly as deltadump writes it,
+        byte for byte (its untrusted comment, line ends, canonical base64): a damaged byte anywhere in
+        it is found, not only in the signed parts."""
         if len(sig) > MAX_SIG_BYTES:
             raise TrustError(f"{what}: its signature file is too large to be one")
         try:
-            lines = sig.decode("utf-8").splitlines()
+            text = sig.decode("ascii" if ours else "utf-8")
         except UnicodeDecodeError:
-            raise TrustError(f"{what}: its signature file is not text") from None
+            raise TrustError(f"{what}: its signature file is damaged (not text)") from None
+        lines = text.split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
         if (
-            len(lines) < 4
+            len(lines) != 4
             or not lines[0].startswith("untrusted comment:")
             or not lines[2].startswith("trusted comment: ")
+            or (ours and (lines[0] != OUR_COMMENT or "\r" in text))
         ):
-            raise TrustError(f"{what}: its signature file is not in minisign's format")
+            raise TrustError(f"{what}: its signature file is damaged or not in minisign's format")
         try:
             blob = base64.b64decode(lines[1], validate=True)
             global_sig = base64.b64decode(lines[3], validate=True)
@@ -89,6 +97,8 @@ class PublicKey:
             raise TrustError(f"{what}: its signature file is damaged (bad base64)") from None
         if len(blob) != 74 or len(global_sig) != 64:
             raise TrustError(f"{what}: its signature file is damaged (wrong lengths)")
+        if base64.b64encode(blob).decode() != lines[1] or base64.b64encode(global_sig).decode() != lines[3]:
+            raise TrustError(f"{what}: its signature file is damaged (base64 not canonical)")
         alg, key_id, signature = blob[:2], blob[2:10], blob[10:]
         if key_id != self.key_id:
             raise TrustError(
@@ -136,7 +146,7 @@ class SecretKey:
         signature = priv.sign(hashlib.blake2b(data, digest_size=64).digest())
         global_sig = priv.sign(signature + trusted_comment.encode("utf-8"))
         return (
-            "untrusted comment: signature from deltadump secret key\n"
+            f"{OUR_COMMENT}\n"
             f"{base64.b64encode(ALG_HASHED + self.key_id + signature).decode()}\n"
             f"trusted comment: {trusted_comment}\n"
             f"{base64.b64encode(global_sig).decode()}\n"

@@ -6,7 +6,7 @@ only believed once its minisign signature checked (store/repository.py).
 
 Files, relative to the repository's root (the backup folder, or the offsite prefix):
 - `heads/NNNNNNNNNN.json` (+ `.minisig`): the head, the commit point. `seq` grows by one at every
-  commit and never goes back; `live` lists the numbers of the live records as ranges ("1-5,8").
+  commit and never goes back; `live` lists the numbers of the live records as ranges ("1-5,8,9-21:2").
 - `records/NNNNNNNN-ID.json` (+ `.minisig`): one backup (or failed run), written once, never rewritten.
   NNNNNNNN is its number: the seq of the head that committed it.
 - `records/NNNNNNNN-ID.tables.json` (+ `.minisig`): its per-table drill record (read by drills only).
@@ -118,6 +118,20 @@ class ObjectRecord(FileRecord):
     path: ObjectPath
 
 
+class DirFile(_Model):
+    """One file of a directory-format delta backup, kept as a chain of its own: `how` says what this
+    backup stores of it. whole: `object` is the file, zstd; delta: `object` is an rdiff delta (zstd)
+    from the file with the same `key` in the parent backup; same: identical to it (nothing stored)."""
+
+    name: RelPath  # its name in the dump's folder (3345.dat, toc.dat, ...)
+    key: Annotated[str, Field(min_length=1, max_length=300)]  # one table across days: "oid:16390", or "file:NAME"
+    size: Size  # of the uncompressed file
+    sha256: Sha256
+    how: Literal["whole", "delta", "same"]
+    object: ObjectRecord | None = None
+    signature: ObjectRecord | None = None  # local only: the rdiff signature the next delta of this file needs
+
+
 class BackupRecord(_Model):
     """One backup (status ok) or failed run (status failed), immutable once committed."""
 
@@ -148,6 +162,7 @@ class BackupRecord(_Model):
     dump_size: Size = 0
     objects: Annotated[list[ObjectRecord], Field(max_length=100_000)] = []
     signature: ObjectRecord | None = None  # chain/ID.sig: rdiff signature of its dump (local only)
+    dir_files: Annotated[list[DirFile], Field(max_length=1_000_000)] = []  # directory format: per-file chains
     tables: FileRecord | None = None  # the attachment records/N-ID.tables.json, when rows were counted
     after: bool = False  # an after-command was started for it; its result is an "after" note
     # whole-server configs ([database] databases): the database this backup is of (None: a single-database
@@ -250,18 +265,26 @@ def record_name(number: int, backup_id: str, kind: str | None = None) -> str:
 
 
 def format_ranges(numbers: set[int] | list[int]) -> str:
-    """{1,2,3,5,7,8} -> "1-3,5,7-8": the live set stays small however long the history."""
+    """{1,2,3,5,7,9,12} -> "1-3,5-9:2,12": runs of a constant step (every backup commits twice, so its
+    records' numbers are every other one) as start-end:step, so the live set stays small however long
+    the history."""
+    ns = sorted(set(numbers))
     out: list[str] = []
-    run: list[int] = []
-    for n in sorted(set(numbers)):
-        if run and n == run[-1] + 1:
-            run.append(n)
-            continue
-        if run:
-            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-        run = [n]
-    if run:
-        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    i = 0
+    while i < len(ns):
+        j = i
+        if i + 2 < len(ns):
+            step = ns[i + 1] - ns[i]
+            while j + 1 < len(ns) and ns[j + 1] - ns[j] == step:
+                j += 1
+            if j - i < 2:  # fewer than three in the run: not worth a range
+                j = i
+        if j == i:
+            out.append(str(ns[i]))
+        else:
+            step = ns[i + 1] - ns[i]
+            out.append(f"{ns[i]}-{ns[j]}" + (f":{step}" if step != 1 else ""))
+        i = j + 1
     return ",".join(out)
 
 
@@ -270,14 +293,15 @@ def parse_ranges(text: str, limit: int = 10_000_000) -> set[int]:
     if not text:
         return out
     for part in text.split(","):
-        m = re.fullmatch(r"(\d{1,10})(?:-(\d{1,10}))?", part)
+        m = re.fullmatch(r"(\d{1,10})(?:-(\d{1,10})(?::(\d{1,10}))?)?", part)
         if not m:
             raise IntegrityError(f"head: invalid live range {part[:40]!r}")
         a = int(m.group(1))
         b = int(m.group(2) or a)
-        if a < 1 or b < a or len(out) + b - a + 1 > limit:
+        step = int(m.group(3) or 1)
+        if a < 1 or b < a or step < 1 or len(out) + (b - a) // step + 1 > limit:
             raise IntegrityError(f"head: invalid live range {part[:40]!r}")
-        out.update(range(a, b + 1))
+        out.update(range(a, b + 1, step))
     return out
 
 

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from ..clock import now
 from ..errors import IntegrityError, StorageError, TargetError, TrustError
-from ..fsio import TMP_PREFIX, fsync_dir, storage_error, unlock_close, write_bytes_atomic
+from ..fsio import TMP_PREFIX, fsync_dir, make_dirs, storage_error, unlock_close, write_bytes_atomic
 from ..naming import check_relpath
 from ..targets import Target
 from .keys import PublicKey, SecretKey
@@ -113,7 +113,7 @@ class LocalMeta:
         parent = self._dir(name)
         if self.create and not self.root.exists():
             try:
-                self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+                make_dirs(self.root)
             except OSError as exc:
                 raise storage_error(exc, self.root, "creating") from exc
         if not parent.exists():
@@ -474,6 +474,10 @@ class Repository:
             raise IntegrityError(f"{what} is missing")
         if len(data) != rec.tables.size or hashlib.sha256(data).hexdigest() != rec.tables.sha256:
             raise IntegrityError(f"{what} does not match the hash its backup record names")
+        sig = self.meta.read(name + SIG_SUFFIX, 8192)
+        if sig is None:
+            raise TrustError(f"{what} has no signature")
+        self.trust.public.verify(data, sig, what)  # as an admin's minisign -V would
         t: TablesRecord = decode(data, TablesRecord, what)
         if t.id != rec.id or t.number != rec.number or t.repository != rec.repository:
             raise TrustError(f"{what} belongs to another backup")
@@ -508,6 +512,16 @@ class Repository:
                 obj = obj.model_copy(update={"tables": attached.get((obj.number, obj.id), obj.tables)})
             self._write_signed(obj.file_name, encode(obj), f"deltadump {obj.file_name} repository={obj.repository}")
 
+    def _commit_head(self, head: Head) -> Head:
+        """Write a head and its signature (the commit point), and remember its sequence as seen."""
+        name = head_name(head.seq)
+        self._write_signed(name, encode(head), f"deltadump {name} repository={head.repository} seq={head.seq}")
+        self.trust.seen.update(self._seen_key(head.repository), head.seq)
+        self.head = head
+        self._cache.clear()
+        self._listing = None
+        return head
+
     def import_history(
         self, made: list[BackupRecord | TablesRecord | Note], repository: str, success_days: int, last_day: date | None
     ) -> Head:
@@ -522,13 +536,7 @@ class Repository:
             t = now()
             head = Head(repository=repository, seq=seq, time=t, live=format_ranges(live), success_days=success_days,
                         last_success_day=last_day, newest_time=t)  # fmt: skip
-            name = head_name(seq)
-            self._write_signed(name, encode(head), f"deltadump {name} repository={repository} seq={seq}")
-            self.trust.seen.update(self._seen_key(repository), seq)
-            self.head = head
-            self._cache.clear()
-            self._listing = None
-            return head
+            return self._commit_head(head)
 
     def rebuild(self, aside: Callable[[str], None]) -> tuple[Head, list[str]]:
         """A new head from the records present, when the head itself is damaged or refused: every record
@@ -575,15 +583,10 @@ class Repository:
             t = now()
             good_backups = [g for g in good.values() if isinstance(g, BackupRecord) and g.status == "ok"]
             days = sorted({g.started.date() for g in good_backups})
-            head = Head(repository=repo, seq=seq, time=t, live=format_ranges(set(good)), success_days=len(days),
-                        last_success_day=days[-1] if days else None, newest_time=t)  # fmt: skip
-            name = head_name(seq)
-            self._write_signed(name, encode(head), f"deltadump {name} repository={repo} seq={seq}")
-            self.trust.seen.update(self._seen_key(repo), seq)
             self.expect = repo
-            self.head = head
-            self._cache.clear()
-            self._listing = None
+            head = self._commit_head(Head(repository=repo, seq=seq, time=t, live=format_ranges(set(good)),
+                                          success_days=len(days), last_success_day=days[-1] if days else None,
+                                          newest_time=t))  # fmt: skip
             return head, bad
 
     def commit(self, change: Change) -> Head:
@@ -615,14 +618,9 @@ class Repository:
                 last_day = change.success_day
             t = now()
             newest = max(t, cur.newest_time) if cur is not None and cur.newest_time is not None else t
-            head = Head(repository=repo, seq=seq, time=t, live=format_ranges(live), pending=pending,
-                        success_days=days, last_success_day=last_day, newest_time=newest)  # fmt: skip
-            name = head_name(seq)
-            self._write_signed(name, encode(head), f"deltadump {name} repository={repo} seq={seq}")
-            self.trust.seen.update(self._seen_key(repo), seq)
-            self.head = head
-            self._cache.clear()
-            self._listing = None
+            head = Head(repository=repo, seq=seq, time=t, live=format_ranges(live), pending=pending, success_days=days,
+                        last_success_day=last_day, newest_time=newest)  # fmt: skip
+            self._commit_head(head)
             for n in self.meta.names("heads/"):  # older heads: no longer needed (json after its signature)
                 m = HEAD_NAME.fullmatch(n.removesuffix(SIG_SUFFIX))
                 if m and int(m.group(1)) < seq:

@@ -40,10 +40,11 @@ class FolderTarget:
 
     def _open(self, key: str) -> int:
         """A read descriptor of the object: never through a link at its name, and only a regular file
-        whose real path lies inside the folder."""
+        whose real path lies inside the folder. O_NONBLOCK: a FIFO planted at the name opens at once
+        (and is refused as no file) instead of waiting forever for a writer; files ignore the flag."""
         p = self._path(key)
         try:
-            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
             raise MissingObject(f"{p} is missing offsite") from None
         except OSError as exc:
@@ -54,7 +55,8 @@ class FolderTarget:
         try:
             self._inside(os.readlink(f"/proc/self/fd/{fd}"), key)
             if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise TargetError(f"{p} is not a file")
+                raise TargetError(f"{p} is not a regular file; refused",
+                                  hint="someone planted it in the offsite folder; remove it")  # fmt: skip
         except BaseException:
             os.close(fd)
             raise

@@ -12,6 +12,7 @@ then a rename: a retried put never exposes a partial object).
 
 from __future__ import annotations
 
+import builtins
 import random
 import time
 from collections.abc import Callable
@@ -86,6 +87,13 @@ class RetryTarget:
 
     def delete(self, key: str) -> None:
         self._run(f"deleting {key}", lambda: self.inner.delete(key))
+
+    def clean_temporaries(self) -> builtins.list[str]:
+        """The wrapped target's clean-up of unfinished uploads, when it has one."""
+        clean = getattr(self.inner, "clean_temporaries", None)
+        if clean is None:
+            return []
+        return list(self._run("removing unfinished uploads", clean))
 
     def close(self) -> None:
         close = getattr(self.inner, "close", None)

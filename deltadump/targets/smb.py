@@ -14,6 +14,7 @@ retries); a refused login, a missing share, permission denied or a full share ar
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import os
 import secrets
@@ -25,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import SplitResult, unquote
 
-from ..errors import TargetError
+from ..errors import TargetError, register_secret
 from ..fsio import tmp_name
 from . import TMP_PREFIX, HashedSource, MissingObject, TargetOptions, check_key, check_prefix, listed_key, write_local
 
@@ -109,6 +110,7 @@ class SMBTarget:
                               hint="password_file names a file whose first line is the password") from None  # fmt: skip
         if not line:
             raise TargetError(f"the SMB password file {self.password_file} is empty")
+        register_secret(line)  # never in a message, a log line or a notification, whatever quotes it
         return line
 
     def _connect(self) -> None:
@@ -323,6 +325,34 @@ class SMBTarget:
         key = self._key(key)
         with contextlib.suppress(MissingObject):
             self._call("deleting", key, lambda: smbclient.remove(self._unc(key), **self._kw()))
+
+    def clean_temporaries(self) -> builtins.list[str]:
+        """Remove the temporary files puts killed mid-way left (ours: the .tmp- names) anywhere under the
+        folder; the caller holds the only write access to it (its run lock). Links are never followed."""
+        import smbclient
+
+        gone: list[str] = []
+
+        def walk(folder: str, rel: str) -> None:
+            try:
+                entries = list(smbclient.scandir(folder, **self._kw()))
+            except Exception as exc:
+                if _status(exc) in MISSING:
+                    return
+                raise
+            for e in entries:
+                info = e.smb_info
+                if info.file_attributes & 0x400:  # a reparse point (a link): never followed, never ours
+                    continue
+                if info.file_attributes & 0x10:
+                    if listed_key(f"{rel}{e.name}") is not None:
+                        walk(f"{folder}\\{e.name}", f"{rel}{e.name}/")
+                elif e.name.startswith(TMP_PREFIX):
+                    smbclient.remove(f"{folder}\\{e.name}", **self._kw())
+                    gone.append(f"{rel}{e.name}")
+
+        self._call("removing unfinished uploads in", "", lambda: walk(self._unc(), ""))
+        return gone
 
 
 def _pipelined_write(handle: Any, chunks: Iterable[bytes]) -> None:

@@ -1,0 +1,90 @@
+"""An adversarial review of repository format 2, as three adversaries one at a time: a hostile offsite
+store (write access to the copy, no signing key), a hostile table name or database content (a role
+that may create tables), and a power cut. Each test shows one finding with real parts: the real
+deltadump command line, a real PostgreSQL server, a real offsite folder or moto's S3 server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from conftest import cli, write_config
+
+from deltadump.jobs import sample
+from deltadump.pg.server import LocalServer
+
+DAYS = [f"2026-11-{d:02d}T02:00:00" for d in range(10, 30)]
+
+
+def add_sections(cfg: Path, **sections: dict[str, object]) -> Path:
+    text = cfg.read_text()
+    for name, kv in sections.items():
+        text += f"\n[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in kv.items())
+    cfg.write_text(text)
+    return cfg
+
+
+def backup(c: Path, day: int, **env: str) -> tuple[int, str]:
+    r = cli("backup", "--config", c, env={"DELTADUMP_NOW": DAYS[day], **env})
+    return r.returncode, r.stdout + r.stderr
+
+
+def offsite_setup(pg: LocalServer, pwfile: Path, db: str, tmp: Path, **delta: object) -> tuple[Path, Path, Path]:
+    """A config with delta backups and an offsite folder; returns (config, backup folder, offsite folder)."""
+    dest, remote = tmp / "dest", tmp / "remote"
+    dest.mkdir()
+    remote.mkdir()
+    c = write_config(tmp / "c.toml", pg, pwfile, db, dest)
+    add_sections(c, delta={"enabled": True, **delta}, offsite={"url": f"file://{remote}"})
+    return c, dest, remote
+
+
+# --- 1. the offsite store as an attacker ----------------------------------------------------------------
+
+
+def test_a_stray_name_under_heads_in_the_store_never_breaks_the_sync(
+    pg: LocalServer, pwfile: Path, maildb: str, tmp: Path
+) -> None:
+    """The store lists `heads/x.json.minisig` (any name ending so): the sync parsed the sequence out of
+    the name by position, int() raised ValueError, and every backup from then on ended in "internal
+    error": no offsite copy, no local retention, no failure notification."""
+    c, _dest, remote = offsite_setup(pg, pwfile, maildb, tmp)
+    assert backup(c, 0)[0] == 0
+    (remote / "heads" / "x.json.minisig").write_bytes(b"not ours")
+    sample.mail_day(pg.psql_bin(), pg.conn(), maildb, 1, new=20, words=20)
+    code, out = backup(c, 1)
+    assert "internal error" not in out, out
+    assert code == 0, out
+    r = cli("verify", "--offsite", "--config", c)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert len(json.loads(cli("list", "--offsite", "--json", "--config", c).stdout)) == 2
+
+
+def test_a_fifo_in_an_offsite_folder_is_refused_not_waited_on(
+    pg: LocalServer, pwfile: Path, maildb: str, tmp: Path
+) -> None:
+    """A folder target opened an object (or a record's signature, read by name) with a blocking open:
+    a FIFO planted there makes `list --offsite`, `verify --offsite` and `restore --from offsite` wait
+    forever for a writer, with no error and no end."""
+    c, _dest, remote = offsite_setup(pg, pwfile, maildb, tmp)
+    assert backup(c, 0)[0] == 0
+    base = next((remote / "chain").glob("*.base.zst"))
+    base.unlink()
+    os.mkfifo(base)
+    sig = next(p for p in (remote / "records").glob("*.json.minisig") if ".tables." not in p.name)
+    for cmd in (["list", "--offsite"], ["restore", "--from", "offsite", "--to-db", "fifo_restored"]):
+        if cmd[0] == "list":
+            saved = sig.read_bytes()
+            sig.unlink()
+            os.mkfifo(sig)
+        try:
+            r = cli(*cmd, "--config", c, timeout=60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{cmd[0]} waited on a FIFO in the offsite folder") from None
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert r.stderr.count("deltadump: error:") == 1 and "internal error" not in r.stderr, r.stderr
+        if cmd[0] == "list":
+            sig.unlink()
+            sig.write_bytes(saved)
