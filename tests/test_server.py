@@ -45,7 +45,7 @@ from deltadump.store.retention import Policy, plan
 
 DAYS = [f"2026-12-{d:02d}T02:00:00" for d in range(1, 20)]
 # the commit this feature was built on: the deltadump that wrote single-database folders before it
-BEFORE = "986f5d26f1fd1467d48cbc5b8c78a0fa7beead9d"
+BEFORE = "69d2bed78e749b529fd1b98d1978d70ed8e89481"
 _ids = itertools.count()
 
 
