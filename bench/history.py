@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from procmem import sample_peak
+from server_run import with_server
 
 from deltadump.config import load
 from deltadump.jobs.common import SilentReporter
@@ -66,18 +65,7 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=365)
     ap.add_argument("--repeat", type=int, default=21)
     ap.add_argument("--workdir", type=Path)
-    args = ap.parse_args()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="ddhistory-"))
-    work.mkdir(parents=True, exist_ok=True)
-    work.chmod(0o711)
-    server = LocalServer(work / "server")
-    server.start()
-    try:
-        run(server, work, args)
-    finally:
-        server.remove()
-        if args.workdir is None:
-            shutil.rmtree(work, ignore_errors=True)
+    with_server(ap.parse_args(), "ddhistory-", run)
 
 
 def run(server: LocalServer, work: Path, args: argparse.Namespace) -> None:

@@ -19,11 +19,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from procmem import sample_peak
+from server_run import with_server
 
 from deltadump.jobs import sample
 from deltadump.pg.conn import psql
@@ -62,18 +62,7 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--workdir", type=Path)
-    args = ap.parse_args()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="ddscale-"))
-    work.mkdir(parents=True, exist_ok=True)
-    work.chmod(0o711)
-    server = LocalServer(work / "server")
-    server.start()
-    try:
-        run(server, work, args)
-    finally:
-        server.remove()
-        if args.workdir is None:
-            shutil.rmtree(work, ignore_errors=True)
+    with_server(ap.parse_args(), "ddscale-", run)
 
 
 def run(server: LocalServer, work: Path, args: argparse.Namespace) -> None:

@@ -11,7 +11,7 @@ URLs: file:///path, s3://bucket/prefix, smb://[user@]host[:port]/share/path, sft
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +99,25 @@ class HashedSource:
 
     def hexdigest(self) -> str:
         return self._h.hexdigest()
+
+
+def fetch_into(dst: Path, fetch: Callable[[Path], None]) -> None:
+    """A remote target's get: `fetch(tmp)` writes the object to a temporary name beside `dst` (retries
+    are its own), which then becomes `dst`; whatever fails, no temporary file is left behind."""
+    import os
+
+    from ..fsio import tmp_name
+
+    tmp = tmp_name(dst)
+    try:
+        fetch(tmp)
+        os.replace(tmp, dst)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise TargetError(f"cannot write {dst}: {exc.strerror or exc}") from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_local(out: BinaryIO, data: bytes, path: Path) -> None:

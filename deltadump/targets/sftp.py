@@ -29,7 +29,7 @@ from typing import Any
 from urllib.parse import SplitResult, unquote
 
 from ..errors import TargetError
-from ..fsio import atomic_write, tmp_name
+from ..fsio import atomic_write
 from . import (
     TMP_PREFIX,
     HashedSource,
@@ -37,6 +37,7 @@ from . import (
     TargetOptions,
     check_key,
     check_prefix,
+    fetch_into,
     listed_key,
     split_url,
     write_local,
@@ -289,9 +290,8 @@ class SFTPTarget:
 
     def get(self, key: str, dst: Path) -> None:
         path = self._path(key)
-        tmp = tmp_name(dst)
 
-        def fetch(sftp: Any) -> None:
+        def fetch(sftp: Any, tmp: Path) -> None:
             self._inside(sftp, path, key)
             with sftp.open(path, "rb") as f, open(tmp, "wb") as out:
                 size = f.stat().st_size
@@ -299,15 +299,7 @@ class SFTPTarget:
                 while chunk := f.read(CHUNK):
                     write_local(out, chunk, dst)
 
-        try:
-            self._call("downloading", key, fetch)
-            os.replace(tmp, dst)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise TargetError(f"cannot write {dst}: {exc.strerror or exc}") from exc
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        fetch_into(dst, lambda tmp: self._call("downloading", key, lambda sftp: fetch(sftp, tmp)))
 
     def local_path(self, key: str) -> Path | None:
         check_key(key)

@@ -27,8 +27,17 @@ from typing import Any
 from urllib.parse import SplitResult, unquote
 
 from ..errors import TargetError, register_secret
-from ..fsio import tmp_name
-from . import TMP_PREFIX, HashedSource, MissingObject, TargetOptions, check_key, check_prefix, listed_key, write_local
+from . import (
+    TMP_PREFIX,
+    HashedSource,
+    MissingObject,
+    TargetOptions,
+    check_key,
+    check_prefix,
+    fetch_into,
+    listed_key,
+    write_local,
+)
 
 CHUNK = 4 << 20
 WRITE = 1 << 20  # bytes per SMB write request (at most the server's max write size)
@@ -258,22 +267,13 @@ class SMBTarget:
         import smbclient
 
         key = self._key(key)
-        tmp = tmp_name(dst)
 
-        def fetch() -> None:
+        def fetch(tmp: Path) -> None:
             with smbclient.open_file(self._unc(key), "rb", buffering=0, **self._kw()) as f, open(tmp, "wb") as out:
                 while chunk := f.read(CHUNK):
                     write_local(out, chunk, dst)
 
-        try:
-            self._call("downloading", key, fetch)
-            os.replace(tmp, dst)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise TargetError(f"cannot write {dst}: {exc.strerror or exc}") from exc
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        fetch_into(dst, lambda tmp: self._call("downloading", key, lambda: fetch(tmp)))
 
     def local_path(self, key: str) -> Path | None:
         self._key(key)
