@@ -542,6 +542,7 @@ def load(explicit: str | os.PathLike[str] | None = None) -> Config:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    _migrate_template_compress(raw, data)
     cfg = parse(data, path)
     for c in cfg.copies:
         if c.encrypt and not c.recipients:
@@ -549,6 +550,18 @@ def load(explicit: str | os.PathLike[str] | None = None) -> Config:
             raise ConfigError(f"{which}: encrypt = true needs at least one age recipient in recipients"
                               f"{' in ' + str(path)}")  # fmt: skip
     return cfg
+
+
+# What `init` wrote before deltas refused a compressed dump: the default level, written out under this
+# comment. Such a line is init's, not the user's choice, so it counts as left at its default (taken as 0
+# with [delta], as it always was); a level the user wrote (another value, another comment) still conflicts.
+_OLD_INIT_COMPRESS = b"# pg_dump -Z level; 0 = uncompressed (delta-friendly)\ncompress = 6\n"
+
+
+def _migrate_template_compress(raw: bytes, data: dict[str, object]) -> None:
+    backup = data.get("backup")
+    if isinstance(backup, dict) and backup.get("compress") == 6 and _OLD_INIT_COMPRESS in raw.replace(b"\r\n", b"\n"):
+        del backup["compress"]
 
 
 def parse(data: dict[str, object], path: Path | None = None) -> Config:

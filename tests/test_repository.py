@@ -537,3 +537,31 @@ def test_prune_deletes_exactly_what_dry_run_shows(
     assert objects == kept_objects  # deleted backups' objects are gone, kept ones' are all there
     names = {p.name.split("-", 1)[1].split(".")[0] for p in (root / "records").glob("*.json")}
     assert names == left  # and so are their records
+
+
+def test_a_config_written_by_the_old_init_keeps_its_deltas(
+    pg: LocalServer, pwfile: Path, maildb: str, tmp: Path, v1_code: Path
+) -> None:
+    """The old `init` wrote `compress = 6` (its default) into every config, and deltas used to ignore it;
+    deltas now refuse a compression level the user chose, but the old template's line is init's, not the
+    user's: such a config, with [delta] enabled as the old README said, keeps backing up."""
+    dest = tmp / "dest"
+    dest.mkdir()
+    make = "import sys\nfrom deltadump.config import render_template\nsys.stdout.write(render_template(sys.argv[1], sys.argv[2]))"
+    old = subprocess.run([sys.executable, "-c", make, pg.dsn(maildb), str(dest)], capture_output=True, text=True,
+                         cwd=v1_code, env={**os.environ, "PYTHONPATH": str(v1_code)}, check=True).stdout  # fmt: skip
+    assert "\ncompress = 6\n" in old
+    c = tmp / "old.toml"
+    c.write_text(old.replace('# password_file = "/etc/deltadump/db.password"', f"password_file = {json.dumps(str(pwfile))}")
+                 .replace('# pg_bin = "/usr/lib/postgresql/16/bin"', f"pg_bin = {json.dumps(str(pg.bin))}")
+                 + "\n[delta]\nenabled = true\n")  # fmt: skip
+    for day in range(2):
+        if day:
+            sample.mail_day(pg.psql_bin(), pg.conn(), maildb, day, new=20, words=20)
+        r = cli("backup", "--config", c, env={"DELTADUMP_NOW": DAYS[day]})
+        assert r.returncode == 0, r.stderr
+    assert [b.kind for b in history(c).backups] == ["base", "delta"]
+    # a level the user wrote is still refused (the same value under a comment of the user's own)
+    c.write_text(c.read_text().replace("# pg_dump -Z level; 0 = uncompressed (delta-friendly)\n", "# smaller slots\n"))
+    r = cli("backup", "--config", c, env={"DELTADUMP_NOW": DAYS[2]})
+    assert r.returncode == 2 and "compress" in r.stderr, r.stderr

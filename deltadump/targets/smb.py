@@ -21,7 +21,7 @@ import secrets
 import socket
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import SplitResult, unquote
@@ -289,34 +289,40 @@ class SMBTarget:
             return None
         return None if st.st_file_attributes & 0x10 else int(st.st_size)  # a folder is no object
 
-    def list(self, prefix: str = "") -> dict[str, int]:
+    def _walk(self, folder: str, rel: str, visit: Callable[[str, str, Any], None]) -> None:
+        """Every entry below `folder` (whose key prefix is `rel`), as visit(folder, key, its smb_info) from
+        the listing itself (no request per entry): reparse points (links) are never followed nor shown,
+        folders whose names are not ours (listed_key) are not entered. A missing folder is empty."""
         import smbclient
 
+        try:
+            entries = list(smbclient.scandir(folder, **self._kw()))
+        except Exception as exc:
+            if _status(exc) in MISSING:
+                return
+            raise
+        for e in entries:
+            info = e.smb_info
+            if info.file_attributes & 0x400:  # a reparse point (a link): never followed, never ours
+                continue
+            name = f"{rel}{e.name}"
+            if info.file_attributes & 0x10:  # a folder
+                if listed_key(name) is not None:
+                    self._walk(f"{folder}\\{e.name}", name + "/", visit)
+            else:
+                visit(folder, name, info)
+
+    def list(self, prefix: str = "") -> dict[str, int]:
         out: dict[str, int] = {}
         start = check_prefix(prefix).rpartition("/")[0]
         if prefix:
             self._key(prefix.removesuffix("/"))
 
-        def walk(folder: str, rel: str) -> None:
-            try:
-                entries = list(smbclient.scandir(folder, **self._kw()))
-            except Exception as exc:
-                if _status(exc) in MISSING:
-                    return
-                raise
-            for e in entries:
-                info = e.smb_info  # what the listing says: no request per entry
-                if info.file_attributes & 0x400:  # a reparse point (a link): never followed, never ours
-                    continue
-                name = f"{rel}{e.name}"
-                if listed_key(name) is None:
-                    continue
-                if info.file_attributes & 0x10:  # a folder
-                    walk(f"{folder}\\{e.name}", name + "/")
-                elif name.startswith(prefix):
-                    out[name] = int(info.end_of_file)
+        def visit(folder: str, name: str, info: Any) -> None:
+            if name.startswith(prefix) and listed_key(name) is not None:
+                out[name] = int(info.end_of_file)
 
-        self._call("listing", prefix, lambda: walk(self._unc(start), start + "/" if start else ""))
+        self._call("listing", prefix, lambda: self._walk(self._unc(start), start + "/" if start else "", visit))
         return out
 
     def delete(self, key: str) -> None:
@@ -333,25 +339,13 @@ class SMBTarget:
 
         gone: list[str] = []
 
-        def walk(folder: str, rel: str) -> None:
-            try:
-                entries = list(smbclient.scandir(folder, **self._kw()))
-            except Exception as exc:
-                if _status(exc) in MISSING:
-                    return
-                raise
-            for e in entries:
-                info = e.smb_info
-                if info.file_attributes & 0x400:  # a reparse point (a link): never followed, never ours
-                    continue
-                if info.file_attributes & 0x10:
-                    if listed_key(f"{rel}{e.name}") is not None:
-                        walk(f"{folder}\\{e.name}", f"{rel}{e.name}/")
-                elif e.name.startswith(TMP_PREFIX):
-                    smbclient.remove(f"{folder}\\{e.name}", **self._kw())
-                    gone.append(f"{rel}{e.name}")
+        def visit(folder: str, name: str, info: Any) -> None:
+            base = name.rpartition("/")[2]
+            if base.startswith(TMP_PREFIX):
+                smbclient.remove(f"{folder}\\{base}", **self._kw())
+                gone.append(name)
 
-        self._call("removing unfinished uploads in", "", lambda: walk(self._unc(), ""))
+        self._call("removing unfinished uploads in", "", lambda: self._walk(self._unc(), "", visit))
         return gone
 
 
