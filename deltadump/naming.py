@@ -103,6 +103,7 @@ def render(template: str, now: datetime, earlier: int = 0, db: str | None = None
 
 MAX_NAME = 1024  # bytes of a whole relative name
 MAX_PART = 255  # bytes of one component (most file systems' limit)
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 def check_relpath(name: object, prefixes: tuple[str, ...] = ()) -> str:
@@ -114,7 +115,7 @@ def check_relpath(name: object, prefixes: tuple[str, ...] = ()) -> str:
         raise ValueError(f"invalid name {name!r}: not a non-empty string")
     if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME:
         raise ValueError(f"invalid name {name[:60]!r}...: longer than {MAX_NAME} bytes")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+    if _CONTROL.search(name):
         raise ValueError(f"invalid name {name!r}: control character")
     if "\\" in name:
         raise ValueError(f"invalid name {name!r}: backslash")
