@@ -359,7 +359,8 @@ def _history(draw_days: list[tuple[int, bool, bool, int]]) -> list[BackupRecord]
     return out
 
 
-@settings(max_examples=300, deadline=None)
+# RELIABILITY F25 asks for 10,000 histories: DELTADUMP_HISTORIES=10000 pytest tests/test_delta_offsite.py -k kept_chain
+@settings(max_examples=int(os.environ.get("DELTADUMP_HISTORIES") or 300), deadline=None)
 @given(
     days=st.lists(
         st.tuples(st.integers(-30, 24 * 20), st.booleans(), st.booleans(), st.integers(0, 3)), min_size=1, max_size=60
