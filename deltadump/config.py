@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError, DeltadumpError
+from .errors import ConfigError
 
 if TYPE_CHECKING:
     from .targets import TargetOptions
@@ -52,13 +52,11 @@ class DatabaseConfig(_Model):
     @classmethod
     def _check_names(cls, v: list[str] | str | None) -> list[str] | str | None:
         if isinstance(v, list):
-            from .pg.conn import check_dbname
+            from .naming import plain_dbname
 
             for name in v:
-                try:
-                    check_dbname(name)
-                except DeltadumpError as exc:
-                    raise ValueError(exc.message) from None
+                if not plain_dbname(name):
+                    raise ValueError(f"database name {name!r} is not a plain database name (a connection string?)")
                 if len(name.encode()) > 63:
                     raise ValueError(f"database name {name!r} is longer than PostgreSQL's 63 bytes")
             if len(set(v)) != len(v):

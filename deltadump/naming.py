@@ -101,6 +101,17 @@ def render(template: str, now: datetime, earlier: int = 0, db: str | None = None
     return _TOKEN.sub(sub, template)
 
 
+URI_PREFIXES = ("postgresql://", "postgres://")
+
+
+def plain_dbname(name: str) -> bool:
+    """A plain database name, never a connection string: libpq expands a database name that contains
+    '=' or starts with postgresql:// (pg_restore --dbname, psql's argument) into connection parameters,
+    which could point anywhere (another server, the live database). The rule of pg.conn.check_dbname
+    (which raises) and of the config's database lists."""
+    return bool(name) and "=" not in name and not name.lower().startswith(URI_PREFIXES) and "\0" not in name
+
+
 MAX_NAME = 1024  # bytes of a whole relative name
 MAX_PART = 255  # bytes of one component (most file systems' limit)
 _CONTROL = re.compile("[\x00-\x1f\x7f]")

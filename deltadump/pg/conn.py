@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..errors import ConfigError, DatabaseError, UsageError, register_secret
+from ..naming import plain_dbname
 
 # libpq connection keywords -> environment variables (https://www.postgresql.org/docs/current/libpq-envars.html)
 ENV_OF = {
@@ -106,14 +107,11 @@ def parse_dsn(dsn: str) -> dict[str, str]:
     return kw
 
 
-URI_PREFIXES = ("postgresql://", "postgres://")
-
-
 def check_dbname(name: str, what: str = "database name") -> str:
     """A plain database name, never a connection string: libpq expands a database name that contains
     '=' or starts with postgresql:// (pg_restore --dbname, psql's argument) into connection
     parameters, which could point anywhere (another server, the live database). UsageError (exit 2)."""
-    if not name or "=" in name or name.lower().startswith(URI_PREFIXES) or "\0" in name:
+    if not plain_dbname(name):
         raise UsageError(
             f"{what} {name!r} is not a plain database name",
             hint="give the name alone; the server comes from the config's dsn (or --dsn)",
