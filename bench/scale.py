@@ -4,7 +4,8 @@ directory format, each with an offsite copy in a folder, against the tools a use
 
 Per day and format it prints: the backup's wall time against `pg_dump -Fc` of the same day (both
 timed in the same run), what was sent offsite against a compressed full dump and against
-`zstd -3 --long=31 --patch-from=YESTERDAY TODAY`, and the peak memory of deltadump's processes (PSS;
+`zstd -3 --long=31 --patch-from=YESTERDAY TODAY` (zstd refuses dumps over 2 GiB: then against
+`rdiff` with its defaults and `zstd -3` of its delta), and the peak memory of deltadump's processes (PSS;
 pg_dump and the server excluded). Then it deletes each backup folder and restores the last day from
 the offsite copy alone into a new database (`--jobs` as pg_restore gets), against `pg_restore` of that
 day's `pg_dump -Fc` dump, and checks the restored tables against the source.
@@ -42,6 +43,26 @@ def timed(argv: list[object], env: dict[str, str] | None = None) -> float:
 def files_of(root: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(root)): (st.st_size, st.st_mtime_ns)
             for p in root.rglob("*") if p.is_file() and (st := p.stat())}  # fmt: skip
+
+
+ZSTD_PATCH_MAX = 2 << 30  # zstd --patch-from refuses a dictionary (yesterday's dump) over 2 GiB (its error 42)
+
+
+def reference_patch(yesterday: Path, today: Path, scratch: Path) -> tuple[int, str]:
+    """What a user's own tools would send for today: `zstd -3 --long=31 --patch-from=YESTERDAY TODAY`, or,
+    for dumps larger than zstd allows, librsync's `rdiff` (its default options) and `zstd -3` of the delta."""
+    out = scratch / "p.zst"
+    if max(yesterday.stat().st_size, today.stat().st_size) < ZSTD_PATCH_MAX:
+        timed(["zstd", "-q", "-f", "-3", "--long=31", f"--patch-from={yesterday}", today, "-o", out])
+        return out.stat().st_size, "zstd -3 --long=31 --patch-from"
+    sig, delta = scratch / "y.sig", scratch / "t.delta"
+    timed(["rdiff", "signature", yesterday, sig])
+    timed(["rdiff", "delta", sig, today, delta])
+    timed(["zstd", "-q", "-f", "-3", delta, "-o", out])
+    sig.unlink()
+    delta.unlink()
+    return out.stat().st_size, ("rdiff signature + rdiff delta (librsync's defaults) + zstd -3 of the delta: zstd "
+                                "--patch-from refuses dumps over 2 GiB")  # fmt: skip
 
 
 def ours(argv: list[object], env: dict[str, str]) -> tuple[float, int]:
@@ -102,6 +123,7 @@ def run(server: LocalServer, work: Path, args: argparse.Namespace) -> None:
             f"{'zstd patch MB':>14} {'sent/patch':>10} {'peak MB':>8}")  # fmt: skip
     print(head, flush=True)
     rows = []
+    refs: list[str] = []
     yesterday: Path | None = None
     for day in range(1, args.days + 1):
         if day > 1:
@@ -114,8 +136,9 @@ def run(server: LocalServer, work: Path, args: argparse.Namespace) -> None:
         timed([server.bin / "pg_dump", "-Fc", "-Z0", "-f", raw], env=pgenv)
         zs = None
         if yesterday is not None:
-            timed(["zstd", "-q", "-f", "-3", "--long=31", f"--patch-from={yesterday}", raw, "-o", scratch / "p.zst"])
-            zs = (scratch / "p.zst").stat().st_size
+            zs, ref_name = reference_patch(yesterday, raw, scratch)
+            if ref_name not in refs:
+                refs.append(ref_name)
             yesterday.unlink()
         yesterday = raw
         for fmt, (cfg, _dest, remote) in cfgs.items():
@@ -143,6 +166,8 @@ def run(server: LocalServer, work: Path, args: argparse.Namespace) -> None:
         same = table_stats(conn, f"back_{fmt}") == want
         print(f"restore from the offsite copy alone ({fmt}): {secs:.1f} s = {secs / ref:.2f}x pg_restore; peak "
               f"{peak / 1024:.0f} MB; identical to the source: {same}", flush=True)  # fmt: skip
+    if refs:
+        print(f"\nzstd patch MB: {'; '.join(refs)}", flush=True)
     worst = max(rows, key=lambda r: r["secs"] / r["fct"])
     print(f"\nworst backup time / pg_dump -Fc: {worst['secs'] / worst['fct']:.2f} ({worst['fmt']}, day {worst['day']}); "
           f"peak memory of any backup: {max(r['peak'] for r in rows) / 1024:.0f} MB")  # fmt: skip
