@@ -10,7 +10,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from conftest import cli, write_config
+from conftest import cli, require_tool, write_config
 
 from deltadump.jobs import sample
 from deltadump.pg.server import LocalServer
@@ -88,3 +88,33 @@ def test_a_fifo_in_an_offsite_folder_is_refused_not_waited_on(
         if cmd[0] == "list":
             sig.unlink()
             sig.write_bytes(saved)
+
+
+# --- 4. a hostile signature given to `deltadump rdiff` -----------------------------------------------
+
+
+def test_a_signature_of_absurd_block_length_costs_no_memory(tmp: Path) -> None:
+    """A 48-byte signature (one block record) claiming blocks of 2**31 - 1 bytes, given to `rdiff delta`
+    with a small new file: the small-file path built one RabinKarp weight per byte of a block before
+    looking at the input (16 GiB of Python ints): "internal error: MemoryError" under any memory limit,
+    the machine's memory eaten without one. rdiff makes an all-literal delta at once; so must we."""
+    import resource
+    import struct
+    import sys
+
+    rdiff = require_tool("rdiff")
+    new = tmp / "new"
+    new.write_bytes(b"hello world " * 50)
+    for magic in (0x72730147, 0x72730137):  # RabinKarp and rollsum weak sums, BLAKE2
+        sig = tmp / f"sig{magic:x}"
+        sig.write_bytes(struct.pack(">III", magic, (1 << 31) - 1, 32) + b"\1" * 36)
+        ours, theirs = tmp / f"ours{magic:x}", tmp / f"theirs{magic:x}"
+
+        def limit() -> None:
+            resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+        r = subprocess.run([sys.executable, "-m", "deltadump.cli.main", "rdiff", "delta", str(sig), str(new), str(ours)],
+                           capture_output=True, text=True, preexec_fn=limit, timeout=120)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        subprocess.run([rdiff, "delta", str(sig), str(new), str(theirs)], check=True)
+        assert ours.read_bytes() == theirs.read_bytes()
