@@ -118,3 +118,38 @@ def test_a_signature_of_absurd_block_length_costs_no_memory(tmp: Path) -> None:
         assert r.returncode == 0, r.stderr
         subprocess.run([rdiff, "delta", str(sig), str(new), str(theirs)], check=True)
         assert ours.read_bytes() == theirs.read_bytes()
+
+
+# --- 2. the database catalog as an attacker --------------------------------------------------------------
+
+
+def test_a_database_named_with_a_line_break_is_backed_up_and_restored(pg: LocalServer, pwfile: Path, tmp: Path) -> None:
+    """Any role with CREATEDB makes a database named "x<LF>y": every whole-server run failed on it with
+    "missing password" (its name, written into the private passfile, split the line in two, and libpq
+    found no password for it), so no run was ever good again and the database was never backed up."""
+    from psycopg import sql
+    from test_server import databases, ident, run, secret_file, whole_config
+
+    from deltadump.pg.server import LocalServer as Server
+
+    others = databases(pg)
+    name = f"line\nbreak_{os.getpid()}"
+    run(pg, "postgres", sql.SQL("create database {}").format(ident(name)))
+    run(pg, name, "create table t (id int primary key)", "insert into t select generate_series(1, 40)")
+    dest = tmp / "dest"
+    dest.mkdir()
+    c = whole_config(tmp / "c.toml", pg, pwfile, dest, databases="all", exclude=others)
+    try:
+        code, out = backup(c, 0)
+        assert code == 0, out
+        target = Server()
+        target.start()
+        try:
+            tpw = secret_file(tmp / "t.pw", target.password)
+            r = cli("restore", "--server", "--to-dsn", target.dsn(), "--password-file", tpw, "--config", c)
+            assert r.returncode == 0, r.stdout + r.stderr
+            assert name in databases(target)
+        finally:
+            target.remove()
+    finally:
+        run(pg, "postgres", sql.SQL("drop database {}").format(ident(name)))
