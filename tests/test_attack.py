@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from conftest import cli, require_tool, write_config
 
@@ -153,3 +154,54 @@ def test_a_database_named_with_a_line_break_is_backed_up_and_restored(pg: LocalS
             target.remove()
     finally:
         run(pg, "postgres", sql.SQL("drop database {}").format(ident(name)))
+
+
+def test_two_databases_differing_in_case_never_share_a_slot_on_a_share(
+    pg: LocalServer, pwfile: Path, tmp: Path, smb_server: Any
+) -> None:
+    """%D kept a database's name as it is, letters in their case: on an SMB share (case-insensitive, as
+    Windows and most NAS shares are) the databases "Mail" and "mail" (any CREATEDB role can make the
+    second) got one slot, and the second dump replaced the first's: the first database's newest backup
+    listed good, its dump gone."""
+    from psycopg import sql
+    from test_server import databases, ident, run, whole_config
+
+    others = databases(pg)
+    u = os.getpid()
+    names = [f"Case_{u}", f"case_{u}"]
+    for i, n in enumerate(names):
+        run(pg, "postgres", sql.SQL("create database {}").format(ident(n)))
+        run(pg, n, "create table t (id int primary key)", f"insert into t select generate_series(1, {10 + i})")
+    folder = f"case-{u}"
+    c = whole_config(tmp / "c.toml", pg, pwfile, smb_server.url("share", folder), databases="all",  # type: ignore[arg-type]
+                     exclude=others, extra=f"password_file = {json.dumps(str(smb_server.password_file))}\n")  # fmt: skip
+    try:
+        code, out = backup(c, 0)
+        assert code == 0, out
+        r = cli("verify", "--config", c)
+        assert r.returncode == 0, r.stdout + r.stderr
+        slots = sorted(
+            str(p.relative_to(smb_server.share / folder)) for p in (smb_server.share / folder).rglob("*.DMP")
+        )
+        assert len(slots) == 3, slots  # the globals and the two databases
+    finally:
+        for n in names:
+            run(pg, "postgres", sql.SQL("drop database {}").format(ident(n)))
+
+
+def test_two_database_names_never_give_one_slot_name_ignoring_case() -> None:
+    """The same rule for every name, Unicode included: %D of two different names differ even where case
+    is ignored (casefold is wider than what any file system folds)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from deltadump.naming import db_part
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.text(min_size=1, max_size=20), st.text(min_size=1, max_size=20))
+    def prop(a: str, b: str) -> None:
+        if a != b:
+            assert db_part(a).casefold() != db_part(b).casefold(), (a, b)
+
+    prop()
+    assert db_part("Mail").casefold() != db_part("mail").casefold()
