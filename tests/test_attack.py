@@ -205,3 +205,29 @@ def test_two_database_names_never_give_one_slot_name_ignoring_case() -> None:
 
     prop()
     assert db_part("Mail").casefold() != db_part("mail").casefold()
+
+
+def test_a_database_named_as_a_folder_of_the_repository_is_backed_up(pg: LocalServer, pwfile: Path, tmp: Path) -> None:
+    """Databases named "chain", "records" or "deltadump-offsite" (any CREATEDB role can make one; the first
+    two are ordinary names) made the documented %D/DBBACK-%w.DMP a reserved or hidden folder: the
+    database was never backed up and every run from then on failed."""
+    from psycopg import sql
+    from test_server import databases, ident, run, whole_config
+
+    others = databases(pg)
+    names = ["chain", "records", "deltadump-offsite"]
+    for n in names:
+        run(pg, "postgres", sql.SQL("create database {}").format(ident(n)))
+        run(pg, n, "create table t (id int primary key)", "insert into t select generate_series(1, 7)")
+    dest = tmp / "dest"
+    dest.mkdir()
+    c = whole_config(tmp / "c.toml", pg, pwfile, dest, databases="all", exclude=others)
+    try:
+        code, out = backup(c, 0)
+        assert code == 0, out
+        rows = json.loads(cli("list", "--json", "--config", c).stdout)
+        assert sorted(r["db"] for r in rows if r["db"] and r["state"] == "ok") == sorted(names)
+        assert cli("verify", "--config", c).returncode == 0
+    finally:
+        for n in names:
+            run(pg, "postgres", sql.SQL("drop database {}").format(ident(n)))
