@@ -231,3 +231,46 @@ def test_a_database_named_as_a_folder_of_the_repository_is_backed_up(pg: LocalSe
     finally:
         for n in names:
             run(pg, "postgres", sql.SQL("drop database {}").format(ident(n)))
+
+
+# --- 3. a power cut --------------------------------------------------------------------------------------
+
+
+def test_a_drill_after_a_killed_backup_never_takes_the_dead_record_for_its_own(
+    pg: LocalServer, pwfile: Path, maildb: str, tmp: Path
+) -> None:
+    """A backup killed after writing its record (and maybe its signature) but before the head that makes
+    it visible leaves that record file under the next number. Only the next backup's clean-up removed
+    it: a drill (or restore --server, which records drills) run first committed its note under that very
+    number, and the listing then read the dead record as the live one: "has no signature", and `list`
+    (and whatever reads the records) refused from then on, the clean-up keeping the file since its
+    number is live."""
+    import re
+
+    dest = tmp / "dest"
+    dest.mkdir()
+    c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest)
+    add_sections(c, delta={"enabled": True})
+    assert backup(c, 0)[0] == 0
+    log = tmp / "steps.log"
+    assert backup(c, 1, DELTADUMP_STEP_LOG=str(log))[0] == 0
+    # the steps that write a record of the backup's commit (NNNNNNNN-ID.json, .tables.json, signatures)
+    steps = [int(w[0]) for line in log.read_text().splitlines() if re.fullmatch(r"\d{8}-\S+", (w := line.split())[-1])]
+    assert steps, log.read_text()
+    day = 2
+    for n in steps:
+        before = json.loads(cli("list", "--json", "--config", c).stdout)
+        code, out = backup(c, day, DELTADUMP_KILL_AT=str(n))
+        day += 1
+        assert code == -9, out
+        r = cli("drill", "latest", "--config", c, env={"DELTADUMP_NOW": DAYS[day]})
+        assert r.returncode == 0, f"kill at step {n}: {r.stdout + r.stderr}"
+        r = cli("list", "--json", "--config", c)
+        assert r.returncode == 0, f"kill at step {n}: {r.stderr}"
+        after = json.loads(r.stdout)
+        assert [b["id"] for b in after] == [b["id"] for b in before], f"kill at step {n}: a dead backup listed"
+        assert any(b["drill"] for b in after), f"kill at step {n}: the drill's note lost"
+        assert cli("verify", "--config", c).returncode == 0, f"kill at step {n}"
+        code, out = backup(c, day)
+        day += 1
+        assert code == 0, f"the backup after a kill at step {n} and a drill: {out}"
