@@ -274,3 +274,31 @@ def test_a_drill_after_a_killed_backup_never_takes_the_dead_record_for_its_own(
         code, out = backup(c, day)
         day += 1
         assert code == 0, f"the backup after a kill at step {n} and a drill: {out}"
+
+
+def test_a_slot_grown_on_the_share_is_refused_before_it_is_downloaded(
+    pg: LocalServer, pwfile: Path, maildb: str, tmp: Path, smb_server: Any
+) -> None:
+    """Whoever may write to the share appends to a slot (here 64 MiB, sparse; terabytes as easily):
+    verify, restore, drill and the offsite copy fed from the share downloaded the whole file into the
+    state folder before comparing its size with the record's, filling that disk. Under a 16 MiB
+    file-size limit, verify died of SIGXFSZ; it must name the grown slot instead."""
+    import resource
+    import sys
+
+    from test_ring import ring_config
+
+    folder = f"grown-{maildb}"
+    c = ring_config(tmp, pg, pwfile, maildb, smb_server, folder)
+    assert backup(c, 0)[0] == 0
+    slot = next((smb_server.share / folder).rglob("*.DMP"))
+    with open(slot, "r+b") as f:
+        f.truncate(64 << 20)
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 20, 16 << 20))
+
+    r = subprocess.run([sys.executable, "-m", "deltadump.cli.main", "verify", "--config", str(c)],
+                       capture_output=True, text=True, preexec_fn=limit, timeout=300)  # fmt: skip
+    assert r.returncode == 1, (r.returncode, r.stdout + r.stderr)
+    assert "recorded" in r.stdout and "grown" in r.stdout, r.stdout + r.stderr
