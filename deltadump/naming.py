@@ -64,10 +64,17 @@ _UNSAFE = set('%/\\<>:"|?*()')  # percent-encoded in %D: separators, Windows' re
 def db_part(name: str) -> str:
     """A database name as one part of a file name, the same name always, two names never the same:
     percent-encoded ('/' is %2F) where a character could separate folders, hide the file (a leading
-    '.'), be refused by a Windows or SMB file system, or be a control character."""
+    '.'), be refused by a Windows or SMB file system, or be a control character; and every letter but
+    a to z that has a case (upper-case ones, accented ones): a share (SMB, Windows, macOS) ignores
+    case, and "Mail" and "mail" must not be one slot there. The first character too of a name that
+    would be a folder of deltadump's own ("chain" is %63hain, "deltadump-x" %64eltadump-x): a database
+    so named is backed up like any other (check_parts refuses the reserved names)."""
     out = []
+    own = name in RESERVED_TOP or name.startswith("deltadump")
     for i, c in enumerate(name):
-        if c in _UNSAFE or ord(c) < 0x20 or ord(c) == 0x7F or (i == 0 and c == ".") or not c.isprintable():
+        cased = c.upper() != c.lower() and not "a" <= c <= "z"
+        first = i == 0 and (c == "." or own)
+        if c in _UNSAFE or ord(c) < 0x20 or ord(c) == 0x7F or first or not c.isprintable() or cased:
             out.append("".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass")))
         else:
             out.append(c)

@@ -9,8 +9,9 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
-from conftest import cli, write_config
+from conftest import cli, require_tool, write_config
 
 from deltadump.jobs import sample
 from deltadump.pg.server import LocalServer
@@ -88,3 +89,216 @@ def test_a_fifo_in_an_offsite_folder_is_refused_not_waited_on(
         if cmd[0] == "list":
             sig.unlink()
             sig.write_bytes(saved)
+
+
+# --- 4. a hostile signature given to `deltadump rdiff` -----------------------------------------------
+
+
+def test_a_signature_of_absurd_block_length_costs_no_memory(tmp: Path) -> None:
+    """A 48-byte signature (one block record) claiming blocks of 2**31 - 1 bytes, given to `rdiff delta`
+    with a small new file: the small-file path built one RabinKarp weight per byte of a block before
+    looking at the input (16 GiB of Python ints): "internal error: MemoryError" under any memory limit,
+    the machine's memory eaten without one. rdiff makes an all-literal delta at once; so must we."""
+    import resource
+    import struct
+    import sys
+
+    rdiff = require_tool("rdiff")
+    new = tmp / "new"
+    new.write_bytes(b"hello world " * 50)
+    for magic in (0x72730147, 0x72730137):  # RabinKarp and rollsum weak sums, BLAKE2
+        sig = tmp / f"sig{magic:x}"
+        sig.write_bytes(struct.pack(">III", magic, (1 << 31) - 1, 32) + b"\1" * 36)
+        ours, theirs = tmp / f"ours{magic:x}", tmp / f"theirs{magic:x}"
+
+        def limit() -> None:
+            resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+        r = subprocess.run([sys.executable, "-m", "deltadump.cli.main", "rdiff", "delta", str(sig), str(new), str(ours)],
+                           capture_output=True, text=True, preexec_fn=limit, timeout=120)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        subprocess.run([rdiff, "delta", str(sig), str(new), str(theirs)], check=True)
+        assert ours.read_bytes() == theirs.read_bytes()
+
+
+# --- 2. the database catalog as an attacker --------------------------------------------------------------
+
+
+def test_a_database_named_with_a_line_break_is_backed_up_and_restored(pg: LocalServer, pwfile: Path, tmp: Path) -> None:
+    """Any role with CREATEDB makes a database named "x<LF>y": every whole-server run failed on it with
+    "missing password" (its name, written into the private passfile, split the line in two, and libpq
+    found no password for it), so no run was ever good again and the database was never backed up."""
+    from psycopg import sql
+    from test_server import databases, ident, run, secret_file, whole_config
+
+    from deltadump.pg.server import LocalServer as Server
+
+    others = databases(pg)
+    name = f"line\nbreak_{os.getpid()}"
+    run(pg, "postgres", sql.SQL("create database {}").format(ident(name)))
+    run(pg, name, "create table t (id int primary key)", "insert into t select generate_series(1, 40)")
+    dest = tmp / "dest"
+    dest.mkdir()
+    c = whole_config(tmp / "c.toml", pg, pwfile, dest, databases="all", exclude=others)
+    try:
+        code, out = backup(c, 0)
+        assert code == 0, out
+        target = Server()
+        target.start()
+        try:
+            tpw = secret_file(tmp / "t.pw", target.password)
+            r = cli("restore", "--server", "--to-dsn", target.dsn(), "--password-file", tpw, "--config", c)
+            assert r.returncode == 0, r.stdout + r.stderr
+            assert name in databases(target)
+        finally:
+            target.remove()
+    finally:
+        run(pg, "postgres", sql.SQL("drop database {}").format(ident(name)))
+
+
+def test_two_databases_differing_in_case_never_share_a_slot_on_a_share(
+    pg: LocalServer, pwfile: Path, tmp: Path, smb_server: Any
+) -> None:
+    """%D kept a database's name as it is, letters in their case: on an SMB share (case-insensitive, as
+    Windows and most NAS shares are) the databases "Mail" and "mail" (any CREATEDB role can make the
+    second) got one slot, and the second dump replaced the first's: the first database's newest backup
+    listed good, its dump gone."""
+    from psycopg import sql
+    from test_server import databases, ident, run, whole_config
+
+    others = databases(pg)
+    u = os.getpid()
+    names = [f"Case_{u}", f"case_{u}"]
+    for i, n in enumerate(names):
+        run(pg, "postgres", sql.SQL("create database {}").format(ident(n)))
+        run(pg, n, "create table t (id int primary key)", f"insert into t select generate_series(1, {10 + i})")
+    folder = f"case-{u}"
+    c = whole_config(tmp / "c.toml", pg, pwfile, smb_server.url("share", folder), databases="all",  # type: ignore[arg-type]
+                     exclude=others, extra=f"password_file = {json.dumps(str(smb_server.password_file))}\n")  # fmt: skip
+    try:
+        code, out = backup(c, 0)
+        assert code == 0, out
+        r = cli("verify", "--config", c)
+        assert r.returncode == 0, r.stdout + r.stderr
+        slots = sorted(
+            str(p.relative_to(smb_server.share / folder)) for p in (smb_server.share / folder).rglob("*.DMP")
+        )
+        assert len(slots) == 3, slots  # the globals and the two databases
+    finally:
+        for n in names:
+            run(pg, "postgres", sql.SQL("drop database {}").format(ident(n)))
+
+
+def test_two_database_names_never_give_one_slot_name_ignoring_case() -> None:
+    """The same rule for every name, Unicode included: %D of two different names differ even where case
+    is ignored (casefold is wider than what any file system folds)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from deltadump.naming import db_part
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.text(min_size=1, max_size=20), st.text(min_size=1, max_size=20))
+    def prop(a: str, b: str) -> None:
+        if a != b:
+            assert db_part(a).casefold() != db_part(b).casefold(), (a, b)
+
+    prop()
+    assert db_part("Mail").casefold() != db_part("mail").casefold()
+
+
+def test_a_database_named_as_a_folder_of_the_repository_is_backed_up(pg: LocalServer, pwfile: Path, tmp: Path) -> None:
+    """Databases named "chain", "records" or "deltadump-offsite" (any CREATEDB role can make one; the first
+    two are ordinary names) made the documented %D/DBBACK-%w.DMP a reserved or hidden folder: the
+    database was never backed up and every run from then on failed."""
+    from psycopg import sql
+    from test_server import databases, ident, run, whole_config
+
+    others = databases(pg)
+    names = ["chain", "records", "deltadump-offsite"]
+    for n in names:
+        run(pg, "postgres", sql.SQL("create database {}").format(ident(n)))
+        run(pg, n, "create table t (id int primary key)", "insert into t select generate_series(1, 7)")
+    dest = tmp / "dest"
+    dest.mkdir()
+    c = whole_config(tmp / "c.toml", pg, pwfile, dest, databases="all", exclude=others)
+    try:
+        code, out = backup(c, 0)
+        assert code == 0, out
+        rows = json.loads(cli("list", "--json", "--config", c).stdout)
+        assert sorted(r["db"] for r in rows if r["db"] and r["state"] == "ok") == sorted(names)
+        assert cli("verify", "--config", c).returncode == 0
+    finally:
+        for n in names:
+            run(pg, "postgres", sql.SQL("drop database {}").format(ident(n)))
+
+
+# --- 3. a power cut --------------------------------------------------------------------------------------
+
+
+def test_a_drill_after_a_killed_backup_never_takes_the_dead_record_for_its_own(
+    pg: LocalServer, pwfile: Path, maildb: str, tmp: Path
+) -> None:
+    """A backup killed after writing its record (and maybe its signature) but before the head that makes
+    it visible leaves that record file under the next number. Only the next backup's clean-up removed
+    it: a drill (or restore --server, which records drills) run first committed its note under that very
+    number, and the listing then read the dead record as the live one: "has no signature", and `list`
+    (and whatever reads the records) refused from then on, the clean-up keeping the file since its
+    number is live."""
+    import re
+
+    dest = tmp / "dest"
+    dest.mkdir()
+    c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest)
+    add_sections(c, delta={"enabled": True})
+    assert backup(c, 0)[0] == 0
+    log = tmp / "steps.log"
+    assert backup(c, 1, DELTADUMP_STEP_LOG=str(log))[0] == 0
+    # the steps that write a record of the backup's commit (NNNNNNNN-ID.json, .tables.json, signatures)
+    steps = [int(w[0]) for line in log.read_text().splitlines() if re.fullmatch(r"\d{8}-\S+", (w := line.split())[-1])]
+    assert steps, log.read_text()
+    day = 2
+    for n in steps:
+        before = json.loads(cli("list", "--json", "--config", c).stdout)
+        code, out = backup(c, day, DELTADUMP_KILL_AT=str(n))
+        day += 1
+        assert code == -9, out
+        r = cli("drill", "latest", "--config", c, env={"DELTADUMP_NOW": DAYS[day]})
+        assert r.returncode == 0, f"kill at step {n}: {r.stdout + r.stderr}"
+        r = cli("list", "--json", "--config", c)
+        assert r.returncode == 0, f"kill at step {n}: {r.stderr}"
+        after = json.loads(r.stdout)
+        assert [b["id"] for b in after] == [b["id"] for b in before], f"kill at step {n}: a dead backup listed"
+        assert any(b["drill"] for b in after), f"kill at step {n}: the drill's note lost"
+        assert cli("verify", "--config", c).returncode == 0, f"kill at step {n}"
+        code, out = backup(c, day)
+        day += 1
+        assert code == 0, f"the backup after a kill at step {n} and a drill: {out}"
+
+
+def test_a_slot_grown_on_the_share_is_refused_before_it_is_downloaded(
+    pg: LocalServer, pwfile: Path, maildb: str, tmp: Path, smb_server: Any
+) -> None:
+    """Whoever may write to the share appends to a slot (here 64 MiB, sparse; terabytes as easily):
+    verify, restore, drill and the offsite copy fed from the share downloaded the whole file into the
+    state folder before comparing its size with the record's, filling that disk. Under a 16 MiB
+    file-size limit, verify died of SIGXFSZ; it must name the grown slot instead."""
+    import resource
+    import sys
+
+    from test_ring import ring_config
+
+    folder = f"grown-{maildb}"
+    c = ring_config(tmp, pg, pwfile, maildb, smb_server, folder)
+    assert backup(c, 0)[0] == 0
+    slot = next((smb_server.share / folder).rglob("*.DMP"))
+    with open(slot, "r+b") as f:
+        f.truncate(64 << 20)
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 20, 16 << 20))
+
+    r = subprocess.run([sys.executable, "-m", "deltadump.cli.main", "verify", "--config", str(c)],
+                       capture_output=True, text=True, preexec_fn=limit, timeout=300)  # fmt: skip
+    assert r.returncode == 1, (r.returncode, r.stdout + r.stderr)
+    assert "recorded" in r.stdout and "grown" in r.stdout, r.stdout + r.stderr

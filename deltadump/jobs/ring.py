@@ -7,8 +7,9 @@ Writing: a dump is made, validated, fsynced and hashed at its temporary name in 
 committed with its pending switch (as for a local folder); the switch is a put to the share (temporary
 name there, hashed while written, then a replace), then the local temporary file goes, then the commit
 that clears the switch. A kill before the put completed leaves the committed dump at its local name:
-the next run puts it again. Reading: a slot is fetched into a private work folder and hashed against
-its record before anything uses it; a switch not yet carried out is read at its local name.
+the next run puts it again. Reading: a slot whose size on the share is its record's is fetched into a
+private work folder and hashed against its record before anything uses it; a switch not yet carried
+out is read at its local name.
 """
 
 from __future__ import annotations
@@ -94,7 +95,10 @@ def fetch_slot(ring: Target, repo: Repository, dest: Path, rec: BackupRecord, wo
         local = dest / p.tmp
     else:
         local = work / "slot"
-        try:
+        try:  # the size first: a slot grown on the share (by whoever may write there) is never downloaded
+            size = ring.stat(rec.path)
+            if size is not None and size != f.size:
+                return None, f"{ring.describe()}/{rec.path}: size {size} bytes, recorded {f.size} (short or grown)"
             ring.get(rec.path, local)
         except TargetError as exc:
             return None, f"{ring.describe()}/{rec.path}: {exc.message}"

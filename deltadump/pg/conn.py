@@ -208,6 +208,9 @@ class Conn:
             names = [h, "localhost"] if h.startswith("/") else [h]  # libpq's default socket matches localhost
             for name in names:
                 for db in dict.fromkeys((self.dbname, *self.also_dbs, "replication")):
+                    # a line break cannot be escaped in a passfile: a database so named (any role with
+                    # CREATEDB can make one) matches as '*', this passfile serving one host and user
+                    db = "*" if "\n" in db or "\r" in db else db
                     fields = (name or "localhost", p or "5432", db, user)
                     lines.append(":".join(_passfile_field(f) for f in fields) + f":{pw}\n")
         return "".join(lines).encode()

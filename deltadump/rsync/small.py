@@ -66,14 +66,18 @@ def strong_hasher(kind: str) -> Callable[[bytes | memoryview], bytes]:
 class WeakSum:
     """Weak sums of windows of one length (the block length), and of shorter ones."""
 
-    def __init__(self, kind: str, n: int) -> None:
+    def __init__(self, kind: str, n: int, longest: int) -> None:
+        """`longest`: the longest window ever summed (the input's size): the block length comes from a
+        signature file, and a hostile one (2**31 - 1) must not cost a weight per byte of a block."""
         self.kind, self.n = kind, n
-        # RabinKarp: byte i of an n-byte window weighs M**(n-1-i)
-        self.powers = [0] * n
+        # RabinKarp: byte i of an n-byte window weighs M**(n-1-i); the last k weights only (M**(k-1)..1)
+        k = min(n, longest) if kind == "rabinkarp" else 0
+        self.powers = [0] * k
         x = 1
-        for i in range(n - 1, -1, -1):
+        for i in range(k - 1, -1, -1):
             self.powers[i] = x
             x = x * RK_MULT & MASK
+        x = pow(RK_MULT, n, 1 << 32)
         self.top = x  # M**n
         # rolling: h' = h*M + new - M**n * (old + M - 1)  (RabinKarp, spec section 2.2)
         self.drop = [x * (o + RK_MULT - 1) & MASK for o in range(256)]
@@ -84,7 +88,7 @@ class WeakSum:
             if n == self.n:
                 total: int = sum(map(mul, w, self.powers))
                 return (self.top + total) & MASK
-            total = sum(map(mul, w, self.powers[self.n - n :]))
+            total = sum(map(mul, w, self.powers[len(self.powers) - n :]))
             return (pow(RK_MULT, n, 1 << 32) + total) & MASK
         s1: int = sum(w) + ROLL_OFFSET * n
         s2: int = sum(map(mul, w, range(n, 0, -1))) + ROLL_OFFSET * n * (n + 1) // 2
@@ -94,7 +98,7 @@ class WeakSum:
 def records(data: bytes | memoryview, p: SigParams) -> bytes:
     """The signature records (weak u32 BE + truncated strong) of consecutive blocks of `data`."""
     bl, sl = p.block_len, p.strong_len
-    weak = WeakSum(p.weak, bl).of
+    weak = WeakSum(p.weak, bl, len(data)).of
     strong = strong_hasher(p.strong)
     pack = struct.Struct(">I").pack
     mv = memoryview(data)
@@ -147,7 +151,7 @@ def events(sig: SmallSignature, data: bytes) -> Iterator[tuple[int, int, int]]:
     bl, nb, n = sig.block_len, sig.nblocks, len(data)
     if nb == 0:
         return
-    ws = WeakSum(sig.params.weak, bl)
+    ws = WeakSum(sig.params.weak, bl, n)
     strong, sl, hasher = sig.strong, sig.strong_len, sig.hasher
     mv = memoryview(data)
     pos, nxt = 0, -1

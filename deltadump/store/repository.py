@@ -602,6 +602,8 @@ class Repository:
             for obj in made:
                 if obj.repository != repo or obj.number != seq:
                     raise ValueError("a commit's records must carry its repository and number")
+            if made and seq not in live | change.add:  # (a copy's records keep the numbers they had in the folder)
+                self._drop_number(seq)
             self._write_records(made)
             if any(not isinstance(o, TablesRecord) for o in made):
                 live.add(seq)
@@ -627,6 +629,15 @@ class Repository:
                     with contextlib.suppress(OSError, StorageError, TargetError):
                         self.meta.delete(n)
             return head
+
+    def _drop_number(self, seq: int) -> None:
+        """Delete the record files of number `seq`, neither live nor added: a commit killed before its head
+        left them; the listing must never find two records of a number, the dead one read as the new one."""
+        for name in self.meta.names("records/"):
+            m = RECORD_NAME.fullmatch(name.removesuffix(SIG_SUFFIX))
+            if m is not None and int(m.group(1)) == seq:
+                self.meta.delete(name)
+        self._listing = None
 
     def collect(self) -> list[str]:
         """Delete record files no live number names (dropped records, interrupted commits) and stray
