@@ -119,6 +119,12 @@ def plain_dbname(name: str) -> bool:
     return bool(name) and "=" not in name and not name.lower().startswith(URI_PREFIXES) and "\0" not in name
 
 
+def one_line(text: str) -> str:
+    """`text` with its control characters written as escapes (a line break as \\n): a name read from a
+    catalog, a store or a config never starts a line of its own in an error line, a log or a mail header."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
 MAX_NAME = 1024  # bytes of a whole relative name
 MAX_PART = 255  # bytes of one component (most file systems' limit)
 _CONTROL = re.compile("[\x00-\x1f\x7f]")

@@ -17,6 +17,7 @@ from typing import Any
 
 from .config import NotifyConfig
 from .errors import redact, register_secret
+from .naming import one_line
 
 
 def wanted(cfg: NotifyConfig, event: str) -> bool:
@@ -85,7 +86,9 @@ def _email(cfg: NotifyConfig, event: str, body: dict[str, Any], password: str) -
     default_port = "465" if mode == "smtps" else "25"
     host, _, port = cfg.smtp.rpartition(":") if ":" in cfg.smtp else (cfg.smtp, "", default_port)
     msg = EmailMessage()
-    msg["Subject"] = f"[deltadump] {body.get('job', 'backup')} {body.get('status', event)}: {body.get('database', '')}"
+    msg["Subject"] = one_line(
+        f"[deltadump] {body.get('job', 'backup')} {body.get('status', event)}: {body.get('database', '')}"
+    )  # a header is one line, whatever a name holds
     msg["From"] = cfg.sender or f"deltadump@{socket.getfqdn()}"
     msg["To"] = ", ".join(cfg.email)
     lines = [f"{k}: {v}" for k, v in body.items() if v not in (None, "", [], {})]

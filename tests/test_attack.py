@@ -302,3 +302,14 @@ def test_a_slot_grown_on_the_share_is_refused_before_it_is_downloaded(
                        capture_output=True, text=True, preexec_fn=limit, timeout=300)  # fmt: skip
     assert r.returncode == 1, (r.returncode, r.stdout + r.stderr)
     assert "recorded" in r.stdout and "grown" in r.stdout, r.stdout + r.stderr
+
+
+def test_an_error_is_one_line_whatever_a_name_holds(pg: LocalServer, pwfile: Path, maildb: str, tmp: Path) -> None:
+    """A name with a line break (here a backup folder's, from the config; a database's from the catalog)
+    once split the `deltadump: error:` line, so that a log or a mail showed a line of the attacker's."""
+    dest = tmp / "gone\nFORGED: all backups are fine"
+    c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest)
+    r = cli("backup", "--config", c)
+    assert r.returncode != 0
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("deltadump: error:"), r.stderr
+    assert "\\nFORGED" in r.stderr and "\nFORGED" not in r.stderr

@@ -18,6 +18,7 @@ from rich.text import Text
 from .. import __version__
 from ..config import Config, config_path, load
 from ..errors import EXIT_FAILED, EXIT_USAGE, DeltadumpError, redact
+from ..naming import one_line
 from ..store.records import BackupRecord, Note
 
 if TYPE_CHECKING:
@@ -314,8 +315,8 @@ def _restore_server(cfg: Config, args: argparse.Namespace, ref: str) -> int:
             out.print(f"FAILED  {d.name}: {why}", markup=False)
     if not res.ok:
         bad = res.failed
-        err.print(redact(f"deltadump: error: {len(bad)} of {len(res.databases)} database(s) failed: "
-                         f"{bad[0].name}: {bad[0].error or 'the drill found differences'}"))  # fmt: skip
+        err.print(redact(one_line(f"deltadump: error: {len(bad)} of {len(res.databases)} database(s) failed: "
+                                  f"{bad[0].name}: {bad[0].error or 'the drill found differences'}")))  # fmt: skip
         return EXIT_FAILED
     out.print(f"restored the server ({len(res.databases)} database(s)) in {res.seconds:.1f} s")
     return 0
@@ -371,8 +372,8 @@ def cmd_drill(args: argparse.Namespace) -> int:
     if res.ok:
         out.print(f"drill passed in {res.seconds:.1f} s")
         return 0
-    err.print(f"deltadump: error: drill of {res.backup.id} found {len(res.differences)} difference(s): "
-              f"{res.differences[0]}")  # fmt: skip
+    err.print(one_line(f"deltadump: error: drill of {res.backup.id} found {len(res.differences)} difference(s): "
+                       f"{res.differences[0]}"))  # fmt: skip
     return EXIT_FAILED
 
 
@@ -412,7 +413,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         why = f"{which} lags" if st.offsite_stale else "the last good backup is too old (or there is none)"
         if st.stale_databases and not st.offsite_stale:
             why = f"the last good backup of {', '.join(st.stale_databases)} is too old (or there is none)"
-        err.print(f"deltadump: error: {why}")
+        err.print(f"deltadump: error: {one_line(why)}")
         return EXIT_FAILED
     return 0
 
@@ -702,7 +703,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = args.func(args)
     except DeltadumpError as exc:
-        err.print(redact(f"deltadump: error: {exc.message}"))
+        err.print(redact(f"deltadump: error: {one_line(exc.message)}"))
         if verbose:
             if exc.hint:
                 err.print(redact(f"hint: {exc.hint}"))
@@ -715,7 +716,7 @@ def main(argv: list[str] | None = None) -> None:
         err.print("deltadump: interrupted")
         code = 130
     except Exception as exc:  # a bug: one line, the traceback only with -v
-        err.print(redact(f"deltadump: internal error: {type(exc).__name__}: {exc}"))
+        err.print(redact(f"deltadump: internal error: {type(exc).__name__}: {one_line(str(exc))}"))
         if verbose:
             err.print(redact(traceback.format_exc()))
         code = EXIT_FAILED
