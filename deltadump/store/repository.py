@@ -355,9 +355,17 @@ class Repository:
     def load(self, *, fresh: bool = False) -> Head | None:
         """Read and check the newest committed head (None: an empty repository)."""
         self.head = self._read_head(fresh=fresh)
-        self._cache.clear()
+        self._keep_cached()
         self._listing = None
         return self.head
+
+    def _keep_cached(self) -> None:
+        """After a new head: keep the checked records it still lists. A record is immutable once
+        committed and its number is never given to another record of the repository, so a live number
+        read before is the same record now; anything else (another repository, a dropped number) goes."""
+        live = self.head.live_numbers() if self.head is not None else set()
+        repo = self.head.repository if self.head is not None else None
+        self._cache = {n: r for n, r in self._cache.items() if n in live and r.repository == repo}
 
     refresh = load
 
@@ -518,7 +526,7 @@ class Repository:
         self._write_signed(name, encode(head), f"deltadump {name} repository={head.repository} seq={head.seq}")
         self.trust.seen.update(self._seen_key(head.repository), head.seq)
         self.head = head
-        self._cache.clear()
+        self._keep_cached()
         self._listing = None
         return head
 
