@@ -177,7 +177,7 @@ def _during_put(t: Any, src: Path, sha: str, disk: Path, action: Any) -> BaseExc
 
 def test_smb_dropped_connection_is_retried_and_the_put_completes(smb_server: SambaServer, tmp: Path) -> None:
     t = quick(open_target(smb_server.url("share", "drop"), options=smb_options(smb_server)))
-    p, h = _file(tmp, "big", 200 << 20)
+    p, h = _file(tmp, "big", 512 << 20)  # long enough that the kill lands mid-upload on a loaded machine
     killed: list[int] = []
     err = _during_put(t, p, h, smb_server.share / "drop", lambda: killed.append(smb_server.kill_connections()))
     assert killed and killed[0] >= 1 and err is None
