@@ -109,6 +109,7 @@ def render(template: str, now: datetime, earlier: int = 0, db: str | None = None
 
 
 URI_PREFIXES = ("postgresql://", "postgres://")
+_CONTROL = re.compile("[\x00-\x1f\x7f]")  # control characters: never in a name, escaped in a line
 
 
 def plain_dbname(name: str) -> bool:
@@ -127,7 +128,6 @@ def one_line(text: str) -> str:
 
 MAX_NAME = 1024  # bytes of a whole relative name
 MAX_PART = 255  # bytes of one component (most file systems' limit)
-_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 def check_relpath(name: object, prefixes: tuple[str, ...] = ()) -> str:

@@ -45,6 +45,15 @@ def offsite_setup(pg: LocalServer, pwfile: Path, db: str, tmp: Path, **delta: ob
 # --- 1. the offsite store as an attacker ----------------------------------------------------------------
 
 
+def database_with_rows(pg: LocalServer, name: str, rows: int) -> None:
+    """A new database named `name` (quoted as an identifier, whatever it holds) with one table of `rows` rows."""
+    from psycopg import sql
+    from test_server import ident, run
+
+    run(pg, "postgres", sql.SQL("create database {}").format(ident(name)))
+    run(pg, name, "create table t (id int primary key)", f"insert into t select generate_series(1, {rows})")
+
+
 def test_a_stray_name_under_heads_in_the_store_never_breaks_the_sync(
     pg: LocalServer, pwfile: Path, maildb: str, tmp: Path
 ) -> None:
@@ -135,8 +144,7 @@ def test_a_database_named_with_a_line_break_is_backed_up_and_restored(pg: LocalS
 
     others = databases(pg)
     name = f"line\nbreak_{os.getpid()}"
-    run(pg, "postgres", sql.SQL("create database {}").format(ident(name)))
-    run(pg, name, "create table t (id int primary key)", "insert into t select generate_series(1, 40)")
+    database_with_rows(pg, name, 40)
     dest = tmp / "dest"
     dest.mkdir()
     c = whole_config(tmp / "c.toml", pg, pwfile, dest, databases="all", exclude=others)
@@ -170,8 +178,7 @@ def test_two_databases_differing_in_case_never_share_a_slot_on_a_share(
     u = os.getpid()
     names = [f"Case_{u}", f"case_{u}"]
     for i, n in enumerate(names):
-        run(pg, "postgres", sql.SQL("create database {}").format(ident(n)))
-        run(pg, n, "create table t (id int primary key)", f"insert into t select generate_series(1, {10 + i})")
+        database_with_rows(pg, n, 10 + i)
     folder = f"case-{u}"
     c = whole_config(tmp / "c.toml", pg, pwfile, smb_server.url("share", folder), databases="all",  # type: ignore[arg-type]
                      exclude=others, extra=f"password_file = {json.dumps(str(smb_server.password_file))}\n")  # fmt: skip
@@ -217,8 +224,7 @@ def test_a_database_named_as_a_folder_of_the_repository_is_backed_up(pg: LocalSe
     others = databases(pg)
     names = ["chain", "records", "deltadump-offsite"]
     for n in names:
-        run(pg, "postgres", sql.SQL("create database {}").format(ident(n)))
-        run(pg, n, "create table t (id int primary key)", "insert into t select generate_series(1, 7)")
+        database_with_rows(pg, n, 7)
     dest = tmp / "dest"
     dest.mkdir()
     c = whole_config(tmp / "c.toml", pg, pwfile, dest, databases="all", exclude=others)

@@ -11,6 +11,7 @@ URLs: file:///path, s3://bucket/prefix, smb://[user@]host[:port]/share/path, sft
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import BinaryIO, Protocol
 from urllib.parse import SplitResult, unquote, urlsplit
 
 from ..errors import TargetError
+from ..fsio import tmp_name
 from ..naming import check_relpath
 
 SCHEMES = ("file", "s3", "smb", "sftp")
@@ -104,10 +106,6 @@ class HashedSource:
 def fetch_into(dst: Path, fetch: Callable[[Path], None]) -> None:
     """A remote target's get: `fetch(tmp)` writes the object to a temporary name beside `dst` (retries
     are its own), which then becomes `dst`; whatever fails, no temporary file is left behind."""
-    import os
-
-    from ..fsio import tmp_name
-
     tmp = tmp_name(dst)
     try:
         fetch(tmp)
