@@ -102,7 +102,12 @@ def make_real_pair(base: Path, new: Path, db_mb: int) -> None:
         def dump(to: Path) -> None:
             tmp = to.with_name(to.name + ".part")
             with conn.with_db("mail").env() as env:
-                subprocess.run([str(server.bin / "pg_dump"), "-Fc", "-Z", "0", "-f", str(tmp)], env=env, check=True)
+                subprocess.run(
+                    [str(server.bin / "pg_dump"), "-Fc", "-Z", "0", "-f", str(tmp)],
+                    env=env,
+                    pass_fds=env.fds,
+                    check=True,
+                )
             tmp.rename(to)
 
         dump(base)
