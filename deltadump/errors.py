@@ -7,10 +7,10 @@ botocore) are translated where they are born, with the original chained. Only th
 from __future__ import annotations
 
 import _thread
-import re
 
-TYPE_CHECKING = False  # no typing or threading import at run time: `deltadump rdiff` starts fast
+TYPE_CHECKING = False  # no typing, threading or re import at run time: `deltadump rdiff` starts fast
 if TYPE_CHECKING:
+    import re
     from typing import ClassVar
 
 EXIT_OK = 0
@@ -25,11 +25,24 @@ EXIT_USAGE = 2
 MASK = "***"
 _secrets: set[str] = set()
 _secrets_lock = _thread.allocate_lock()
-# scheme://user:PASSWORD@host (any scheme: postgresql, smtp, https...): the userinfo's password
-_URI_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^/@:\s'\"]*:)(?P<pw>[^@\s'\"]*)(?=@)")
-# password=VALUE in a libpq key=value string (quoted with '...' and backslash escapes, or a bare word),
-# and ?password=VALUE / &password=VALUE in a URI query
-_KW_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'?|[^\s&]*)", re.IGNORECASE)
+_patterns: tuple[re.Pattern[str], re.Pattern[str]] | None = None
+
+
+def _password_patterns() -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """The two password patterns, compiled on first use (`re` costs a command that never fails a
+    third of its start-up)."""
+    global _patterns
+    if _patterns is None:
+        import re
+
+        _patterns = (
+            # scheme://user:PASSWORD@host (any scheme: postgresql, smtp, https...): the userinfo's password
+            re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^/@:\s'\"]*:)(?P<pw>[^@\s'\"]*)(?=@)"),
+            # password=VALUE in a libpq key=value string (quoted with '...' and backslash escapes, or a
+            # bare word), and ?password=VALUE / &password=VALUE in a URI query
+            re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'?|[^\s&]*)", re.IGNORECASE),
+        )
+    return _patterns
 
 
 def register_secret(secret: str) -> None:
@@ -48,8 +61,8 @@ def redact(text: str) -> str:
     every registered secret are replaced by ***."""
     if not text:
         return text
-    text = _URI_PASSWORD.sub(lambda m: m.group("head") + MASK, text)
-    text = _KW_PASSWORD.sub(lambda m: m.group("head") + MASK, text)
+    for pattern in _password_patterns():
+        text = pattern.sub(lambda m: m.group("head") + MASK, text)
     with _secrets_lock:
         found = sorted((s for s in _secrets if s in text), key=len, reverse=True)
     for s in found:

@@ -381,7 +381,8 @@ class _Batch:
 
 
 PARALLEL_MIN = 8 << 20  # basis and delta bytes below which the sequential path is used (no threads)
-_BATCH = 8 << 20  # output bytes per batch
+_BATCH = 2 << 20  # output bytes per batch: one pwritev (larger writes were, in about a quarter of runs, 2-3x
+#                   slower in the kernel's copy on Linux 6.18 ext4, measured with bench/rsync_vs_librsync.py)
 _NTHREADS = 1  # writer threads (a second measured slower on many small copies: it contends for the locks of the
 #                 output inode and of the address space more than it overlaps)
 _WINDOW = 32 << 20  # most bytes of the basis one batch maps

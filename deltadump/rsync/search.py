@@ -42,7 +42,10 @@ _UNMIX = U32(pow(MIX, -1, 1 << 32))
 _MIX2 = U32(0x85EBCA6B)
 EXTEND_MAX = 1 << 16  # how far a match may grow into each neighbouring literal
 LOAD_RECORDS = 1 << 18  # signature records read at a time
-PIECE_MAX = 64 << 20  # most input bytes one worker searches per task (bounds the events it returns)
+PIECE = 4 << 20  # input bytes one worker searches per task: small, so that a stretch of dense changes
+#                  (in a real dump, a piece can take 3-5x as long as its neighbours) never leaves the other
+#                  workers idle for long (measured on consecutive dumps: 4 MiB beat 2 and 8 MiB, and a
+#                  quarter of the input per worker was 10-20 % slower)
 
 
 class Signature:
@@ -67,9 +70,17 @@ class Signature:
         self.last_weak = int(w[-1]) if nb else 0
         self.strong = strong
         self.strong_mv = memoryview(strong.data)
-        self.order = np.argsort(w, kind="stable").astype(np.uint32)
-        self.sorted_weak = w[self.order]
+        # sorted by (weak sum, block number) as one 64-bit key: the lowest number first among equal
+        # sums, as a stable argsort would give, in a fifth of its time (a plain sort of integers)
+        key = w.astype(np.uint64)
         del w
+        key <<= np.uint64(32)
+        key |= np.arange(nb, dtype=np.uint64)
+        key.sort()
+        self.order = key.astype(np.uint32)  # the low 32 bits: the block number
+        key >>= np.uint64(32)
+        self.sorted_weak = key.astype(np.uint32)
+        del key
         self._weak: np.ndarray | None = None
         # two filters of half the size (as much memory as one), indexed by two different mixes of the
         # weak sum: a window passes both about 4 times less often than it would pass one, so far
@@ -418,7 +429,7 @@ def _parallel_events(
     bl = sig.block_len
     # pieces start on block boundaries: where the input repeats the basis in place (long runs of
     # equal blocks, zeros), the sequential path then stands on the piece's path at once
-    step = max(1, min(-(-src.size // (4 * pool.workers * bl)), PIECE_MAX // bl)) * bl
+    step = max(1, PIECE // bl) * bl
     bounds = [(s, min(s + step, src.size)) for s in range(0, src.size, step)]
     pos = 0
     for (start, _stop), ev in zip(bounds, pool.imap(_piece_events, bounds), strict=True):
