@@ -25,7 +25,7 @@ from deltadump.pg.conn import psql
 from deltadump.pg.inspect import table_stats
 from deltadump.pg.server import LocalServer
 from deltadump.store.keys import PublicKey, SecretKey, create_secret, load_secret
-from deltadump.store.records import BackupRecord, ObjectRecord, format_ranges, parse_ranges
+from deltadump.store.records import MAX_HEAD_BYTES, BackupRecord, ObjectRecord, format_ranges, parse_ranges
 from deltadump.store.repository import Change, LocalMeta, Repository, SeenState, Trust
 
 V1_COMMIT = "1e5ffcc2579245b2d20cc7ed962e9d557017521c"  # the last commit that wrote repository format 1
@@ -350,6 +350,17 @@ def test_hostile_offsite_store(pg: LocalServer, pwfile: Path, maildb: str, tmp: 
     store.delete(rec_key)
     attempt("missing")
     heal()
+    # a head grown past any head's size (a store that would fill the disk): refused, never read whole
+    store.put(head_key, good[head_key] + b" " * MAX_HEAD_BYTES)
+    attempt("larger than any file of its kind")
+    heal()
+    # an object grown on the store past its recorded size: refused (before its download where the target
+    # can tell, else by its sha256)
+    obj_key = next(k for k in store.names() if k.startswith("chain/") and k.endswith(".base.zst"))
+    saved_obj = store.get(obj_key)
+    store.put(obj_key, saved_obj + b"\0" * 65536)
+    attempt("sha256" if store.kind == "file" else "larger than the", read_objects_only=True)  # a folder: read in place
+    store.put(obj_key, saved_obj)
     # a rolled-back head: the older signed head put back, the newer deleted. This host saw the newer one.
     for k in [k for k in store.names() if k.startswith("heads/")]:
         store.delete(k)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from deltadump.errors import TargetError
-from deltadump.targets import Target, TargetOptions, open_target
+from deltadump.targets import ObjectTooLarge, Target, TargetOptions, open_target
 
 KINDS = ["folder", "s3", "smb", "sftp"]
 _folders = iter(range(10**6))
@@ -142,6 +142,49 @@ def test_large_object_in_parts(target: Target, tmp: Path, monkeypatch: pytest.Mo
     target.put("big", *_file(tmp, "big", data))
     target.get("big", tmp / "big.back")
     assert hashlib.sha256((tmp / "big.back").read_bytes()).digest() == hashlib.sha256(data).digest()
+
+
+def test_get_with_a_limit_refuses_a_larger_object_and_writes_nothing(remote: Remote, tmp: Path) -> None:
+    """A reader that knows an object's size (its signed record does) never downloads more: a grown object
+    is refused before it can fill the disk, whatever the store's listing says."""
+    t = remote.target
+    data = os.urandom((9 << 20) + 5)  # more than two of a download's 4 MiB chunks
+    t.put("chain/x.base.zst", *_file(tmp, "a", data))
+    t.get("chain/x.base.zst", tmp / "exact", len(data))
+    assert (tmp / "exact").read_bytes() == data
+    for limit in (len(data) - 1, 5 << 20, 0):
+        with pytest.raises(ObjectTooLarge, match="larger than the") as e:
+            t.get("chain/x.base.zst", tmp / "got", limit)
+        assert not e.value.transient
+        assert not (tmp / "got").exists()
+    assert [p.name for p in tmp.iterdir() if p.name not in ("a", "exact", "remote")] == []  # no temporary file
+    with pytest.raises(TargetError, match="missing"):
+        t.get("chain/none.zst", tmp / "got", 10)
+
+
+def test_age_target_limits_by_the_plain_size(tmp: Path) -> None:
+    """Over an age-encrypted copy the limit is the plain size: the encrypted object may be as much larger
+    as age makes it, and no more."""
+    import pyrage
+
+    from deltadump.targets.age import AgeTarget, sealed_size
+
+    ident = pyrage.x25519.Identity.generate()
+    (tmp / "id").write_text(str(ident))
+    (tmp / "remote").mkdir()
+    inner = open_target(f"file://{tmp / 'remote'}")
+    t = AgeTarget(inner, [str(ident.to_public())], tmp / "id")
+    for size in (0, 1, 65536, (1 << 20) + 3):
+        data = os.urandom(size)
+        t.put("k", *_file(tmp, "plain", data))
+        assert (inner.stat("k.age") or 0) <= sealed_size(size)
+        t.get("k", tmp / "back", size)
+        assert (tmp / "back").read_bytes() == data
+    grown = (tmp / "remote" / "k.age").read_bytes() + os.urandom(sealed_size((1 << 20) + 3))
+    (tmp / "remote" / "k.age").write_bytes(grown)
+    with pytest.raises(ObjectTooLarge):
+        t.get("k", tmp / "none", (1 << 20) + 3)
+    assert not (tmp / "none").exists()
 
 
 def test_missing_source_is_a_clear_permanent_error(target: Target, tmp: Path) -> None:

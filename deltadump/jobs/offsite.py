@@ -314,8 +314,9 @@ class Offsite:
         return gone
 
     # -- reading -----------------------------------------------------------------------------------------
-    def fetch_to(self, key: str, dst: Path) -> None:
-        self.target.get(check_relpath(key, ("chain/", "full/")), dst)
+    def fetch_to(self, key: str, dst: Path, size: int) -> None:
+        """The object `key`, whose record gives its `size`: a larger one is refused before it fills the disk."""
+        self.target.get(check_relpath(key, ("chain/", "full/")), dst, size)
 
     def fetch_full(self, rec: BackupRecord, work: Path) -> Path:
         """Bring a backup made without delta (a dump, or a physical backup's files) into `work`, every
@@ -323,7 +324,7 @@ class Offsite:
         for obj in offsite_objects(rec):
             local = work / obj.path
             local.parent.mkdir(parents=True, exist_ok=True)
-            self.fetch_to(obj.path, local)
+            self.fetch_to(obj.path, local, obj.size)
             size, digest = sha256_file(local)
             if size != obj.size or digest != obj.sha256:
                 raise IntegrityError(f"{obj.path} is corrupt offsite: sha256 mismatch")
@@ -333,7 +334,7 @@ class Offsite:
         def fetch(obj: FileRecord, scratch: Path) -> Path:
             if not self.encrypted and (p := self.raw.local_path(obj.path)) is not None:
                 return p  # a folder target: read in place
-            self.fetch_to(obj.path, scratch)
+            self.fetch_to(obj.path, scratch, obj.size)
             return scratch
 
         return fetch

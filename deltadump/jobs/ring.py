@@ -99,7 +99,7 @@ def fetch_slot(ring: Target, repo: Repository, dest: Path, rec: BackupRecord, wo
             size = ring.stat(rec.path)
             if size is not None and size != f.size:
                 return None, f"{ring.describe()}/{rec.path}: size {size} bytes, recorded {f.size} (short or grown)"
-            ring.get(rec.path, local)
+            ring.get(rec.path, local, f.size)
         except TargetError as exc:
             return None, f"{ring.describe()}/{rec.path}: {exc.message}"
     try:

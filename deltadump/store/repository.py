@@ -27,7 +27,7 @@ from ..clock import now
 from ..errors import IntegrityError, StorageError, TargetError, TrustError
 from ..fsio import TMP_PREFIX, fsync_dir, make_dirs, storage_error, unlock_close, write_bytes_atomic
 from ..naming import check_relpath
-from ..targets import Target
+from ..targets import ObjectTooLarge, Target
 from .keys import PublicKey, SecretKey
 from .records import (
     HEAD_NAME,
@@ -174,13 +174,13 @@ class TargetMeta:
         with tempfile.TemporaryDirectory(prefix="deltadump-meta-") as tmp:
             dst = Path(tmp) / "f"
             try:
-                self.target.get(name, dst)
+                self.target.get(name, dst, limit)
+            except ObjectTooLarge:
+                raise IntegrityError(f"{name} at {self.describe()} is larger than any file of its kind") from None
             except TargetError as exc:
                 if self.target.stat(name) is None:
                     return None
                 raise exc
-            if dst.stat().st_size > limit:
-                raise IntegrityError(f"{name} at {self.describe()} is larger than any file of its kind")
             return dst.read_bytes()
 
     def write(self, name: str, data: bytes) -> None:

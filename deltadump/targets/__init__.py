@@ -31,8 +31,9 @@ class Target(Protocol):
     def put(self, key: str, src: Path, sha256: str) -> None:
         """Store src under key; the key becomes visible only once complete and checked."""
 
-    def get(self, key: str, dst: Path) -> None:
-        """Write the object to dst (a complete file or an error)."""
+    def get(self, key: str, dst: Path, limit: int | None = None) -> None:
+        """Write the object to dst (a complete file or an error). With `limit`, an object larger than
+        `limit` bytes is refused (too_large) before more than `limit` bytes of it are written."""
 
     def local_path(self, key: str) -> Path | None:
         """A local file that is the object, to read in place instead of copying it, or None (then get)."""
@@ -116,6 +117,28 @@ def fetch_into(dst: Path, fetch: Callable[[Path], None]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+class ObjectTooLarge(TargetError):
+    """An object is larger than its reader allows (a damaged or hostile store): permanent."""
+
+
+def too_large(what: str, limit: int) -> ObjectTooLarge:
+    return ObjectTooLarge(
+        f"{what} is larger than the {limit} bytes it may have; refused",
+        hint="the offsite copy is damaged or was written by someone else; run `deltadump verify --offsite`",
+    )
+
+
+def copy_limited(read: Callable[[int], bytes], out: BinaryIO, path: Path, limit: int | None, what: str) -> None:
+    """A download's loop: chunks from `read` written to `out` (the local file `path`), refused with
+    too_large as soon as they pass `limit` bytes."""
+    got = 0
+    while data := read(4 << 20):
+        got += len(data)
+        if limit is not None and got > limit:
+            raise too_large(what, limit)
+        write_local(out, data, path)
 
 
 def write_local(out: BinaryIO, data: bytes, path: Path) -> None:

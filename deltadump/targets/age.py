@@ -16,6 +16,13 @@ from . import Target
 SUFFIX = ".age"
 
 
+def sealed_size(size: int) -> int:
+    """The most bytes an age file of `size` plain bytes takes: its header (a few hundred bytes per
+    recipient; 64 KiB allows many), then 16 bytes of tag per 64 KiB chunk of payload (and one chunk
+    for an empty file)."""
+    return (64 << 10) + size + 16 * (size // (64 << 10) + 1)
+
+
 class AgeTarget:
     def __init__(self, inner: Target, recipients: list[str], identity: Path | None = None) -> None:
         self.inner = inner
@@ -63,11 +70,11 @@ class AgeTarget:
             pyrage.encrypt_file(str(src), str(enc), self._rcpts())
             self.inner.put(key + SUFFIX, enc, sha256_file(enc)[1])
 
-    def get(self, key: str, dst: Path) -> None:
+    def get(self, key: str, dst: Path, limit: int | None = None) -> None:
         import pyrage
 
         enc = dst.with_name(dst.name + SUFFIX)
-        self.inner.get(key + SUFFIX, enc)
+        self.inner.get(key + SUFFIX, enc, None if limit is None else sealed_size(limit))
         try:
             pyrage.decrypt_file(str(enc), str(dst), self._ids())
         except ConfigError:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import StorageError, TargetError
 from ..fsio import atomic_write, tmp_name
-from . import MissingObject, check_key, check_prefix, listed_key
+from . import MissingObject, check_key, check_prefix, copy_limited, listed_key
 
 
 class FolderTarget:
@@ -82,16 +82,19 @@ class FolderTarget:
         except OSError as exc:
             raise TargetError(f"cannot write {dst}: {exc.strerror or exc}") from exc
 
-    def get(self, key: str, dst: Path) -> None:
+    def get(self, key: str, dst: Path, limit: int | None = None) -> None:
         fd = self._open(key)
         tmp = tmp_name(dst)
-        try:  # a fetched copy is scratch, checked by its user: a kernel copy, no fsync
+        try:  # a fetched copy is scratch, checked by its user: no fsync
             with os.fdopen(fd, "rb") as s, open(tmp, "wb") as out:
-                shutil.copyfileobj(s, out, 4 << 20)
+                copy_limited(s.read, out, tmp, limit, str(self._path(key)))
             os.replace(tmp, dst)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise TargetError(f"cannot read {self._path(key)}: {exc.strerror or exc}") from exc
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def local_path(self, key: str) -> Path | None:
         os.close(self._open(key))

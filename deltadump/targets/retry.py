@@ -73,8 +73,8 @@ class RetryTarget:
     def put(self, key: str, src: Path, sha256: str) -> None:
         self._run(f"uploading {key}", lambda: self.inner.put(key, src, sha256))
 
-    def get(self, key: str, dst: Path) -> None:
-        self._run(f"downloading {key}", lambda: self.inner.get(key, dst))
+    def get(self, key: str, dst: Path, limit: int | None = None) -> None:
+        self._run(f"downloading {key}", lambda: self.inner.get(key, dst, limit))
 
     def local_path(self, key: str) -> Path | None:
         return self._run(f"reading {key}", lambda: self.inner.local_path(key))

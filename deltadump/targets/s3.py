@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import TargetError
 from ..fsio import sha256_file, tmp_name
-from . import MissingObject, check_key, check_prefix, listed_key
+from . import MissingObject, check_key, check_prefix, listed_key, too_large
 
 PART = 16 << 20  # bytes per part (S3: at least 5 MiB but the last, at most 10,000 parts)
 MAX_PARTS = 10_000
@@ -173,15 +173,26 @@ class S3Target:
         with contextlib.suppress(Exception):
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=k, UploadId=upload_id)
 
-    def get(self, key: str, dst: Path) -> None:
+    def get(self, key: str, dst: Path, limit: int | None = None) -> None:
         k = self._key(key)
         tmp = tmp_name(dst)
+        where = f"s3://{self.bucket}/{k}"
         try:
+            if limit is not None:  # the declared size before a byte comes, the size that came after
+                size = self.stat(key)
+                if size is None:
+                    raise MissingObject(f"{where} is missing offsite")
+                if size > limit:
+                    raise too_large(where, limit)
             self.client.download_file(self.bucket, k, str(tmp), Config=self.transfer)
+            if limit is not None and os.stat(tmp).st_size > limit:
+                raise too_large(where, limit)
             os.replace(tmp, dst)
         except Exception as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+            if isinstance(exc, TargetError):
+                raise
             from botocore.exceptions import ClientError
 
             if isinstance(exc, ClientError) and str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey"):

@@ -37,10 +37,11 @@ from . import (
     TargetOptions,
     check_key,
     check_prefix,
+    copy_limited,
     fetch_into,
     listed_key,
     split_url,
-    write_local,
+    too_large,
 )
 
 CHUNK = 4 << 20
@@ -288,16 +289,17 @@ class SFTPTarget:
                 if not st.S_ISDIR(sftp.stat(p).st_mode or 0):  # made meanwhile by someone else: fine
                     raise
 
-    def get(self, key: str, dst: Path) -> None:
+    def get(self, key: str, dst: Path, limit: int | None = None) -> None:
         path = self._path(key)
 
         def fetch(sftp: Any, tmp: Path) -> None:
             self._inside(sftp, path, key)
             with sftp.open(path, "rb") as f, open(tmp, "wb") as out:
                 size = f.stat().st_size
+                if limit is not None and size > limit:
+                    raise too_large(f"{self.describe()}/{key}", limit)
                 f.prefetch(size, max_concurrent_requests=64)
-                while chunk := f.read(CHUNK):
-                    write_local(out, chunk, dst)
+                copy_limited(f.read, out, dst, limit, f"{self.describe()}/{key}")
 
         fetch_into(dst, lambda tmp: self._call("downloading", key, lambda sftp: fetch(sftp, tmp)))
 

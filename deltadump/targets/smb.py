@@ -34,9 +34,9 @@ from . import (
     TargetOptions,
     check_key,
     check_prefix,
+    copy_limited,
     fetch_into,
     listed_key,
-    write_local,
 )
 
 CHUNK = 4 << 20
@@ -263,15 +263,14 @@ class SMBTarget:
 
         self._call("uploading to", key, send)
 
-    def get(self, key: str, dst: Path) -> None:
+    def get(self, key: str, dst: Path, limit: int | None = None) -> None:
         import smbclient
 
         key = self._key(key)
 
         def fetch(tmp: Path) -> None:
             with smbclient.open_file(self._unc(key), "rb", buffering=0, **self._kw()) as f, open(tmp, "wb") as out:
-                while chunk := f.read(CHUNK):
-                    write_local(out, chunk, dst)
+                copy_limited(f.read, out, dst, limit, f"{self.describe()}/{key}")
 
         fetch_into(dst, lambda tmp: self._call("downloading", key, lambda: fetch(tmp)))
 
