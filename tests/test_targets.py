@@ -206,6 +206,25 @@ def test_age_target_limits_by_the_plain_size(tmp: Path) -> None:
     assert not (tmp / "none").exists()
 
 
+def test_age_target_refuses_a_plain_object_past_the_limit(tmp: Path) -> None:
+    """Anyone with the public recipient (the store, say) can seal a valid age file: one whose plain
+    bytes pass the limit by less than age's allowance for its header is refused too, and not left."""
+    import pyrage
+
+    from deltadump.targets.age import AgeTarget
+
+    ident = pyrage.x25519.Identity.generate()
+    (tmp / "id").write_text(str(ident))
+    (tmp / "remote").mkdir()
+    t = AgeTarget(open_target(f"file://{tmp / 'remote'}"), [str(ident.to_public())], tmp / "id")
+    (tmp / "remote" / "k.age").write_bytes(pyrage.encrypt(os.urandom(1001), [ident.to_public()]))
+    with pytest.raises(ObjectTooLarge, match="larger than the 1000 bytes"):
+        t.get("k", tmp / "got", 1000)
+    assert sorted(p.name for p in tmp.iterdir()) == ["id", "remote"]
+    t.get("k", tmp / "got", 1001)
+    assert (tmp / "got").stat().st_size == 1001
+
+
 def test_missing_source_is_a_clear_permanent_error(target: Target, tmp: Path) -> None:
     with pytest.raises(TargetError, match=r"cannot read .*nothing-here") as e:
         target.put("k", tmp / "nothing-here", "0" * 64)
