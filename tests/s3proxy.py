@@ -9,10 +9,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 
+def _is_object(path: str) -> bool:
+    """A GET of an object (/bucket/key, no listing or upload query)."""
+    parts = urlsplit(path)
+    return parts.path.strip("/").count("/") >= 1 and not set(parse_qs(parts.query)) - {"x-id"}
+
+
 class FaultProxy:
     """fail_writes: answer the next N PUT/POST requests with 500; hang_writes: hold them (seconds);
     refuse_parts_from: answer 403 to every upload of a part numbered that or higher; writes: the
-    (method, path) of every PUT/POST that reached the server."""
+    (method, path) of every PUT/POST that reached the server; grow_gets: send that many zero bytes more
+    after every object a GET returns (a hostile store whose object streams more than its HEAD and
+    listing say, its checksum headers dropped), counting in grown_sent how many the client took."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = urlsplit(upstream)
@@ -21,6 +29,8 @@ class FaultProxy:
         self.failed = 0
         self.refuse_parts_from: int | None = None
         self.writes: list[tuple[str, str]] = []
+        self.grow_gets = 0
+        self.grown_sent = 0
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -58,16 +68,27 @@ class FaultProxy:
                 conn.request(self.command, self.path, body=body, headers=headers)
                 r = conn.getresponse()
                 data = r.read()
+                grow = proxy.grow_gets if self.command == "GET" and r.status == 200 and _is_object(self.path) else 0
                 self.send_response(r.status)
+                dropped = ("transfer-encoding", "content-length", "connection") + (("x-amz-checksum",) if grow else ())
                 for k, v in r.getheaders():
-                    if k.lower() not in ("transfer-encoding", "content-length", "connection"):
+                    if not k.lower().startswith(dropped):
                         self.send_header(k, v)
                 length = r.getheader("Content-Length") if self.command == "HEAD" else None
-                self.send_header("Content-Length", length or str(len(data)))
+                self.send_header("Content-Length", length or str(len(data) + grow))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
                 conn.close()
+                chunk = bytes(1 << 20)
+                try:
+                    while grow > 0:
+                        n = min(grow, len(chunk))
+                        self.wfile.write(chunk[:n])
+                        proxy.grown_sent += n
+                        grow -= n
+                except OSError:  # the client hung up: what it took is counted
+                    self.close_connection = True
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
 

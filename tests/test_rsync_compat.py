@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from deltadump.rsync import delta, parallel, patch, signature
+from deltadump.rsync.small import strong_hasher
 
 RDIFF_CLI = [sys.executable, "-m", "deltadump.cli.rdiff"]
 
@@ -175,6 +176,45 @@ def test_duplicate_blocks_merge_into_fewer_copies(tmp: Path, rdiff_bin: str) -> 
     assert (tmp / "ours").stat().st_size < (tmp / "theirs").stat().st_size
     run_rdiff(rdiff_bin, "patch", tmp / "b", tmp / "ours", tmp / "out")
     assert (tmp / "out").read_bytes() == new
+
+
+# Wang et al.'s MD4 collision (two 64-byte messages, little-endian words): equal MD4, different bytes
+_MD4_A = "4d7a9c83 56cb927a b9d5a578 57a7a5ee de748a3c dcc366b3 b683a020 3b2a5d9f c69d71b3 f9e99198 d79f805e a63bb2e8 45dd8e31 97e31fe5 2794bf08 b9e8c3e9"
+_MD4_B = "4d7a9c83 d6cb927a 29d5a578 57a7a5ee de748a3c dcc366b3 b683a020 3b2a5d9f c69d71b3 f9e99198 d79f805e a63bb2e8 45dc8e31 97e31fe5 2794bf08 b9e8c3e9"
+
+
+@pytest.mark.parametrize("strong", ["md4", "blake2"])
+@pytest.mark.parametrize("weak", ["rabinkarp", "rollsum"])
+@pytest.mark.parametrize("size", [3, 20_000])  # blocks each side: a small signature, and a large one
+def test_a_block_whose_strong_sum_collides_with_the_next_is_not_copied(
+    tmp: Path, rdiff_bin: str, strong: str, weak: str, size: int
+) -> None:
+    """MD4 collisions are easy to make (whoever writes rows can plant one), a 1-byte strong sum collides
+    by chance: after a matched block, a window whose strong sum equals the next basis block's but whose
+    bytes (and weak sum) differ is no match for librsync, and must be none for us: copied, it would
+    patch back to other data than the input."""
+    rng = random.Random(size)
+    hasher = strong_hasher(strong)
+    if strong == "md4":
+        m1, m2 = (b"".join(int(w, 16).to_bytes(4, "little") for w in m.split()) for m in (_MD4_A, _MD4_B))
+        strong_len = 0  # all 16 bytes
+    else:
+        m1, strong_len = rng.randbytes(64), 1
+        m2 = next(b for b in iter(lambda: rng.randbytes(64), b"") if hasher(b)[:1] == hasher(m1)[:1])
+    assert m1 != m2 and hasher(m1)[: strong_len or 16] == hasher(m2)[: strong_len or 16]
+    head, tail = rng.randbytes(64 * size), rng.randbytes(64 * size)
+    (tmp / "b").write_bytes(head + m1 + tail)
+    new = head + m2 + tail
+    (tmp / "n").write_bytes(new)
+    sig_args = ("-b", 64, "-R", weak, "-H", strong, "-S", strong_len)
+    run_rdiff(rdiff_bin, *sig_args, "signature", tmp / "b", tmp / "sig")
+    run_rdiff(rdiff_bin, "delta", tmp / "sig", tmp / "n", tmp / "theirs")
+    delta(tmp / "sig", tmp / "n", tmp / "exact", exact=True)
+    assert (tmp / "exact").read_bytes() == (tmp / "theirs").read_bytes()
+    delta(tmp / "sig", tmp / "n", tmp / "fast")
+    for d in ("exact", "fast"):
+        run_rdiff(rdiff_bin, "patch", tmp / "b", tmp / d, tmp / "out")
+        assert (tmp / "out").read_bytes() == new, d
 
 
 def test_cli_pipes_and_option_forms(tmp: Path, rdiff_bin: str) -> None:

@@ -162,6 +162,25 @@ def test_get_with_a_limit_refuses_a_larger_object_and_writes_nothing(remote: Rem
         t.get("chain/none.zst", tmp / "got", 10)
 
 
+def test_s3_get_streaming_more_than_the_head_is_cut_at_the_limit(s3_server: str, bucket: str, tmp: Path) -> None:
+    """A hostile S3 store whose HEAD and listing give an object's true size but whose GET streams
+    256 MiB more: the download stops as soon as it passes the limit, it does not fill the disk first."""
+    from s3proxy import FaultProxy
+
+    proxy = FaultProxy(s3_server)
+    try:
+        t = open_target(f"s3://{bucket}/r", proxy.url)
+        data = os.urandom((1 << 20) + 7)
+        t.put("chain/x.base.zst", *_file(tmp, "a", data))
+        proxy.grow_gets = 256 << 20
+        with pytest.raises(ObjectTooLarge, match="larger than the"):
+            t.get("chain/x.base.zst", tmp / "got", len(data))
+    finally:
+        proxy.close()
+    assert proxy.grown_sent < 32 << 20, proxy.grown_sent  # what the kernel's buffers hold, not the rest
+    assert sorted(p.name for p in tmp.iterdir()) == ["a"]  # no temporary file
+
+
 def test_age_target_limits_by_the_plain_size(tmp: Path) -> None:
     """Over an age-encrypted copy the limit is the plain size: the encrypted object may be as much larger
     as age makes it, and no more."""
@@ -185,6 +204,25 @@ def test_age_target_limits_by_the_plain_size(tmp: Path) -> None:
     with pytest.raises(ObjectTooLarge):
         t.get("k", tmp / "none", (1 << 20) + 3)
     assert not (tmp / "none").exists()
+
+
+def test_age_target_refuses_a_plain_object_past_the_limit(tmp: Path) -> None:
+    """Anyone with the public recipient (the store, say) can seal a valid age file: one whose plain
+    bytes pass the limit by less than age's allowance for its header is refused too, and not left."""
+    import pyrage
+
+    from deltadump.targets.age import AgeTarget
+
+    ident = pyrage.x25519.Identity.generate()
+    (tmp / "id").write_text(str(ident))
+    (tmp / "remote").mkdir()
+    t = AgeTarget(open_target(f"file://{tmp / 'remote'}"), [str(ident.to_public())], tmp / "id")
+    (tmp / "remote" / "k.age").write_bytes(pyrage.encrypt(os.urandom(1001), [ident.to_public()]))
+    with pytest.raises(ObjectTooLarge, match="larger than the 1000 bytes"):
+        t.get("k", tmp / "got", 1000)
+    assert sorted(p.name for p in tmp.iterdir()) == ["id", "remote"]
+    t.get("k", tmp / "got", 1001)
+    assert (tmp / "got").stat().st_size == 1001
 
 
 def test_missing_source_is_a_clear_permanent_error(target: Target, tmp: Path) -> None:

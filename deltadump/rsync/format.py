@@ -79,6 +79,13 @@ class SigParams:
     def strong(self) -> str:
         return SIG_MAGICS[self.magic][1]
 
+    @property
+    def strong_proves(self) -> bool:
+        """Whether equal strong sums alone prove equal blocks (as far as anyone can forge a pair): BLAKE2
+        of BOUNDED_STRONG_LEN bytes or more. MD4 collisions are made at will, a shorter sum is forged
+        by a birthday search or collides by chance: then the weak sums must be compared too."""
+        return self.strong == "blake2" and self.strong_len >= BOUNDED_STRONG_LEN
+
     def header(self) -> bytes:
         return struct.pack(">III", self.magic, self.block_len, self.strong_len)
 

@@ -3,8 +3,9 @@ window whose weak and strong sums are in the signature), never walking byte by b
 
 * After a match, the next windows are most likely the next basis blocks (most of a dump does not
   change), so a whole run of aligned windows is checked against the blocks that follow (`_chain`):
-  by strong sums, a group of blocks per comparison (weak sums would only repeat what the strong ones
-  prove); when the caller also has the basis, by comparing bytes (equal bytes have equal sums).
+  by strong sums, a group of blocks per comparison, and by weak sums too where a strong sum alone
+  proves nothing (`SigParams.strong_proves`: MD4 collides at will, a short sum by chance); when the
+  caller also has the basis, by comparing bytes (equal bytes have equal sums).
 * Otherwise the weak sums of every offset of a region are computed at once (prefix-sum form), a
   bitmap filter and the sorted weak sums pick the candidates, and only those get a strong sum.
 * Large inputs are searched by forked workers in pieces whose boundaries are stitched by running
@@ -27,7 +28,7 @@ from .format import SigParams, filter_bits, parse_sig_header
 from .parallel import WorkerPool, want_workers, worker_state
 from .small import strong_hasher
 from .streams import Source
-from .sums import U32, rolling_weak, strong_run, suffix_weak
+from .sums import U32, block_weak, rolling_weak, strong_run, suffix_weak
 
 if TYPE_CHECKING:
     from .small import SmallSignature
@@ -145,13 +146,17 @@ class Signature:
             return -1
         return self.lookup_at(j, window, strong)
 
-    def canon(self, k: int) -> int:
-        """The lowest block number with the same sums as block k (librsync's choice among equal blocks;
-        for `exact` deltas, which keep the weak sums in block order too: 4 more bytes a block)."""
+    def weak_in_order(self) -> np.ndarray:
+        """The weak sums in block order (made on first use, by exact deltas and where strong sums do not
+        prove equal blocks: 4 more bytes a block)."""
         if self._weak is None:
             self._weak = np.empty(self.nblocks, dtype=U32)
             self._weak[self.order] = self.sorted_weak
-        return self.lookup(int(self._weak[k]), b"", self.strong_of(k))
+        return self._weak
+
+    def canon(self, k: int) -> int:
+        """The lowest block number with the same sums as block k (librsync's choice among equal blocks)."""
+        return self.lookup(int(self.weak_in_order()[k]), b"", self.strong_of(k))
 
 
 def read_signature(src: Source) -> Signature:
@@ -252,9 +257,9 @@ class Matcher:
     def _chain(self, pos: int, first: int) -> tuple[int, bool]:
         """How many aligned windows at pos equal blocks first, first+1, ... (only full blocks, the
         last one is left to _scan), and whether the run ends there (the next window differs from the
-        next block: no need to ask again). Checked by strong sum alone (where a run continues, the weak sums
-        would only repeat what the strong ones prove), a group at a time, one comparison per group,
-        stopping at the first group with a difference; or, with the basis, by comparing bytes."""
+        next block: no need to ask again). Checked by strong sums (and weak ones unless strong_proves),
+        a group at a time, one comparison per group, stopping at the first group with a difference;
+        or, with the basis, by comparing bytes."""
         sig, bl = self.sig, self.bl
         m = min(self.chain_len, sig.nblocks - 1 - first)
         if m <= 0:
@@ -315,17 +320,26 @@ GROUP = 32  # most blocks checked per comparison while a run continues
 
 
 def _count_matching(sig: Signature, data: memoryview, first: int, m: int) -> int:
-    """How many of the m leading blocks of `data` have the strong sums of blocks first, first+1, ...
+    """How many of the m leading blocks of `data` have the sums of blocks first, first+1, ...
     Groups grow from 2 blocks: a run that ends at once (often, after a scan's match) costs little."""
     bl, sl, kind = sig.block_len, sig.strong_len, sig.params.strong
     done, group = 0, 2
     while done < m:
         n = min(group, m - done)
         group = min(group * 2, GROUP)
-        ours = strong_run(data[done * bl : (done + n) * bl], bl, kind, sl)
+        chunk = data[done * bl : (done + n) * bl]
+        ours = strong_run(chunk, bl, kind, sl)
         theirs = sig.strong_mv[(first + done) * sl : (first + done + n) * sl]
-        if ours != theirs:
-            return done + _common_records(ours, theirs, sl)
+        good = n if ours == theirs else _common_records(ours, theirs, sl)
+        if good and not sig.params.strong_proves:  # and the weak sums, as librsync compares both
+            wrong = np.flatnonzero(
+                block_weak(np.frombuffer(chunk[: good * bl], dtype=np.uint8), bl, sig.params.weak)
+                != sig.weak_in_order()[first + done : first + done + good]
+            )
+            if wrong.size:
+                good = int(wrong[0])
+        if good < n:
+            return done + good
         done += n
     return m
 

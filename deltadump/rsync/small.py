@@ -145,21 +145,23 @@ class SmallSignature:
 def events(sig: SmallSignature, data: bytes) -> Iterator[tuple[int, int, int]]:
     """The matches of the greedy search over `data`, as (position, block number, length): the same
     path as the numpy search (search.Matcher): after a match the following aligned windows are
-    checked against the following blocks (by strong sum alone; not the last block), otherwise the
-    first window at or after the position whose sums are in the signature, and at the end the
+    checked against the following blocks (by strong sums, and weak ones unless strong_proves; not the
+    last block), otherwise the first window at or after the position whose sums are in the signature, and at the end the
     shrinking windows against the last block."""
     bl, nb, n = sig.block_len, sig.nblocks, len(data)
     if nb == 0:
         return
     ws = WeakSum(sig.params.weak, bl, n)
     strong, sl, hasher = sig.strong, sig.strong_len, sig.hasher
+    weak = None if sig.params.strong_proves else sig.weak  # else a strong sum alone can collide
     mv = memoryview(data)
     pos, nxt = 0, -1
     while True:
         if nxt >= 0:  # a run of the blocks that follow
             m = 0
             while nxt + m < nb - 1 and pos + (m + 1) * bl <= n:
-                if hasher(mv[pos + m * bl : pos + (m + 1) * bl])[:sl] != strong[nxt + m]:
+                w = mv[pos + m * bl : pos + (m + 1) * bl]
+                if hasher(w)[:sl] != strong[nxt + m] or (weak is not None and ws.of(w) != weak[nxt + m]):
                     break
                 m += 1
             if m:

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import ConfigError, IntegrityError
 from ..fsio import sha256_file
-from . import Target
+from . import ObjectTooLarge, Target, too_large
 
 SUFFIX = ".age"
 
@@ -77,7 +77,10 @@ class AgeTarget:
         self.inner.get(key + SUFFIX, enc, None if limit is None else sealed_size(limit))
         try:
             pyrage.decrypt_file(str(enc), str(dst), self._ids())
-        except ConfigError:
+            if limit is not None and dst.stat().st_size > limit:  # sealed by whoever has the public key
+                dst.unlink()
+                raise too_large(f"{self.inner.describe()}/{key}{SUFFIX}", limit)
+        except (ConfigError, ObjectTooLarge):
             raise
         except Exception as exc:
             dst.unlink(missing_ok=True)

@@ -12,6 +12,7 @@ import base64
 import contextlib
 import hashlib
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -184,7 +185,7 @@ class S3Target:
                     raise MissingObject(f"{where} is missing offsite")
                 if size > limit:
                     raise too_large(where, limit)
-            self.client.download_file(self.bucket, k, str(tmp), Config=self.transfer)
+            self.client.download_file(self.bucket, k, str(tmp), Config=self.transfer, Callback=_Counter(where, limit))
             if limit is not None and os.stat(tmp).st_size > limit:
                 raise too_large(where, limit)
             os.replace(tmp, dst)
@@ -237,6 +238,25 @@ class S3Target:
             self.client.delete_object(Bucket=self.bucket, Key=k)
         except Exception as exc:
             raise self._error(exc, "deleting", key) from exc
+
+
+class _Counter:
+    """A download's progress callback: the bytes received so far, refused with too_large as soon as they
+    pass `limit` (the callback runs as each chunk is read, before it is written: a GET that streams more
+    than the HEAD said is cut there)."""
+
+    def __init__(self, where: str, limit: int | None) -> None:
+        self.where = where
+        self.limit = limit
+        self.got = 0
+        self.lock = threading.Lock()  # parts are read by two threads
+
+    def __call__(self, n: int) -> None:
+        with self.lock:
+            self.got += n  # negative when a part is read again
+            over = self.limit is not None and self.got > self.limit
+        if over:
+            raise too_large(self.where, self.limit or 0)
 
 
 def _b64(digest: bytes) -> str:
