@@ -105,7 +105,10 @@ def test_parallel_search_equals_sequential_and_rdiff(
     tmp: Path, rdiff_bin: str, block: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The worker-process search, stitched at piece boundaries, gives exactly the sequential result."""
+    from deltadump.rsync import search
+
     monkeypatch.setattr(parallel, "MIN_PARALLEL_BYTES", 1 << 20)
+    monkeypatch.setattr(search, "PIECE", 1 << 18)  # (4 MiB pieces would give this input one boundary: 23 here)
     rng = random.Random(block)
     basis = text_like(rng, 6_000_000)
     new = mutate(rng, basis, 400)
