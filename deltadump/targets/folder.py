@@ -14,8 +14,8 @@ import stat
 from pathlib import Path
 
 from ..errors import StorageError, TargetError
-from ..fsio import atomic_write, tmp_name
-from . import MissingObject, check_key, check_prefix, copy_limited, listed_key
+from ..fsio import atomic_write
+from . import MissingObject, check_key, check_prefix, copy_limited, fetch_into, listed_key
 
 
 class FolderTarget:
@@ -84,17 +84,15 @@ class FolderTarget:
 
     def get(self, key: str, dst: Path, limit: int | None = None) -> None:
         fd = self._open(key)
-        tmp = tmp_name(dst)
-        try:  # a fetched copy is scratch, checked by its user: no fsync
-            with os.fdopen(fd, "rb") as s, open(tmp, "wb") as out:
-                copy_limited(s.read, out, tmp, limit, str(self._path(key)))
-            os.replace(tmp, dst)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise TargetError(f"cannot read {self._path(key)}: {exc.strerror or exc}") from exc
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+
+        def fetch(tmp: Path) -> None:  # a fetched copy is scratch, checked by its user: no fsync
+            try:
+                with os.fdopen(fd, "rb") as s, open(tmp, "wb") as out:
+                    copy_limited(s.read, out, tmp, limit, str(self._path(key)))
+            except OSError as exc:
+                raise TargetError(f"cannot read {self._path(key)}: {exc.strerror or exc}") from exc
+
+        fetch_into(dst, fetch)
 
     def local_path(self, key: str) -> Path | None:
         os.close(self._open(key))

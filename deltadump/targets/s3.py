@@ -197,7 +197,7 @@ class S3Target:
             from botocore.exceptions import ClientError
 
             if isinstance(exc, ClientError) and str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey"):
-                raise MissingObject(f"s3://{self.bucket}/{k} is missing offsite") from exc
+                raise MissingObject(f"{where} is missing offsite") from exc
             raise self._error(exc, "downloading", key) from exc
 
     def local_path(self, key: str) -> Path | None:
