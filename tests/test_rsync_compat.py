@@ -220,6 +220,41 @@ def test_a_block_whose_strong_sum_collides_with_the_next_is_not_copied(
         assert (tmp / "out").read_bytes() == new, d
 
 
+@pytest.mark.parametrize("weak", ["rabinkarp", "rollsum"])
+def test_the_filter_lets_no_weak_sum_through_that_no_block_has(weak: str) -> None:
+    """The search's bitmap filter passes some windows whose weak sum no block has (those that share a
+    bit with a block's): the binary search must drop them, the ones past the largest key included (the
+    search then ends past the sorted keys), and find every block's sum at the first place of its key."""
+    import numpy as np
+
+    from deltadump.rsync import search
+    from deltadump.rsync.format import SIG_MAGICS, SigParams
+
+    magic = next(m for m, (w, s) in SIG_MAGICS.items() if (w, s) == (weak, "blake2"))
+    params = SigParams(magic, 64, 32)
+    rng = np.random.default_rng(5)
+    blocks = rng.integers(0, 1 << 32, 3000, dtype=np.uint64).astype(np.uint32)
+    blocks[:3] = blocks[3]  # equal sums: the lowest block number first
+    sig = search.Signature(params, [blocks.copy()], np.zeros(3000 * 32, dtype=np.uint8))
+    keys = (blocks - np.uint32(sig.key_base)) * np.uint32(search.MIX)
+    top = int(keys.max())
+    # windows that share a block key's filter word and bit but are no block's: keys that differ from a
+    # block's in a middle bit only, and keys past the largest
+    same = {int(k) for k in keys}
+    fakes = [f for f in (int(k) ^ 32 for k in keys) if f not in same]
+    span = 1 << int(sig.word_shift)  # keys with the same top bits share a word
+    past = list(range(top + 32, (top | (span - 1)) + 1, 32))[:3]
+    probe = np.array([*fakes, *past, *keys.tolist()], dtype=np.uint32)
+    assert len(fakes) > 2900 and past
+    cand, places = sig.candidates(probe)
+    assert cand == list(range(len(probe) - len(keys), len(probe)))
+    for c, j in zip(cand, places, strict=True):
+        k = int(probe[c])
+        assert int(sig.sorted_keys[j]) == k and (j == 0 or int(sig.sorted_keys[j - 1]) != k)
+    assert sig.candidates(probe[: len(fakes)]) == ([], [])
+    assert int(sig.order[int(np.searchsorted(sig.sorted_keys, keys[0]))]) == 0  # blocks 0-3 are equal
+
+
 def test_cli_pipes_and_option_forms(tmp: Path, rdiff_bin: str) -> None:
     rng = random.Random(9)
     basis = text_like(rng, 200_000)

@@ -132,8 +132,8 @@ FILTER_BITS_MAX = 24
 
 
 def filter_bits(nblocks: int) -> int:
-    """log2 of the entries (one byte each) of the weak-sum filters of a signature of nblocks blocks
-    (two filters of half as many entries each)."""
+    """log2 of the bytes of the weak-sum filter (a bitmap) of a signature of nblocks blocks: 16 to
+    32 bits a block, at most 16 MiB."""
     return min(FILTER_BITS_MAX, max(10, nblocks.bit_length() + 4))
 
 

@@ -28,7 +28,7 @@ from .format import SigParams, filter_bits, parse_sig_header
 from .parallel import WorkerPool, want_workers, worker_state
 from .small import strong_hasher
 from .streams import Source
-from .sums import U32, block_weak, rolling_weak, strong_run, suffix_weak
+from .sums import U32, block_weak, key_base, rolling_weak, strong_run, suffix_weak
 
 if TYPE_CHECKING:
     from .small import SmallSignature
@@ -40,7 +40,8 @@ CHAIN_MAX = 8 << 20
 MIX = 0x9E3779B1
 _MIX = U32(MIX)
 _UNMIX = U32(pow(MIX, -1, 1 << 32))
-_MIX2 = U32(0x85EBCA6B)
+_LOW5 = U32(31)
+_ONE = U32(1)
 EXTEND_MAX = 1 << 16  # how far a match may grow into each neighbouring literal
 LOAD_RECORDS = 1 << 18  # signature records read at a time
 PIECE = 4 << 20  # input bytes one worker searches per task: small, so that a stretch of dense changes
@@ -51,9 +52,13 @@ PIECE = 4 << 20  # input bytes one worker searches per task: small, so that a st
 
 class Signature:
     """A loaded signature, in compact arrays: the strong sums (strong_len bytes a block, in block
-    order), the block numbers sorted by weak sum (uint32, lowest number first among equal sums) with
-    those sums (uint32), and two filters of one byte per weak-sum bucket: strong_len + 8 bytes a
-    block and at most 16 MiB (format.sig_memory). No Python object per block."""
+    order), the block numbers sorted by key (uint32, lowest number first among equal keys) with those
+    keys (uint32), and a bitmap filter of the keys: strong_len + 8 bytes a block
+    and at most 16 MiB (format.sig_memory). No Python object per block.
+
+    A block's key is (weak sum - key_base) * MIX mod 2**32, a one-to-one map of the weak sums (MIX is
+    odd): the search computes keys of windows directly (one pass fewer than weak sums), and the
+    multiplication spreads the sums' bits over the filter's index."""
 
     def __init__(self, params: SigParams, weak: list[np.ndarray], strong: np.ndarray) -> None:
         """From the weak sums (uint32, in block order, in a one-element list that is emptied: they are
@@ -71,8 +76,11 @@ class Signature:
         self.last_weak = int(w[-1]) if nb else 0
         self.strong = strong
         self.strong_mv = memoryview(strong.data)
-        # sorted by (weak sum, block number) as one 64-bit key: the lowest number first among equal
-        # sums, as a stable argsort would give, in a fifth of its time (a plain sort of integers)
+        self.key_base = key_base(self.block_len, params.weak)
+        w -= U32(self.key_base)  # (wraps: uint32)
+        w *= _MIX
+        # sorted by (key, block number) as one 64-bit key: the lowest number first among equal keys,
+        # as a stable argsort would give, in a fifth of its time (a plain sort of integers)
         key = w.astype(np.uint64)
         del w
         key <<= np.uint64(32)
@@ -80,59 +88,55 @@ class Signature:
         key.sort()
         self.order = key.astype(np.uint32)  # the low 32 bits: the block number
         key >>= np.uint64(32)
-        self.sorted_weak = key.astype(np.uint32)
+        self.sorted_keys = key.astype(np.uint32)
         del key
         self._weak: np.ndarray | None = None
-        # two filters of half the size (as much memory as one), indexed by two different mixes of the
-        # weak sum: a window passes both about 4 times less often than it would pass one, so far
-        # fewer go on to the binary search (its cache misses dominate the search of new data)
-        bits = filter_bits(nb) - 1
-        self.filter_shift = U32(32 - bits)
-        self.filter = np.zeros(1 << bits, dtype=bool)
-        self.filter2 = np.zeros(1 << bits, dtype=bool)
-        for i in range(0, nb, LOAD_RECORDS):  # in slices: the mixed sums are a temporary array
-            w = self.sorted_weak[i : i + LOAD_RECORDS]
-            self.filter[self._mix(w)] = True
-            self.filter2[(w * _MIX2) >> self.filter_shift] = True
+        # a bitmap of the keys in 32-bit words: a key's top bits pick the word, its low 5 bits the bit
+        # (filter_bits(nb) bytes in all, about 1 % of it set at most): a window's test is one gather
+        # and few passes, and so few false candidates pass that the binary search costs little
+        bits = filter_bits(nb) - 2  # log2 of the words
+        self.word_shift = U32(32 - bits)
+        self.filter = np.zeros(1 << bits, dtype=U32)
+        for i in range(0, nb, LOAD_RECORDS):  # in slices: the words and bits are temporary arrays
+            k = self.sorted_keys[i : i + LOAD_RECORDS]
+            np.bitwise_or.at(self.filter, k >> self.word_shift, U32(1) << (k & _LOW5))
         self.hasher = strong_hasher(params.strong)
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the arrays (the signature's memory, beyond a few small objects)."""
-        arrays = (self.strong, self.order, self.sorted_weak, self.filter, self.filter2)
+        arrays = (self.strong, self.order, self.sorted_keys, self.filter)
         return sum(int(a.nbytes) for a in arrays)
 
     def strong_of(self, i: int) -> bytes:
         sl = self.strong_len
         return self.strong_mv[i * sl : (i + 1) * sl].tobytes()
 
-    def _mix(self, h: np.ndarray) -> np.ndarray:
-        return (h * _MIX) >> self.filter_shift
+    def key_of(self, weak: int) -> int:
+        return (weak - self.key_base) * MIX & 0xFFFFFFFF
 
-    def candidates(self, hm: np.ndarray) -> tuple[list[int], list[int]]:
-        """Offsets into hm (weak sums times the filter's mix, as rolling_weak(..., mult=MIX) gives
-        them) whose weak sum is in the signature (ascending), and for each the first place of that
-        sum among the sorted weak sums."""
-        cand = np.flatnonzero(self.filter[hm >> self.filter_shift])
+    def candidates(self, keys: np.ndarray) -> tuple[list[int], list[int]]:
+        """Offsets into `keys` (the keys of windows, as rolling_weak(..., MIX, key_base) gives them)
+        whose key is a block's (ascending), and for each the first place of that key among the sorted
+        keys."""
+        words = self.filter.take(keys >> self.word_shift)
+        words >>= keys & _LOW5
+        words &= _ONE
+        cand = words.nonzero()[0]
         if not cand.size:
             return [], []
-        hv = hm[cand] * _UNMIX
-        second = self.filter2[(hv * _MIX2) >> self.filter_shift]
-        cand, hv = cand[second], hv[second]
-        if not cand.size:
-            return [], []
-        idx = np.searchsorted(self.sorted_weak, hv)
-        np.minimum(idx, self.nblocks - 1, out=idx)
-        ok = self.sorted_weak[idx] == hv
+        hv = keys.take(cand)
+        idx = self.sorted_keys.searchsorted(hv)
+        ok = self.sorted_keys.take(idx, mode="clip") == hv  # (a key past the last: idx == nblocks)
         return cand[ok].tolist(), idx[ok].tolist()
 
     def lookup_at(self, j: int, window: bytes | memoryview, strong: bytes | None = None) -> int:
-        """The lowest block number whose sums equal the window's (or its weak sum, the one at place j
-        of the sorted weak sums, and the given strong sum), or -1."""
-        sw, order, nb = self.sorted_weak, self.order, self.nblocks
-        w = sw[j]
+        """The lowest block number whose sums equal the window's (or its weak sum, the one whose key
+        is at place j of the sorted keys, and the given strong sum), or -1."""
+        sk, order, nb = self.sorted_keys, self.order, self.nblocks
+        k = sk[j]
         s = strong if strong is not None else self.hasher(window)[: self.strong_len]
-        while j < nb and sw[j] == w:
+        while j < nb and sk[j] == k:
             i = int(order[j])
             if self.strong_of(i) == s:
                 return i
@@ -141,8 +145,9 @@ class Signature:
 
     def lookup(self, weak: int, window: bytes | memoryview, strong: bytes | None = None) -> int:
         """The lowest block number whose sums equal the window's (or the given strong sum), or -1."""
-        j = int(self.sorted_weak.searchsorted(U32(weak), "left"))
-        if j == self.nblocks or self.sorted_weak[j] != weak:
+        k = self.key_of(weak)
+        j = int(self.sorted_keys.searchsorted(U32(k), "left"))
+        if j == self.nblocks or self.sorted_keys[j] != k:
             return -1
         return self.lookup_at(j, window, strong)
 
@@ -150,8 +155,10 @@ class Signature:
         """The weak sums in block order (made on first use, by exact deltas and where strong sums do not
         prove equal blocks: 4 more bytes a block)."""
         if self._weak is None:
-            self._weak = np.empty(self.nblocks, dtype=U32)
-            self._weak[self.order] = self.sorted_weak
+            self._weak = w = np.empty(self.nblocks, dtype=U32)
+            w[self.order] = self.sorted_keys
+            w *= _UNMIX
+            w += U32(self.key_base)
         return self._weak
 
     def canon(self, k: int) -> int:
@@ -283,9 +290,9 @@ class Matcher:
             at_eof = len(data) < need
             nwin = max(0, len(data) - bl + 1)
             if nwin:
-                hm = rolling_weak(np.frombuffer(data, dtype=np.uint8), bl, self.kind, MIX)
+                keys = rolling_weak(np.frombuffer(data, dtype=np.uint8), bl, self.kind, MIX, sig.key_base)
                 mv = memoryview(data)
-                for c, j in zip(*sig.candidates(hm), strict=True):
+                for c, j in zip(*sig.candidates(keys), strict=True):
                     k = sig.lookup_at(j, mv[c : c + bl])
                     if k >= 0:
                         yield pos + c, k, bl

@@ -49,8 +49,17 @@ def _scaled_powers(mult: int, n: int) -> np.ndarray:
     return have[:n]
 
 
+_rk_pows: dict[int, int] = {}
+
+
 def rk_pow(n: int) -> int:
-    return pow(RK_MULT, n, 1 << 32)
+    """RK_MULT**n mod 2^32 (cached: the search asks for it at every region)."""
+    p = _rk_pows.get(n)
+    if p is None:
+        p = pow(RK_MULT, n, 1 << 32)
+        if len(_rk_pows) < 64:  # block lengths (tails have other lengths, once each)
+            _rk_pows[n] = p
+    return p
 
 
 _block_consts: dict[tuple[int, str], tuple[np.ndarray, np.uint32, np.uint32]] = {}
@@ -111,9 +120,9 @@ def weak_one(data: np.ndarray | bytes, kind: str) -> int:
     return ((s2 & 0xFFFF) << 16) | (s1 & 0xFFFF)
 
 
-def rolling_weak(data: np.ndarray, n: int, kind: str, mult: int = 1) -> np.ndarray:
-    """Weak sums of every window data[p:p+n], p = 0 .. len(data)-n (uint32), times `mult` (mod 2**32:
-    the search's filter mixes the sums with a multiplication, done here at no extra pass)."""
+def rolling_weak(data: np.ndarray, n: int, kind: str, mult: int = 1, minus: int = 0) -> np.ndarray:
+    """Weak sums of every window data[p:p+n], p = 0 .. len(data)-n (uint32), less `minus` and times
+    `mult` (mod 2**32: the search's keys, `(weak - key_base(n, kind)) * MIX`, come out at no extra pass)."""
     L = len(data)
     count = L - n + 1
     if count <= 0:
@@ -121,14 +130,16 @@ def rolling_weak(data: np.ndarray, n: int, kind: str, mult: int = 1) -> np.ndarr
     if kind == "rabinkarp":
         # h(p) = M^n + M^(p+n-1) * (Q[p+n] - Q[p]),  Q[k] = sum_{i<k} x_i * Minv^i = c[k-1] (few passes
         # and calls: the search of new data is made of them, and after each change numpy's cost per
-        # call is what counts)
+        # call is what counts; add.accumulate in uint32 is the cheapest running sum)
         c: np.ndarray = np.multiply(data, _powers(RK_INV, L), dtype=U32)
-        np.cumsum(c, out=c)
+        np.add.accumulate(c, out=c)
         out = np.empty(count, dtype=U32)
         out[0] = c[n - 1]
         np.subtract(c[n:], c[: count - 1], out=out[1:])
         out *= _scaled_powers(mult, L)[n - 1 : n - 1 + count]
-        out += U32(rk_pow(n) * mult & 0xFFFFFFFF)
+        rest = (rk_pow(n) - minus) * mult & 0xFFFFFFFF
+        if rest:
+            out += U32(rest)
         return out
     # rollsum: s1 = (A_e - A_p) + 31n ; s2 = e*(A_e - A_p) - (W_e - W_p) + 31 n(n+1)/2  (mod 2^16)
     a = np.empty(L + 1, dtype=U32)
@@ -142,9 +153,17 @@ def rolling_weak(data: np.ndarray, n: int, kind: str, mult: int = 1) -> np.ndarr
     s2 = e * da - (w[n:] - w[:count]) + U32(ROLL_OFFSET * n * (n + 1) // 2 & 0xFFFFFFFF)
     s1 = da + U32(ROLL_OFFSET * n)
     sums: np.ndarray = ((s2 & 0xFFFF) << 16) | (s1 & 0xFFFF)
+    if minus:
+        sums -= U32(minus)
     if mult != 1:
         sums *= U32(mult)
     return sums
+
+
+def key_base(n: int, kind: str) -> int:
+    """The constant term of a weak sum of n bytes that the search's keys leave out (M^n for RabinKarp:
+    one pass fewer over every window; 0 for rollsum)."""
+    return rk_pow(n) if kind == "rabinkarp" else 0
 
 
 def suffix_weak(data: np.ndarray, kind: str) -> np.ndarray:
