@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from deltadump.errors import TargetError
+from deltadump.errors import IntegrityError, TargetError
 from deltadump.targets import ObjectTooLarge, Target, TargetOptions, open_target
 
 KINDS = ["folder", "s3", "smb", "sftp"]
@@ -223,6 +223,43 @@ def test_age_target_refuses_a_plain_object_past_the_limit(tmp: Path) -> None:
     assert sorted(p.name for p in tmp.iterdir()) == ["id", "remote"]
     t.get("k", tmp / "got", 1001)
     assert (tmp / "got").stat().st_size == 1001
+
+
+def test_age_target_decrypts_to_a_temporary_name(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plain bytes appear under the caller's name only once decrypted whole and checked: while age
+    writes them (where a kill would stop it) that name holds nothing, and a damaged object or one past
+    the limit leaves a file already there untouched, with no temporary file beside it."""
+    import pyrage
+
+    from deltadump.targets.age import AgeTarget
+
+    ident = pyrage.x25519.Identity.generate()
+    (tmp / "id").write_text(str(ident))
+    (tmp / "remote").mkdir()
+    (tmp / "scratch").mkdir()
+    t = AgeTarget(open_target(f"file://{tmp / 'remote'}"), [str(ident.to_public())], tmp / "id")
+    plain = os.urandom(300_000)
+    (tmp / "remote" / "k.age").write_bytes(pyrage.encrypt(plain, [ident.to_public()]))
+    dst = tmp / "scratch" / "got"
+    seen: list[tuple[bool, int]] = []
+    real = pyrage.decrypt_file
+
+    def spy(src: str, out: str, ids: list[object]) -> None:
+        real(src, out, ids)
+        seen.append((dst.exists(), Path(out).stat().st_size))
+
+    monkeypatch.setattr(pyrage, "decrypt_file", spy)
+    t.get("k", dst, len(plain))
+    assert seen == [(False, len(plain))] and dst.read_bytes() == plain
+    dst.write_bytes(b"earlier")
+    with pytest.raises(ObjectTooLarge):
+        t.get("k", dst, len(plain) - 1)
+    damaged = bytearray((tmp / "remote" / "k.age").read_bytes())
+    damaged[-100] ^= 1
+    (tmp / "remote" / "k.age").write_bytes(bytes(damaged))
+    with pytest.raises(IntegrityError, match="cannot decrypt k"):
+        t.get("k", dst, len(plain))
+    assert dst.read_bytes() == b"earlier" and sorted(p.name for p in (tmp / "scratch").iterdir()) == ["got"]
 
 
 def test_missing_source_is_a_clear_permanent_error(target: Target, tmp: Path) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import ConfigError, IntegrityError
 from ..fsio import sha256_file
-from . import ObjectTooLarge, Target, too_large
+from . import Target, fetch_into, too_large
 
 SUFFIX = ".age"
 
@@ -71,22 +71,26 @@ class AgeTarget:
             self.inner.put(key + SUFFIX, enc, sha256_file(enc)[1])
 
     def get(self, key: str, dst: Path, limit: int | None = None) -> None:
-        import pyrage
-
+        """Fetch the encrypted object beside `dst`, then decrypt it to a temporary name that becomes
+        `dst` only once whole and checked: a kill mid-decrypt never leaves part of it under `dst`."""
         enc = dst.with_name(dst.name + SUFFIX)
         self.inner.get(key + SUFFIX, enc, None if limit is None else sealed_size(limit))
         try:
-            pyrage.decrypt_file(str(enc), str(dst), self._ids())
-            if limit is not None and dst.stat().st_size > limit:  # sealed by whoever has the public key
-                dst.unlink()
-                raise too_large(f"{self.inner.describe()}/{key}{SUFFIX}", limit)
-        except (ConfigError, ObjectTooLarge):
-            raise
-        except Exception as exc:
-            dst.unlink(missing_ok=True)
-            raise IntegrityError(f"cannot decrypt {key}: wrong age identity or damaged file ({exc})") from exc
+            fetch_into(dst, lambda tmp: self._decrypt(key, enc, tmp, limit))
         finally:
             enc.unlink(missing_ok=True)
+
+    def _decrypt(self, key: str, enc: Path, out: Path, limit: int | None) -> None:
+        import pyrage
+
+        try:
+            pyrage.decrypt_file(str(enc), str(out), self._ids())
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise IntegrityError(f"cannot decrypt {key}: wrong age identity or damaged file ({exc})") from exc
+        if limit is not None and out.stat().st_size > limit:  # sealed by whoever has the public key
+            raise too_large(f"{self.inner.describe()}/{key}{SUFFIX}", limit)
 
     def local_path(self, key: str) -> Path | None:
         return None  # encrypted: always decrypted into a scratch file
