@@ -133,7 +133,7 @@ FILTER_BITS_MAX = 24
 
 def filter_bits(nblocks: int) -> int:
     """log2 of the bytes of the weak-sum filter (a bitmap) of a signature of nblocks blocks: 16 to
-    32 bits a block, at most 16 MiB."""
+    32 bytes a block, at most 16 MiB."""
     return min(FILTER_BITS_MAX, max(10, nblocks.bit_length() + 4))
 
 

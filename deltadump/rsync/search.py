@@ -92,8 +92,9 @@ class Signature:
         del key
         self._weak: np.ndarray | None = None
         # a bitmap of the keys in 32-bit words: a key's top bits pick the word, its low 5 bits the bit
-        # (filter_bits(nb) bytes in all, about 1 % of it set at most): a window's test is one gather
-        # and few passes, and so few false candidates pass that the binary search costs little
+        # (2**filter_bits(nb) bytes: 128 to 256 bits a block up to a million blocks, so under 1 % of
+        # them set): a window's test is one gather and few passes, and so few false candidates pass
+        # that the binary search costs little
         bits = filter_bits(nb) - 2  # log2 of the words
         self.word_shift = U32(32 - bits)
         self.filter = np.zeros(1 << bits, dtype=U32)
