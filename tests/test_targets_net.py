@@ -4,9 +4,11 @@ drops retried (restic-style retry wrapper), and the SMB password kept out of eve
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -200,6 +202,38 @@ def test_smb_server_killed_mid_upload(fresh_smb: SambaServer, tmp: Path) -> None
     assert t.stat("chain/big.base.zst") is None and t.list() == {}
     t.put("chain/big.base.zst", p, h)
     assert hashlib.sha256((fresh_smb.share / "k" / "chain" / "big.base.zst").read_bytes()).hexdigest() == h
+
+
+def test_smb_server_that_stops_answering_is_a_transient_error_and_the_retry_completes(
+    fresh_smb: SambaServer, tmp: Path
+) -> None:
+    """The process serving our connection freezes (SIGSTOP: the connection stays open, nothing answers)
+    mid-upload, and again before a stat: each time the wait ends after the target's timeout with a
+    transient error, the retry's new connection (served by a new process) finishes the call."""
+    t = quick(open_target(fresh_smb.url("share", "hang"), options=smb_options(fresh_smb)))
+    t.inner.timeout = 2.0
+    p, h = _file(tmp, "big", 256 << 20)
+    frozen: list[int] = []
+
+    def freeze() -> None:
+        frozen.extend(fresh_smb.connection_children())
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+
+    try:
+        err = _during_put(t, p, h, fresh_smb.share / "hang", freeze)
+        assert frozen and err is None
+        assert len(t.waits) == 1  # one transient failure, one retry
+        assert hashlib.sha256((fresh_smb.share / "hang" / "chain" / "big.base.zst").read_bytes()).hexdigest() == h
+        freeze()  # the retry's connection, idle now
+        start = time.monotonic()
+        assert t.stat("chain/big.base.zst") == 256 << 20
+        assert len(t.waits) == 1 and time.monotonic() - start < 60
+    finally:
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGCONT)
 
 
 def test_smb_password_never_on_a_command_line(smb_server: SambaServer, tmp: Path) -> None:

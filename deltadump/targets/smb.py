@@ -7,9 +7,11 @@ for devices that fail the 3.1.1 negotiation.
 
 put: the bytes go to a temporary name (".tmp-NAME.PID.RANDOM") in the key's folder, hashed while
 written; only a complete, matching copy is renamed over the final name (a replace), so nothing partial
-is ever visible under a key. Errors are translated where they are born: a dropped connection or a
-timeout is transient (the connection is dropped too, and the next call opens a new one: RetryTarget
-retries); a refused login, a missing share, permission denied or a full share are permanent.
+is ever visible under a key. Every request waits at most `timeout` seconds (30) for its answer, and
+every send for progress, so a server that stops answering cannot hang a backup. Errors are translated
+where they are born: a dropped connection or a timeout is transient (the connection is dropped too,
+and the next call opens a new one: RetryTarget retries); a refused login, a missing share, permission
+denied or a full share are permanent.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import contextlib
 import os
 import secrets
 import socket
+import struct
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -66,6 +69,44 @@ def _status(exc: BaseException) -> int | None:
         if isinstance(v, int):
             return v & 0xFFFFFFFF
     return None
+
+
+_TIMED: dict[type, type] = {}
+
+
+def _timed_connection(base: type) -> Any:
+    """smbprotocol's Connection with an end to every wait for an answer (smbclient waits without one): a
+    server that keeps the connection open but stops answering (hung, or a connection left half open by a
+    network change) then makes a transient error after `answer_timeout` seconds, which drops the
+    connection (the retry opens a new one), instead of a backup that never ends."""
+    cls = _TIMED.get(base)
+    if cls is None:
+        from smbprotocol.exceptions import SMBException
+
+        class TimedConnection(base):  # type: ignore[misc]
+            answer_timeout = 30.0
+
+            def receive(self, request: Any, wait: bool = True, timeout: float | None = None,
+                        resolve_symlinks: bool = True) -> Any:  # fmt: skip
+                limit = self.answer_timeout if timeout is None else timeout
+                try:
+                    return super().receive(request, wait, limit, resolve_symlinks)
+                except SMBException as exc:
+                    if request.response_event.is_set():  # an answer came: the error is the server's
+                        raise
+                    raise TimeoutError(f"no answer from the server in {limit:g} s") from exc
+
+        cls = _TIMED[base] = TimedConnection
+    return cls
+
+
+def _send_timeout(conn: Any, seconds: float) -> None:
+    """Sends that make no progress for `seconds` fail (SO_SNDTIMEO: an OSError, transient) instead of
+    blocking for good when the server stops reading (a large write fills the socket's buffers)."""
+    sock = getattr(getattr(conn, "transport", None), "_sock", None)
+    if isinstance(sock, socket.socket):
+        whole = int(seconds)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", whole, int((seconds - whole) * 1e6)))
 
 
 class SMBTarget:
@@ -133,12 +174,14 @@ class SMBTarget:
 
         password = self._password()
         user = f"{self.domain}\\{self.username}" if self.domain else self.username
-        conn = Connection(uuid.uuid4(), self.host, self.port, require_signing=True)
+        conn = _timed_connection(Connection)(uuid.uuid4(), self.host, self.port, require_signing=True)
+        conn.answer_timeout = self.timeout
         try:
             try:
                 conn.connect(dialect=DIALECTS[self.dialect] if self.dialect else None, timeout=self.timeout)
             except ValueError as exc:  # smbprotocol's "Failed to connect to host:port: ..." (refused, timeout)
                 raise self._translate(exc, "connecting to", "") from None
+            _send_timeout(conn, self.timeout)
             self._cache[key] = conn
             session = smbclient.register_session(
                 self.host, username=user, password=password, port=self.port,
