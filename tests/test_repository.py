@@ -481,6 +481,47 @@ def test_migration_of_a_folder_and_an_offsite_copy_written_by_format_1(
     assert r.returncode == 0 and stats(pg, "after_prune") == snaps[-1]
 
 
+def test_a_format_1_offsite_copy_alone_is_adopted_not_lost(
+    pg: LocalServer, pwfile: Path, maildb: str, tmp: Path, v1_code: Path
+) -> None:
+    """The backup folder is lost while the offsite copy is still in format 1 (a new machine, this
+    version): a restore names the way (one backup), and that backup adopts every backup the copy held
+    before it signs and migrates the copy, so they all stay restorable from it: not one object of
+    theirs is deleted."""
+    dest, remote = tmp / "dest", tmp / "remote"
+    dest.mkdir()
+    remote.mkdir()
+    c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest, name="DBBACK.DMP")
+    add_sections(c, delta={"enabled": True}, offsite={"url": f"file://{remote}"})
+    snaps = []
+    for day in range(3):
+        if day:
+            sample.mail_day(pg.psql_bin(), pg.conn(), maildb, day, new=20, words=20)
+        r = old_cli(v1_code, "backup", "--config", c, env={"DELTADUMP_NOW": DAYS[day]})
+        assert r.returncode == 0, r.stderr
+        snaps.append(stats(pg, maildb))
+    old_ids = [b["id"] for b in json.loads((remote / "deltadump-manifest.json").read_text())["backups"]]
+    old_objects = {p.relative_to(remote) for p in (remote / "chain").rglob("*") if p.is_file()}
+    assert len(old_ids) == 3 and old_objects
+    shutil.rmtree(dest)  # the machine is lost; the copy, the config and this version are left
+    dest.mkdir()
+    r = cli("restore", "--from", "offsite", "--to-db", "nothing_yet", "--config", c)
+    assert r.returncode == 1 and "format 1" in r.stderr and "run one backup" in r.stderr, r.stderr
+    sample.mail_day(pg.psql_bin(), pg.conn(), maildb, 3, new=20, words=20)
+    r = cli("backup", "--config", c, env={"DELTADUMP_NOW": DAYS[3]})
+    assert r.returncode == 0, r.stderr
+    snaps.append(stats(pg, maildb))
+    assert not (remote / "deltadump-manifest.json").exists()
+    assert old_objects <= {p.relative_to(remote) for p in (remote / "chain").rglob("*") if p.is_file()}
+    listed = [b["id"] for b in reversed(json.loads(cli("list", "--offsite", "--json", "--config", c).stdout))]
+    assert listed[:3] == old_ids and len(listed) == 4
+    assert cli("verify", "--offsite", "--config", c).returncode == 0
+    for i, bid in enumerate(listed):
+        r = cli("restore", "--from", "offsite", bid, "--to-db", f"adopted{i}", "--config", c)
+        assert r.returncode == 0, r.stderr
+        assert stats(pg, f"adopted{i}") == snaps[i]
+
+
 # --- prune: what --dry-run shows is what prune deletes ------------------------------------------------
 
 

@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import DEFAULT_COPY, Config, OffsiteConfig
-from ..errors import ConfigError, DeltadumpError, IntegrityError, TargetError
+from ..errors import ConfigError, DeltadumpError, IntegrityError, TargetError, TrustError
 from ..fsio import checkpoint, sha256_file, work_folder
 from ..naming import check_relpath
 from ..store import manifest as v1
+from ..store.migrate import convert
 from ..store.records import HEAD_NAME, SIG_SUFFIX, BackupRecord, FileRecord, Note, record_name
 from ..store.repository import Change, LocalMeta, MirroredMeta, Repository, TargetMeta
 from ..store.retention import Plan, Policy, plan
@@ -134,7 +136,12 @@ class Offsite:
         self.encrypted = c.encrypt
         self.identity = identity
         self.policy = policy_of(cfg, c)
-        tr = trust_for(cfg, rep, write=write, trust=trust, allow_older=allow_older)
+        try:
+            tr = trust_for(cfg, rep, write=write, trust=trust, allow_older=allow_older)
+        except TrustError:
+            if self.target.stat(v1.MANIFEST_NAME) is not None:  # no key yet: a format 1 user's first read
+                raise self._format_1() from None
+            raise
         label = copy_label(self.name)
         self.remote = Repository(TargetMeta(self.target), tr, label=label, expect=expect)
         self.repo = self.remote  # what readers use
@@ -152,16 +159,44 @@ class Offsite:
         """The offsite repository as the store holds it, checked; a copy still in format v1 is refused
         (a backup migrates it)."""
         if self.remote.load() is None and self.target.stat(v1.MANIFEST_NAME) is not None:
-            raise IntegrityError(
-                f"the offsite copy at {self.describe()} is still in the unsigned format 1",
-                hint="run one backup with this version: it signs and migrates the copy",
-            )
+            raise self._format_1()
         return self.remote
+
+    def _format_1(self) -> IntegrityError:
+        return IntegrityError(
+            f"the offsite copy at {self.describe()} is still in the unsigned format 1: run one backup with this "
+            "version to migrate it",
+            hint="the backup signs and migrates the copy, keeping every backup it holds (a new or empty backup "
+            "folder adopts them from the copy)",
+        )
+
+    def migrate_format_1(self, rep: Reporter) -> None:
+        """For a new backup folder (continue_repository): a copy still in format 1, and nothing newer,
+        becomes a signed repository in the store (its manifest turned into records and a head, then
+        removed), which the folder then continues, so that the copy's backups stay restorable; without
+        this they were dropped from the copy and their objects deleted. The manifest was never signed:
+        it is trusted once, here, as format 1 always trusted it, and every name and number in it is
+        checked like any other input. (A folder that holds the same history was migrated from its own
+        manifest, and its records are sent to the copy as usual.)"""
+        if self.mirror.load() is not None or self.remote.load() is not None:
+            return
+        raw = self.remote.meta.read(v1.MANIFEST_NAME, v1.MAX_MANIFEST_BYTES)
+        if raw is None:
+            return
+        rid = secrets.token_hex(16)
+        made, days, last = convert(v1.parse(raw, f"{self.describe()}/{v1.MANIFEST_NAME}"), rid, offsite=True)
+        self.remote.import_history(made, rid, days, last)
+        checkpoint("offsite format 1 migrated")
+        self.target.delete(v1.MANIFEST_NAME)
+        n = sum(isinstance(r, BackupRecord) for r in made)
+        rep.info(f"offsite: migrated {self.describe()} from the unsigned format 1: its {n} backup(s) are now signed "
+                 "records of the copy")  # fmt: skip
 
     def _prepare(self, rep: Reporter) -> tuple[dict[str, int], bool]:
         """The mirror, loaded and brought in line with the store: what the store missed of it is sent
         again; a store ahead of it (another writer, or a lost backup folder) is adopted when it can be
-        read, refused otherwise. Returns the store's listing and whether it holds a format 1 copy."""
+        read, refused otherwise. Returns the store's listing and whether it still holds a format 1
+        manifest (removed once the copy's head is committed)."""
         have = self.target.list()
         remote_seqs = [int(m.group(1)) for k in have if k.endswith(SIG_SUFFIX)
                        and (m := HEAD_NAME.fullmatch(k.removesuffix(SIG_SUFFIX)))]  # fmt: skip
@@ -178,7 +213,7 @@ class Offsite:
         if sent:
             rep.info(f"offsite: sent {len(sent)} record file(s) an interrupted run had not delivered")
             have = self.target.list()
-        return have, head is None and v1.MANIFEST_NAME in have
+        return have, v1.MANIFEST_NAME in have
 
     def _adopt(self) -> None:
         """Copy the store's newest head and its live records into the mirror, each checked first."""
@@ -459,6 +494,7 @@ def continue_repository(cfg: Config, rep: Reporter) -> tuple[str, int] | None:
     for c in cfg.copies:
         try:
             off = Offsite(cfg, rep, write=True, copy=c.copy_name)
+            off.migrate_format_1(rep)
             head = off.mirror.load() or off.load().head
             if head is None:
                 continue

@@ -17,6 +17,7 @@ from ..fsio import storage_error
 
 MANIFEST_NAME = "deltadump-manifest.json"
 MANIFEST_LOCK = "deltadump-manifest.lock"
+MAX_MANIFEST_BYTES = 256 << 20  # read from a store: every backup ever made, with its tables
 FORMAT_TAG = "deltadump-manifest"
 VERSION = 1
 
@@ -138,6 +139,11 @@ def load(dest: Path) -> Manifest:
         return Manifest()
     except OSError as exc:
         raise storage_error(exc, p, "reading") from exc
+    return parse(raw, p)
+
+
+def parse(raw: bytes, p: Path | str) -> Manifest:
+    """A format 1 manifest from its bytes (`p`: where they come from, for messages), checked."""
     try:
         doc = json.loads(raw)
         if doc.get("format") != FORMAT_TAG:
