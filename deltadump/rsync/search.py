@@ -100,7 +100,9 @@ class Signature:
         self.filter = np.zeros(1 << bits, dtype=U32)
         for i in range(0, nb, LOAD_RECORDS):  # in slices: the words and bits are temporary arrays
             k = self.sorted_keys[i : i + LOAD_RECORDS]
-            np.bitwise_or.at(self.filter, k >> self.word_shift, U32(1) << (k & _LOW5))
+            bit = k & _LOW5
+            np.left_shift(_ONE, bit, out=bit)  # (in place: one temporary array fewer)
+            np.bitwise_or.at(self.filter, k >> self.word_shift, bit)
         self.hasher = strong_hasher(params.strong)
 
     @property
