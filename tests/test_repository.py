@@ -4,6 +4,7 @@ server over HTTP, the real deltadump command line."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -520,6 +521,50 @@ def test_a_format_1_offsite_copy_alone_is_adopted_not_lost(
         r = cli("restore", "--from", "offsite", bid, "--to-db", f"adopted{i}", "--config", c)
         assert r.returncode == 0, r.stderr
         assert stats(pg, f"adopted{i}") == snaps[i]
+
+
+def v1_manifest(backups: list[dict[str, object]]) -> bytes:
+    """A format 1 manifest as the old code wrote it (its checksum over its canonical content)."""
+    canon = json.dumps(backups, sort_keys=True, separators=(",", ":"), default=str)
+    doc = {"format": "deltadump-manifest", "version": 1, "backups": backups,
+           "sha256": hashlib.sha256(canon.encode()).hexdigest()}  # fmt: skip
+    return json.dumps(doc).encode()
+
+
+V1_FIELDS = ("id", "started", "finished", "status", "path", "format", "compress", "size", "files", "database",
+             "server_version", "pg_dump_version", "duration", "kind", "parent", "base", "dump_sha256", "dump_size",
+             "objects")  # fmt: skip
+
+
+def test_a_store_cannot_plant_format_1_in_a_copy_this_host_signed(
+    pg: LocalServer, pwfile: Path, maildb: str, tmp: Path
+) -> None:
+    """A host that signed the copy in format 2 loses its backup folder; the store then deletes the copy's
+    heads and records and plants an unsigned format 1 manifest: a forged backup that claims to be the
+    newest but rebuilds the oldest day. The new folder's backup must not sign it (the one-time trust of
+    format 1 is only for a copy this host never saw signed)."""
+    dest, remote = tmp / "dest", tmp / "remote"
+    dest.mkdir()
+    remote.mkdir()
+    c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest)
+    add_sections(c, delta={"enabled": True}, offsite={"url": f"file://{remote}"})
+    run_days(pg, maildb, c, 2)
+    first = next(json.loads(p.read_text()) for p in sorted((remote / "records").glob("00000001-*.json"))
+                 if ".tables." not in p.name)  # fmt: skip
+    forged = {k: first[k] for k in V1_FIELDS} | {"id": "20261129T020000-f0f0", "started": "2026-11-29T02:00:00+00:00"}
+    for k in ("files", "objects"):
+        forged[k] = [{f: o[f] for f in ("path", "size", "sha256")} for o in first[k]]
+    shutil.rmtree(dest)
+    dest.mkdir()
+    for d in ("heads", "records"):
+        shutil.rmtree(remote / d)
+    (remote / "deltadump-manifest.json").write_bytes(v1_manifest([forged]))
+    r = cli("backup", "--config", c, env={"DELTADUMP_NOW": DAYS[2]})
+    assert "seen" in r.stderr, r.stderr
+    assert len(json.loads(cli("list", "--json", "--config", c).stdout)) == 1  # the backup itself is safe here
+    assert not any(forged["id"] in p.name for p in (remote / "records").rglob("*")), "the forged backup was signed"
+    r = cli("list", "--offsite", "--json", "--config", c)
+    assert r.returncode == 0 and forged["id"] not in r.stdout, r.stdout
 
 
 # --- prune: what --dry-run shows is what prune deletes ------------------------------------------------

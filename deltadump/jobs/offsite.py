@@ -183,6 +183,10 @@ class Offsite:
         raw = self.remote.meta.read(v1.MANIFEST_NAME, v1.MAX_MANIFEST_BYTES)
         if raw is None:
             return
+        if seen := self.remote.trust.seen.of_label(self.remote.label):  # its signed heads were deleted
+            raise TrustError(f"the offsite copy at {self.describe()} holds an unsigned format 1 manifest but no signed "
+                             f"head, though this host has seen head {seen} there: not trusting it",
+                             hint="someone replaced the copy; check the store")  # fmt: skip
         rid = secrets.token_hex(16)
         made, days, last = convert(v1.parse(raw, f"{self.describe()}/{v1.MANIFEST_NAME}"), rid, offsite=True)
         self.remote.import_history(made, rid, days, last)

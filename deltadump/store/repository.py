@@ -272,6 +272,10 @@ class SeenState:
     def get(self, key: str) -> int:
         return self._load().get(key, 0)
 
+    def of_label(self, label: str) -> int:
+        """The highest head seen of any repository under `label` (0: this host never saw one)."""
+        return max((v for k, v in self._load().items() if k.partition(":")[2] == label), default=0)
+
     def update(self, key: str, seq: int) -> None:
         if self.path is None:
             return
