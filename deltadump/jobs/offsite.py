@@ -24,7 +24,7 @@ from ..errors import ConfigError, DeltadumpError, IntegrityError, TargetError, T
 from ..fsio import checkpoint, sha256_file, work_folder
 from ..naming import check_relpath
 from ..store import manifest as v1
-from ..store.migrate import convert
+from ..store.migrate import convert, kept
 from ..store.records import HEAD_NAME, SIG_SUFFIX, BackupRecord, FileRecord, Note, record_name
 from ..store.repository import Change, LocalMeta, MirroredMeta, Repository, TargetMeta
 from ..store.retention import Plan, Policy, plan
@@ -196,6 +196,22 @@ class Offsite:
         rep.info(f"offsite: migrated {self.describe()} from the unsigned format 1: its {n} backup(s) are now signed "
                  "records of the copy")  # fmt: skip
 
+    def _keep_format_1(self, known: set[str]) -> None:
+        """A copy that still holds a format 1 manifest keeping backups none of which this folder or the
+        copy's records hold (a new folder that could not read the copy to take them over) is refused: the
+        commit would drop them all and delete their objects."""
+        raw = self.remote.meta.read(v1.MANIFEST_NAME, v1.MAX_MANIFEST_BYTES)
+        old = (
+            {b.id for b in kept(v1.parse(raw, f"{self.describe()}/{v1.MANIFEST_NAME}"), offsite=True)} if raw else set()
+        )
+        if old and old.isdisjoint(known):
+            raise IntegrityError(
+                f"the offsite copy at {self.describe()} still holds {len(old)} backup(s) in the unsigned format 1, "
+                "none of which this backup folder holds: sending to it would drop them and delete their objects",
+                hint="to keep them, back up into a new, empty backup folder (it takes them over from the copy); to "
+                f"let them go, delete {v1.MANIFEST_NAME} from the copy",
+            )
+
     def _prepare(self, rep: Reporter) -> tuple[dict[str, int], bool]:
         """The mirror, loaded and brought in line with the store: what the store missed of it is sent
         again; a store ahead of it (another writer, or a lost backup folder) is adopted when it can be
@@ -254,6 +270,8 @@ class Offsite:
         in_copy = [self.mirror.record(n) for n in sorted(live)]
         copy_backups = [r for r in in_copy if isinstance(r, BackupRecord)]
         ids = {b.id for b in copy_backups}
+        if migrating:
+            self._keep_format_1(ids | {b.id for b in local_backups})
         added: list[BackupRecord] = []
         for rec in reversed([b for b in local_backups if b.status == "ok" and b.id not in ids]):  # newest first
             why = self._send(rec, local, dest, have, st)
