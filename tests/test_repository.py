@@ -25,6 +25,7 @@ from deltadump.jobs import sample
 from deltadump.pg.conn import psql
 from deltadump.pg.inspect import table_stats
 from deltadump.pg.server import LocalServer
+from deltadump.store import manifest as v1
 from deltadump.store.keys import PublicKey, SecretKey, create_secret, load_secret
 from deltadump.store.records import MAX_HEAD_BYTES, BackupRecord, ObjectRecord, format_ranges, parse_ranges
 from deltadump.store.repository import Change, LocalMeta, Repository, SeenState, Trust
@@ -606,6 +607,28 @@ def test_a_store_cannot_plant_format_1_in_a_copy_this_host_signed(
     assert not any(forged["id"] in p.name for p in (remote / "records").rglob("*")), "the forged backup was signed"
     r = cli("list", "--offsite", "--json", "--config", c)
     assert forged["id"] not in r.stdout and "Traceback" not in r.stderr, r.stdout
+
+
+def test_a_hostile_format_1_manifest_is_refused_in_one_line_and_the_backup_is_made(
+    pg: LocalServer, pwfile: Path, maildb: str, tmp: Path
+) -> None:
+    """Whatever a store puts at deltadump-manifest.json (not an object, nested past any limit, fields
+    format 1 never had): one line naming it, and a new folder's backup is still made here."""
+    bad = [b"[]", b'"x"', b"[" * 100_000, v1_manifest([{"id": "x", "started": "2026-11-10T02:00:00", "status": "ok",
+                                                        "files": [{"path": "a", "size": 1, "sha256": "0", "x": 1}]}])]  # fmt: skip
+    for raw in bad:
+        with pytest.raises(IntegrityError) as exc:
+            v1.parse(raw, "store/deltadump-manifest.json")
+        assert "\n" not in exc.value.message and "deltadump-manifest.json" in exc.value.message
+    dest, remote = tmp / "dest", tmp / "remote"
+    dest.mkdir()
+    remote.mkdir()
+    c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest)
+    add_sections(c, offsite={"url": f"file://{remote}"})
+    (remote / "deltadump-manifest.json").write_bytes(b"[]")
+    r = cli("backup", "--config", c, env={"DELTADUMP_NOW": DAYS[0]})
+    assert "internal error" not in r.stderr and "deltadump-manifest.json" in r.stderr, r.stderr
+    assert len(json.loads(cli("list", "--json", "--config", c).stdout)) == 1
 
 
 # --- prune: what --dry-run shows is what prune deletes ------------------------------------------------

@@ -146,7 +146,7 @@ def parse(raw: bytes, p: Path | str) -> Manifest:
     """A format 1 manifest from its bytes (`p`: where they come from, for messages), checked."""
     try:
         doc = json.loads(raw)
-        if doc.get("format") != FORMAT_TAG:
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT_TAG:
             raise ValueError("not a deltadump manifest")
         backups = doc["backups"]
         if _content_digest(backups) != doc.get("sha256"):
@@ -154,5 +154,9 @@ def parse(raw: bytes, p: Path | str) -> Manifest:
         return Manifest.model_validate({"backups": backups})
     except IntegrityError:
         raise
-    except (ValueError, KeyError, TypeError, ValidationError) as exc:
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(map(str, err["loc"]))
+        raise IntegrityError(f"manifest {p} is corrupt or unreadable: {where}: {err['msg'][:200]}") from None
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise IntegrityError(f"manifest {p} is corrupt or unreadable: {str(exc)[:200]}") from exc
