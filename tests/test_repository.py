@@ -432,21 +432,30 @@ def old_cli(code: Path, *args: object, env: dict[str, str] | None = None) -> sub
                           cwd=code, env={**os.environ, "PYTHONPATH": str(code), **(env or {})}, timeout=300)  # fmt: skip
 
 
-def test_migration_of_a_folder_and_an_offsite_copy_written_by_format_1(
-    pg: LocalServer, pwfile: Path, maildb: str, tmp: Path, v1_code: Path
-) -> None:
+def v1_days(
+    pg: LocalServer, pwfile: Path, maildb: str, tmp: Path, code: Path, days: int
+) -> tuple[Path, Path, Path, list[dict[str, tuple[int, str]]]]:
+    """A backup folder and an offsite folder written by the format 1 code, a day of mail traffic between
+    its backups (a base, then deltas): the config, the two folders and each day's table stats."""
     dest, remote = tmp / "dest", tmp / "remote"
     dest.mkdir()
     remote.mkdir()
     c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest, name="DBBACK.DMP")
     add_sections(c, delta={"enabled": True}, offsite={"url": f"file://{remote}"})
     snaps = []
-    for day in range(3):  # three days by the old code: a base and two deltas, here and offsite
+    for day in range(days):
         if day:
             sample.mail_day(pg.psql_bin(), pg.conn(), maildb, day, new=20, words=20)
-        r = old_cli(v1_code, "backup", "--config", c, env={"DELTADUMP_NOW": DAYS[day]})
+        r = old_cli(code, "backup", "--config", c, env={"DELTADUMP_NOW": DAYS[day]})
         assert r.returncode == 0, r.stderr
         snaps.append(stats(pg, maildb))
+    return c, dest, remote, snaps
+
+
+def test_migration_of_a_folder_and_an_offsite_copy_written_by_format_1(
+    pg: LocalServer, pwfile: Path, maildb: str, tmp: Path, v1_code: Path
+) -> None:
+    c, dest, remote, snaps = v1_days(pg, pwfile, maildb, tmp, v1_code, 3)
     assert (dest / "deltadump-manifest.json").exists() and (remote / "deltadump-manifest.json").exists()
     old_ids = [b["id"] for b in json.loads((dest / "deltadump-manifest.json").read_text())["backups"]]
     # the new code: the first command migrates the folder in place (signed), keeping every backup
@@ -490,18 +499,7 @@ def test_a_format_1_offsite_copy_alone_is_adopted_not_lost(
     version): a restore names the way (one backup), and that backup adopts every backup the copy held
     before it signs and migrates the copy, so they all stay restorable from it: not one object of
     theirs is deleted."""
-    dest, remote = tmp / "dest", tmp / "remote"
-    dest.mkdir()
-    remote.mkdir()
-    c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest, name="DBBACK.DMP")
-    add_sections(c, delta={"enabled": True}, offsite={"url": f"file://{remote}"})
-    snaps = []
-    for day in range(3):
-        if day:
-            sample.mail_day(pg.psql_bin(), pg.conn(), maildb, day, new=20, words=20)
-        r = old_cli(v1_code, "backup", "--config", c, env={"DELTADUMP_NOW": DAYS[day]})
-        assert r.returncode == 0, r.stderr
-        snaps.append(stats(pg, maildb))
+    c, dest, remote, snaps = v1_days(pg, pwfile, maildb, tmp, v1_code, 3)
     old_ids = [b["id"] for b in json.loads((remote / "deltadump-manifest.json").read_text())["backups"]]
     old_objects = {p.relative_to(remote) for p in (remote / "chain").rglob("*") if p.is_file()}
     assert len(old_ids) == 3 and old_objects
@@ -531,18 +529,7 @@ def test_a_format_1_copy_unreadable_when_the_folder_was_new_is_refused_not_wiped
     the new folder's first backup (so nothing is taken over from it). When the share is back, the next
     backup must not drop the copy's old backups and delete their objects: it refuses in one line, and
     what the line says to do keeps every one of them restorable."""
-    dest, remote = tmp / "dest", tmp / "remote"
-    dest.mkdir()
-    remote.mkdir()
-    c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest, name="DBBACK.DMP")
-    add_sections(c, delta={"enabled": True}, offsite={"url": f"file://{remote}"})
-    snaps = []
-    for day in range(2):
-        if day:
-            sample.mail_day(pg.psql_bin(), pg.conn(), maildb, day, new=20, words=20)
-        r = old_cli(v1_code, "backup", "--config", c, env={"DELTADUMP_NOW": DAYS[day]})
-        assert r.returncode == 0, r.stderr
-        snaps.append(stats(pg, maildb))
+    c, dest, remote, snaps = v1_days(pg, pwfile, maildb, tmp, v1_code, 2)
     old_ids = [b["id"] for b in json.loads((remote / "deltadump-manifest.json").read_text())["backups"]]
     old_files = {p.relative_to(remote) for p in remote.rglob("*") if p.is_file()}
     shutil.rmtree(dest)
