@@ -170,6 +170,11 @@ class Offsite:
             "folder adopts them from the copy)",
         )
 
+    def _format_1_manifest(self) -> v1.Manifest | None:
+        """The copy's format 1 manifest, checked like any input from the store, or None."""
+        raw = self.remote.meta.read(v1.MANIFEST_NAME, v1.MAX_MANIFEST_BYTES)
+        return v1.parse(raw, f"{self.describe()}/{v1.MANIFEST_NAME}") if raw is not None else None
+
     def migrate_format_1(self, rep: Reporter) -> None:
         """For a new backup folder (continue_repository): a copy still in format 1, and nothing newer,
         becomes a signed repository in the store (its manifest turned into records and a head, then
@@ -180,15 +185,15 @@ class Offsite:
         manifest, and its records are sent to the copy as usual.)"""
         if self.mirror.load() is not None or self.remote.load() is not None:
             return
-        raw = self.remote.meta.read(v1.MANIFEST_NAME, v1.MAX_MANIFEST_BYTES)
-        if raw is None:
+        old = self._format_1_manifest()
+        if old is None:
             return
         if seen := self.remote.trust.seen.of_label(self.remote.label):  # its signed heads were deleted
             raise TrustError(f"the offsite copy at {self.describe()} holds an unsigned format 1 manifest but no signed "
                              f"head, though this host has seen head {seen} there: not trusting it",
                              hint="someone replaced the copy; check the store")  # fmt: skip
         rid = secrets.token_hex(16)
-        made, days, last = convert(v1.parse(raw, f"{self.describe()}/{v1.MANIFEST_NAME}"), rid, offsite=True)
+        made, days, last = convert(old, rid, offsite=True)
         self.remote.import_history(made, rid, days, last)
         checkpoint("offsite format 1 migrated")
         self.target.delete(v1.MANIFEST_NAME)
@@ -200,10 +205,8 @@ class Offsite:
         """A copy that still holds a format 1 manifest keeping backups none of which this folder or the
         copy's records hold (a new folder that could not read the copy to take them over) is refused: the
         commit would drop them all and delete their objects."""
-        raw = self.remote.meta.read(v1.MANIFEST_NAME, v1.MAX_MANIFEST_BYTES)
-        old = (
-            {b.id for b in kept(v1.parse(raw, f"{self.describe()}/{v1.MANIFEST_NAME}"), offsite=True)} if raw else set()
-        )
+        manifest = self._format_1_manifest()
+        old = {b.id for b in kept(manifest, offsite=True)} if manifest is not None else set()
         if old and old.isdisjoint(known):
             raise IntegrityError(
                 f"the offsite copy at {self.describe()} still holds {len(old)} backup(s) in the unsigned format 1, "
