@@ -522,6 +522,53 @@ def test_a_format_1_offsite_copy_alone_is_adopted_not_lost(
         assert stats(pg, f"adopted{i}") == snaps[i]
 
 
+def test_a_kill_at_any_step_of_a_format_1_copy_migration_loses_no_backup(
+    pg: LocalServer, pwfile: Path, maildb: str, tmp: Path, v1_code: Path
+) -> None:
+    """The new folder's first backup is killed at each step of migrating the format 1 copy (every write
+    of its records and head, and the manifest's removal, counted by fsio.checkpoint): the next backup
+    ends with every old backup listed and restorable from the copy, none of their objects deleted."""
+    c, dest, remote, snaps = v1_days(pg, pwfile, maildb, tmp, v1_code, 2)
+    old_ids = [b["id"] for b in json.loads((remote / "deltadump-manifest.json").read_text())["backups"]]
+    pristine = tmp / "pristine"
+    shutil.copytree(remote, pristine)
+    old_objects = {p.relative_to(remote) for p in (remote / "chain").rglob("*") if p.is_file()}
+
+    def fresh_machine() -> None:
+        for d in (dest, remote):
+            shutil.rmtree(d)
+        dest.mkdir()
+        shutil.copytree(pristine, remote)
+        for key in tmp.glob("deltadump-signing.key*"):
+            key.unlink()
+
+    def backup(day: int, **env: str) -> subprocess.CompletedProcess[str]:
+        return cli("backup", "--config", c, env={"DELTADUMP_NOW": DAYS[day], **env})
+
+    fresh_machine()
+    log = tmp / "steps.log"
+    assert backup(2, DELTADUMP_STEP_LOG=str(log)).returncode == 0
+    steps = [line.split(" ", 1) for line in log.read_text().splitlines()]
+    done = next(int(n) for n, what in steps if what == "offsite format 1 migrated")
+    first = next(int(n) for n, what in steps if "deltadump-signing.key" not in what)
+    kills = list(range(first, done + 2))  # the migration's writes (after the new key's), its end, the removal
+    assert len(kills) >= 4, steps
+    for kill in kills:
+        fresh_machine()
+        r = backup(2, DELTADUMP_KILL_AT=str(kill))
+        assert r.returncode == -9, (kill, r.stderr)
+        r = backup(3)
+        assert r.returncode == 0, (kill, r.stderr)
+        assert old_objects <= {p.relative_to(remote) for p in (remote / "chain").rglob("*") if p.is_file()}, kill
+        listed = [b["id"] for b in reversed(json.loads(cli("list", "--offsite", "--json", "--config", c).stdout))]
+        assert listed[:2] == old_ids, (kill, listed)
+        assert not (remote / "deltadump-manifest.json").exists(), kill
+    assert cli("verify", "--offsite", "--config", c).returncode == 0
+    for i, bid in enumerate(old_ids):
+        r = cli("restore", "--from", "offsite", bid, "--to-db", f"after_kill{i}", "--config", c)
+        assert r.returncode == 0 and stats(pg, f"after_kill{i}") == snaps[i], r.stderr
+
+
 def test_a_format_1_copy_unreadable_when_the_folder_was_new_is_refused_not_wiped(
     pg: LocalServer, pwfile: Path, maildb: str, tmp: Path, v1_code: Path
 ) -> None:
