@@ -53,8 +53,8 @@ PIECE = 4 << 20  # input bytes one worker searches per task: small, so that a st
 class Signature:
     """A loaded signature, in compact arrays: the strong sums (strong_len bytes a block, in block
     order), the block numbers sorted by key (uint32, lowest number first among equal keys) with those
-    keys (uint32), and a bitmap filter of the keys: strong_len + 8 bytes a block
-    and at most 16 MiB (format.sig_memory). No Python object per block.
+    keys (uint32), and a bitmap filter of the keys: strong_len + 8 bytes a block and at most 16 MiB
+    (format.sig_memory). No Python object per block.
 
     A block's key is (weak sum - key_base) * MIX mod 2**32, a one-to-one map of the weak sums (MIX is
     odd): the search computes keys of windows directly (one pass fewer than weak sums), and the

@@ -272,6 +272,12 @@ class SeenState:
     def get(self, key: str) -> int:
         return self._load().get(key, 0)
 
+    @staticmethod
+    def key(repo: str, label: str) -> str:
+        """Where the state of repository `repo` seen as `label` (local, a copy) is kept (repository ids
+        are hex: the first ':' ends them)."""
+        return f"{repo}:{label}"
+
     def of_label(self, label: str) -> int:
         """The highest head seen of any repository under `label` (0: this host never saw one)."""
         return max((v for k, v in self._load().items() if k.partition(":")[2] == label), default=0)
@@ -378,7 +384,7 @@ class Repository:
         return self.head.repository if self.head is not None else self.expect
 
     def _seen_key(self, repo: str) -> str:
-        return f"{repo}:{self.label}"
+        return SeenState.key(repo, self.label)
 
     def _read_head(self, *, fresh: bool = False) -> Head | None:
         """`fresh`: an empty repository is expected even if this one was seen before (a lost backup

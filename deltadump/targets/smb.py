@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 import os
 import secrets
 import socket
@@ -71,33 +72,30 @@ def _status(exc: BaseException) -> int | None:
     return None
 
 
-_TIMED: dict[type, type] = {}
-
-
-def _timed_connection(base: type) -> Any:
+@functools.cache
+def _timed_connection() -> Any:
     """smbprotocol's Connection with an end to every wait for an answer (smbclient waits without one): a
     server that keeps the connection open but stops answering (hung, or a connection left half open by a
     network change) then makes a transient error after `answer_timeout` seconds, which drops the
-    connection (the retry opens a new one), instead of a backup that never ends."""
-    cls = _TIMED.get(base)
-    if cls is None:
-        from smbprotocol.exceptions import SMBException
+    connection (the retry opens a new one), instead of a backup that never ends. (Made on first use:
+    smbprotocol is imported only by a target that connects.)"""
+    from smbprotocol.connection import Connection
+    from smbprotocol.exceptions import SMBException
 
-        class TimedConnection(base):  # type: ignore[misc]
-            answer_timeout = 30.0
+    class TimedConnection(Connection):  # type: ignore[misc]
+        answer_timeout = 30.0
 
-            def receive(self, request: Any, wait: bool = True, timeout: float | None = None,
-                        resolve_symlinks: bool = True) -> Any:  # fmt: skip
-                limit = self.answer_timeout if timeout is None else timeout
-                try:
-                    return super().receive(request, wait, limit, resolve_symlinks)
-                except SMBException as exc:
-                    if request.response_event.is_set():  # an answer came: the error is the server's
-                        raise
-                    raise TimeoutError(f"no answer from the server in {limit:g} s") from exc
+        def receive(self, request: Any, wait: bool = True, timeout: float | None = None,
+                    resolve_symlinks: bool = True) -> Any:  # fmt: skip
+            limit = self.answer_timeout if timeout is None else timeout
+            try:
+                return super().receive(request, wait, limit, resolve_symlinks)
+            except SMBException as exc:
+                if request.response_event.is_set():  # an answer came: the error is the server's
+                    raise
+                raise TimeoutError(f"no answer from the server in {limit:g} s") from exc
 
-        cls = _TIMED[base] = TimedConnection
-    return cls
+    return TimedConnection
 
 
 def _send_timeout(conn: Any, seconds: float) -> None:
@@ -169,12 +167,11 @@ class SMBTarget:
         if key in self._cache:
             return
         import smbclient
-        from smbprotocol.connection import Connection
         from smbprotocol.tree import TreeConnect
 
         password = self._password()
         user = f"{self.domain}\\{self.username}" if self.domain else self.username
-        conn = _timed_connection(Connection)(uuid.uuid4(), self.host, self.port, require_signing=True)
+        conn = _timed_connection()(uuid.uuid4(), self.host, self.port, require_signing=True)
         conn.answer_timeout = self.timeout
         try:
             try:
