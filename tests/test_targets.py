@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,7 +105,15 @@ def _file(tmp: Path, name: str, data: bytes) -> tuple[Path, str]:
     return p, hashlib.sha256(data).hexdigest()
 
 
-def test_put_get_stat_list_delete(target: Target, tmp: Path) -> None:
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """The common umask, under which a file made with the default mode is readable by all."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_put_get_stat_list_delete(target: Target, tmp: Path, umask_022: None) -> None:
     data = os.urandom(100_000)
     p, h = _file(tmp, "a", data)
     assert target.stat("chain/x.base.zst") is None
@@ -115,6 +124,7 @@ def test_put_get_stat_list_delete(target: Target, tmp: Path) -> None:
     assert target.list("chain/") == {"chain/x.base.zst": len(data)}
     target.get("chain/x.base.zst", tmp / "back")
     assert (tmp / "back").read_bytes() == data
+    assert (tmp / "back").stat().st_mode & 0o777 == 0o600  # a database's data: its owner's only
     in_place = target.local_path("chain/x.base.zst")  # None, or a file that is the object
     assert in_place is None or in_place.read_bytes() == data
     target.delete("chain/x.base.zst")
@@ -225,7 +235,7 @@ def test_age_target_refuses_a_plain_object_past_the_limit(tmp: Path) -> None:
     assert (tmp / "got").stat().st_size == 1001
 
 
-def test_age_target_decrypts_to_a_temporary_name(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_age_target_decrypts_to_a_temporary_name(tmp: Path, monkeypatch: pytest.MonkeyPatch, umask_022: None) -> None:
     """The plain bytes appear under the caller's name only once decrypted whole and checked: while age
     writes them (where a kill would stop it) that name holds nothing, and a damaged object or one past
     the limit leaves a file already there untouched, with no temporary file beside it."""
@@ -241,16 +251,17 @@ def test_age_target_decrypts_to_a_temporary_name(tmp: Path, monkeypatch: pytest.
     plain = os.urandom(300_000)
     (tmp / "remote" / "k.age").write_bytes(pyrage.encrypt(plain, [ident.to_public()]))
     dst = tmp / "scratch" / "got"
-    seen: list[tuple[bool, int]] = []
+    seen: list[tuple[bool, int, int]] = []
     real = pyrage.decrypt_file
 
     def spy(src: str, out: str, ids: list[object]) -> None:
         real(src, out, ids)
-        seen.append((dst.exists(), Path(out).stat().st_size))
+        st = Path(out).stat()
+        seen.append((dst.exists(), st.st_size, st.st_mode & 0o777))  # decrypted bytes: their owner's only
 
     monkeypatch.setattr(pyrage, "decrypt_file", spy)
     t.get("k", dst, len(plain))
-    assert seen == [(False, len(plain))] and dst.read_bytes() == plain
+    assert seen == [(False, len(plain), 0o600)] and dst.read_bytes() == plain
     dst.write_bytes(b"earlier")
     with pytest.raises(ObjectTooLarge):
         t.get("k", dst, len(plain) - 1)

@@ -106,9 +106,12 @@ class HashedSource:
 
 def fetch_into(dst: Path, fetch: Callable[[Path], None]) -> None:
     """A remote target's get: `fetch(tmp)` writes the object to a temporary name beside `dst` (retries
-    are its own), which then becomes `dst`; whatever fails, no temporary file is left behind."""
+    are its own), which then becomes `dst`; whatever fails, no temporary file is left behind. The
+    temporary file is made here, new and readable by its owner only, before `fetch` writes into it
+    (an object may hold a database's data: decrypted, it is never readable by others for a moment)."""
     tmp = tmp_name(dst)
     try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
         fetch(tmp)
         os.replace(tmp, dst)
     except OSError as exc:

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TargetError
-from ..fsio import sha256_file, tmp_name
-from . import MissingObject, check_key, check_prefix, listed_key, too_large
+from ..fsio import sha256_file
+from . import MissingObject, check_key, check_prefix, fetch_into, listed_key, too_large
 
 PART = 16 << 20  # bytes per part (S3: at least 5 MiB but the last, at most 10,000 parts)
 MAX_PARTS = 10_000
@@ -176,29 +176,33 @@ class S3Target:
 
     def get(self, key: str, dst: Path, limit: int | None = None) -> None:
         k = self._key(key)
-        tmp = tmp_name(dst)
         where = f"s3://{self.bucket}/{k}"
-        try:
-            if limit is not None:  # the declared size before a byte comes, the size that came after
-                size = self.stat(key)
-                if size is None:
-                    raise MissingObject(f"{where} is missing offsite")
-                if size > limit:
-                    raise too_large(where, limit)
-            self.client.download_file(self.bucket, k, str(tmp), Config=self.transfer, Callback=_Counter(where, limit))
-            if limit is not None and os.stat(tmp).st_size > limit:
-                raise too_large(where, limit)
-            os.replace(tmp, dst)
-        except Exception as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            if isinstance(exc, TargetError):
-                raise
-            from botocore.exceptions import ClientError
 
-            if isinstance(exc, ClientError) and str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey"):
-                raise MissingObject(f"{where} is missing offsite") from exc
-            raise self._error(exc, "downloading", key) from exc
+        def fetch(tmp: Path) -> None:
+            try:
+                if limit is not None:  # the declared size before a byte comes, the size that came after
+                    size = self.stat(key)
+                    if size is None:
+                        raise MissingObject(f"{where} is missing offsite")
+                    if size > limit:
+                        raise too_large(where, limit)
+                with open(tmp, "r+b") as out:  # (made owner-only by fetch_into)
+                    self.client.download_fileobj(
+                        self.bucket, k, out, Config=self.transfer, Callback=_Counter(where, limit)
+                    )
+                if limit is not None and os.stat(tmp).st_size > limit:
+                    raise too_large(where, limit)
+            except TargetError:
+                raise
+            except Exception as exc:
+                from botocore.exceptions import ClientError
+
+                code = str(exc.response.get("Error", {}).get("Code")) if isinstance(exc, ClientError) else ""
+                if code in ("404", "NoSuchKey"):
+                    raise MissingObject(f"{where} is missing offsite") from exc
+                raise self._error(exc, "downloading", key) from exc
+
+        fetch_into(dst, fetch)
 
     def local_path(self, key: str) -> Path | None:
         check_key(key)
