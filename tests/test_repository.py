@@ -760,3 +760,28 @@ def test_a_config_written_by_the_old_init_keeps_its_deltas(
     c.write_text(c.read_text().replace("# pg_dump -Z level; 0 = uncompressed (delta-friendly)\n", "# smaller slots\n"))
     r = cli("backup", "--config", c, env={"DELTADUMP_NOW": DAYS[2]})
     assert r.returncode == 2 and "compress" in r.stderr, r.stderr
+
+
+def test_a_date_is_exactly_a_day_and_a_mistyped_id_names_no_backup() -> None:
+    """`restore 2026-11-12` means the newest backup of that day or before; a reference that only begins
+    with a date (a mistyped id or time) names no backup, so nothing is restored in its place."""
+    from deltadump.store.resolve import resolve
+
+    recs = [
+        BackupRecord(
+            repository="0" * 32,
+            number=n,
+            id=f"202611{d:02d}T020000-abc{n}",
+            started=datetime(2026, 11, d).astimezone(),
+            status="ok",
+            path=f"slot-{n}",
+            format="custom",
+        )
+        for n, d in ((1, 10), (2, 11), (3, 13))
+    ]
+    assert resolve(recs, "2026-11-12") is recs[1]
+    assert resolve(recs, "2026-11-13") is recs[2]
+    assert resolve(recs, "2026-11-09") is None
+    assert resolve(recs, "20261111T020000-abc2") is recs[1]
+    for ref in ("2026-11-12T02:00", "2026-11-13 typo", "2026-11-13-abc3", "２０２６-11-13", "2026-11-1", "2026-13-01"):
+        assert resolve(recs, ref) is None, ref

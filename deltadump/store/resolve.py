@@ -8,6 +8,7 @@ it, only what names one backup (an id, a path) is accepted, 'latest' and dates b
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
@@ -46,9 +47,16 @@ def resolve(
     return max(cands, key=lambda b: b.number, default=None)
 
 
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
 def _day(ref: str) -> date | None:
+    """The day `ref` is, written exactly YYYY-MM-DD; anything more or else is not a date (a mistyped
+    id or time that begins with a date names no backup: it must never quietly pick that day's)."""
+    if not _DATE.fullmatch(ref):
+        return None
     try:
-        return date.fromisoformat(ref[:10])
+        return date.fromisoformat(ref)
     except ValueError:
         return None
 
