@@ -388,10 +388,14 @@ class Config(_Model):
             if any(c.keep is not None for c in copies):
                 raise ValueError("keep belongs to configs with a single [offsite]; with several copies use "
                                  "[retention] and each copy's retention")  # fmt: skip
-        names = [c.copy_name for c in copies]
-        dup = sorted({n for n in names if names.count(n) > 1})
+        # a name is a folder's (deltadump-offsite/NAME/), and the backup folder may be on a disk that
+        # ignores case (FAT, exFAT, an SMB share): two copies may not differ in case alone
+        folded = [c.copy_name.lower() for c in copies]
+        dup = sorted({c.copy_name for c in copies if folded.count(c.copy_name.lower()) > 1})
         if dup:
-            raise ValueError(f"two [[offsite]] copies are named {dup[0]!r}; each name must be unique")
+            named = " and ".join(repr(n) for n in dup) if len(dup) > 1 else f"{dup[0]!r} twice"
+            raise ValueError(f"two [[offsite]] copies are named {named}; each name must be unique, in more than "
+                             "case")  # fmt: skip
         urls = [c.url.rstrip("/") for c in copies]
         same = sorted({u for u in urls if urls.count(u) > 1})
         if same:

@@ -75,7 +75,9 @@ def test_several_copies_each_with_its_own_retention() -> None:
 
 @pytest.mark.parametrize(("offsite", "message"), [
     ([{"url": "file:///a"}, {"url": "file:///b"}], "each needs a name (copy 1, 2 has none)"),
-    ([{"name": "a", "url": "file:///a"}, {"name": "a", "url": "file:///b"}], "two [[offsite]] copies are named 'a'"),
+    ([{"name": "a", "url": "file:///a"}, {"name": "a", "url": "file:///b"}], "two [[offsite]] copies are named 'a' twice"),
+    ([{"name": "Cloud", "url": "file:///a"}, {"name": "cloud", "url": "file:///b"}],  # one folder on FAT or SMB
+     "two [[offsite]] copies are named 'Cloud' and 'cloud'; each name must be unique, in more than case"),
     ([{"name": "a", "url": "file:///x/"}, {"name": "b", "url": "file:///x"}], "have the same url"),
     ([{"name": "a", "url": "file:///a"}, {"name": "b"}], "every [[offsite]] copy needs a url"),
     ([{"name": "9lives", "url": "file:///a"}], "invalid copy name '9lives'"),
