@@ -58,6 +58,8 @@ def earlier_days(success_days: int, last_success_day: date | None, today: date) 
 
 # %D of the globals (roles, memberships, tablespaces): parentheses never come out of db_part
 GLOBALS_PART = "(globals)"
+# the names Windows keeps for devices, whatever follows a '.' (in lower case: upper-case letters are encoded)
+_DEVICES = {"con", "prn", "aux", "nul", *(f"{d}{n}" for d in ("com", "lpt") for n in range(10))}
 _UNSAFE = set('%/\\<>:"|?*()')  # percent-encoded in %D: separators, Windows' reserved characters, our own marks
 
 
@@ -68,13 +70,16 @@ def db_part(name: str) -> str:
     a to z that has a case (upper-case ones, accented ones): a share (SMB, Windows, macOS) ignores
     case, and "Mail" and "mail" must not be one slot there. The first character too of a name that
     would be a folder of deltadump's own ("chain" is %63hain, "deltadump-x" %64eltadump-x): a database
-    so named is backed up like any other (check_parts refuses the reserved names)."""
+    so named is backed up like any other (check_parts refuses the reserved names), and of a name that
+    Windows reserves for a device ("con", "nul.x", "com1"). A last '.' or space too: Windows and SMB
+    drop it, and "mail." would be "mail"'s slot there."""
     out = []
-    own = name in RESERVED_TOP or name.startswith("deltadump")
+    own = name in RESERVED_TOP or name.startswith("deltadump") or name.split(".", 1)[0].rstrip(" ") in _DEVICES
+    last = len(name) - 1
     for i, c in enumerate(name):
         cased = c.upper() != c.lower() and not "a" <= c <= "z"
-        first = i == 0 and (c == "." or own)
-        if c in _UNSAFE or ord(c) < 0x20 or ord(c) == 0x7F or first or not c.isprintable() or cased:
+        edge = (i == 0 and (c == "." or own)) or (i == last and c in ". ")
+        if c in _UNSAFE or ord(c) < 0x20 or ord(c) == 0x7F or edge or not c.isprintable() or cased:
             out.append("".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass")))
         else:
             out.append(c)

@@ -196,22 +196,36 @@ def test_two_databases_differing_in_case_never_share_a_slot_on_a_share(
             run(pg, "postgres", sql.SQL("drop database {}").format(ident(n)))
 
 
+def _as_windows_sees(part: str) -> str:
+    """A file name as Windows and an SMB share compare it: case ignored, a last '.' or space dropped."""
+    return part.casefold().rstrip(". ")
+
+
 def test_two_database_names_never_give_one_slot_name_ignoring_case() -> None:
     """The same rule for every name, Unicode included: %D of two different names differ even where case
-    is ignored (casefold is wider than what any file system folds)."""
+    is ignored (casefold is wider than what any file system folds) and a last '.' or space dropped, as
+    Windows does; and it is never a name Windows keeps for a device."""
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
     from deltadump.naming import db_part
 
+    devices = {"con", "prn", "aux", "nul", *(f"{d}{n}" for d in ("com", "lpt") for n in range(10))}
+    names = st.one_of(st.text(min_size=1, max_size=20), st.sampled_from(sorted(devices)).map(lambda d: d + "."),
+                      st.from_regex(r"(mail|con|nul|aux|com1|lpt9)[. ]{0,2}(\.[a-z]{0,3})?", fullmatch=True))  # fmt: skip
+
     @settings(max_examples=500, deadline=None)
-    @given(st.text(min_size=1, max_size=20), st.text(min_size=1, max_size=20))
+    @given(names, names)
     def prop(a: str, b: str) -> None:
+        pa, pb = db_part(a), db_part(b)
+        assert _as_windows_sees(pa).split(".", 1)[0].rstrip(" ") not in devices, (a, pa)
         if a != b:
-            assert db_part(a).casefold() != db_part(b).casefold(), (a, b)
+            assert _as_windows_sees(pa) != _as_windows_sees(pb), (a, b)
 
     prop()
     assert db_part("Mail").casefold() != db_part("mail").casefold()
+    assert db_part("mail.") != "mail." and db_part("mail ") != "mail " and db_part("con") != "con"
+    assert db_part("mail") == "mail" and db_part("console") == "console"  # ordinary names stay as they are
 
 
 def test_a_database_named_as_a_folder_of_the_repository_is_backed_up(pg: LocalServer, pwfile: Path, tmp: Path) -> None:
