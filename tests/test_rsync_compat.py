@@ -6,6 +6,7 @@ import hashlib
 import random
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -164,6 +165,47 @@ def test_parallel_patch_equals_sequential_and_rdiff(
     with pytest.raises(RsyncError, match="beyond the end of the basis"):
         patch(tmp / "short", tmp / "d", tmp / "never")
     assert not any(p.name.startswith(".") or p.name == "never" for p in tmp.iterdir()), list(tmp.iterdir())
+
+
+def test_patch_with_the_basis_on_another_file_system(tmp: Path, rdiff_bin: str) -> None:
+    """A basis on another file system than the output (a USB disk, a share, a tmpfs): the kernel copy
+    between them is refused (EXDEV), and the patch copies by reading and writing instead. It ended in
+    a traceback (exit 1) on every delta with a COPY of 64 KiB or more."""
+    import os
+
+    shm = Path("/dev/shm")
+    assert shm.is_dir() and os.stat(shm).st_dev != os.stat(tmp).st_dev, "the test needs a tmpfs at /dev/shm"
+    rng = random.Random(77)
+    basis_data = text_like(rng, 3_000_000)
+    new = mutate(rng, basis_data, 20)
+    with tempfile.TemporaryDirectory(dir=shm) as there:
+        basis = Path(there) / "basis"
+        basis.write_bytes(basis_data)
+        (tmp / "n").write_bytes(new)
+        run_rdiff(rdiff_bin, "signature", basis, tmp / "sig")
+        run_rdiff(rdiff_bin, "delta", tmp / "sig", tmp / "n", tmp / "d")
+        r = subprocess.run([*RDIFF_CLI, "patch", basis, tmp / "d", tmp / "ours"], capture_output=True, text=True)
+        assert r.returncode == 0 and r.stderr == "", r.stderr
+        assert (tmp / "ours").read_bytes() == new
+        st = patch(basis, tmp / "d", tmp / "lib")
+        assert (tmp / "lib").read_bytes() == new and st.copy_bytes + st.literal_bytes == len(new)
+        assert max(n for c, _, n in _commands(tmp / "d") if c) >= 1 << 16  # (a copy the kernel would make)
+
+
+def _commands(delta: Path) -> list[tuple[bool, int, int]]:
+    """The (is_copy, position, length) commands of a delta file."""
+    from deltadump.rsync.patcher import _Commands
+
+    out = []
+    with open(delta, "rb") as f:
+        f.read(4)
+        cmds = _Commands(f)  # type: ignore[arg-type]
+        for c, pos, n in cmds:
+            out.append((c, pos, n))
+            if not c:
+                for _ in cmds.take(n):
+                    pass
+    return out
 
 
 def test_duplicate_blocks_merge_into_fewer_copies(tmp: Path, rdiff_bin: str) -> None:

@@ -11,6 +11,7 @@ small files) commands are applied in order, COPY by copy_file_range where it can
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import stat
@@ -18,14 +19,13 @@ import struct
 import time
 
 from ..errors import RsyncError
-from ..fsio import sha256_file, storage_error
+from ..fsio import sha256_file
 from .format import DELTA_MAGIC, decode_opcode, librsync_job
 from .streams import (
     IOV_MAX,
     PathOrFile,
     Sink,
     Source,
-    as_path,
     map_range,
     open_error,
     open_input,
@@ -112,13 +112,18 @@ class _Out:
             self.flush()
             self.sink.flush()
             done = 0
-            while done < n:
-                got = os.copy_file_range(b.fd, self.fd, n - done, b.base_off + pos + done)
-                if got <= 0:
-                    raise RsyncError(RsyncError.RS_INPUT_ENDED, f"(rs_file_copy_cb) unexpected eof on fd{b.fd}")
-                done += got
-            self.sink.written += n
-            return
+            try:
+                while done < n:
+                    got = os.copy_file_range(b.fd, self.fd, n - done, b.base_off + pos + done)
+                    if got <= 0:
+                        raise RsyncError(RsyncError.RS_INPUT_ENDED, f"(rs_file_copy_cb) unexpected eof on fd{b.fd}")
+                    done += got
+            except OSError as exc:
+                if exc.errno not in _NO_KERNEL_COPY:
+                    raise self.sink.write_error(exc) from exc
+                self.fd = None  # e.g. the basis on another file system: bytes are read and written from now on
+            self.sink.written += done
+            pos, n = pos + done, n - done
         while n:
             chunk = b.read_at(pos, min(n, 4 << 20))
             self.buf += chunk
@@ -126,6 +131,11 @@ class _Out:
             n -= len(chunk)
             if len(self.buf) >= BUF:
                 self.flush()
+
+
+# copy_file_range's answers that mean "not between these two files" (another file system, kernel or
+# file type), not a failure of the storage: the copy is then made by reading and writing
+_NO_KERNEL_COPY = {getattr(errno, n) for n in ("EXDEV", "EINVAL", "ENOSYS", "EOPNOTSUPP", "ENOTSUP", "EBADF")}
 
 
 def _check_copy(b: Source, pos: int, n: int) -> None:
@@ -566,9 +576,7 @@ class _Parallel:
             try:
                 pwritev_all(self.ofd, bufs, b.at)
             except OSError as exc:
-                where = self.sink.atomic.final if self.sink.atomic is not None else as_path("output")
-                clear = storage_error(exc, where, "writing").message
-                raise RsyncError(RsyncError.RS_IO_ERROR, f"write failed: {exc.strerror or exc}", message=clear) from exc
+                raise self.sink.write_error(exc) from exc
         finally:
             bufs.clear()
             b.parts.clear()

@@ -165,10 +165,15 @@ class Sink:
         try:
             self.f.write(data)
         except OSError as exc:
-            where = self.atomic.final if self.atomic is not None else as_path("output")
-            clear = storage_error(exc, where, "writing").message  # e.g. "disk full while writing X (N MB free)"
-            raise RsyncError(RsyncError.RS_IO_ERROR, f"write failed: {exc.strerror}", message=clear) from exc
+            raise self.write_error(exc) from exc
         self.written += len(data)
+
+    def write_error(self, exc: OSError) -> RsyncError:
+        """librsync's error for a failed write into this output, with a clear message (e.g. "disk full
+        while writing X (N MB free)")."""
+        where = self.atomic.final if self.atomic is not None else as_path("output")
+        clear = storage_error(exc, where, "writing").message
+        return RsyncError(RsyncError.RS_IO_ERROR, f"write failed: {exc.strerror or exc}", message=clear)
 
     def fileno_for_copy(self) -> int | None:
         """A raw fd usable with copy_file_range after flush(), or None."""
