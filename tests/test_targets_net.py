@@ -243,6 +243,83 @@ def test_a_server_that_stops_answering_is_a_transient_error_and_the_retry_comple
                 os.kill(pid, signal.SIGCONT)
 
 
+def test_an_smb_server_still_at_work_is_waited_for_past_the_timeout(smb_server: SambaServer) -> None:
+    """smbd answers "pending" to a lock request that another handle's lock blocks (the interim answer a
+    busy server gives for any long request), and the final answer only once that lock goes: three
+    timeouts later here. The wait goes on, the server answering echoes meanwhile, and the request
+    succeeds; it ended with "no answer from the server" at the first timeout."""
+    import uuid
+
+    from smbprotocol.open import (
+        CreateDisposition,
+        CreateOptions,
+        FileAttributes,
+        FilePipePrinterAccessMask,
+        ImpersonationLevel,
+        LockFlags,
+        Open,
+        ShareAccess,
+        SMB2LockElement,
+    )
+    from smbprotocol.session import Session
+    from smbprotocol.tree import TreeConnect
+
+    from deltadump.targets.smb import _timed_connection
+
+    timeout = 1.0
+
+    def handle() -> tuple[Any, Open]:
+        conn = _timed_connection()(uuid.uuid4(), "127.0.0.1", smb_server.port, require_signing=True)
+        conn.answer_timeout = timeout
+        conn.connect()
+        session = Session(conn, smb_server.user, smb_server.password)
+        session.connect()
+        tree = TreeConnect(session, r"\\127.0.0.1\share")
+        tree.connect()
+        f = Open(tree, "locked-pending")
+        f.create(ImpersonationLevel.Impersonation,
+                 FilePipePrinterAccessMask.GENERIC_READ | FilePipePrinterAccessMask.GENERIC_WRITE,
+                 FileAttributes.FILE_ATTRIBUTE_NORMAL, ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE,
+                 CreateDisposition.FILE_OPEN_IF, CreateOptions.FILE_NON_DIRECTORY_FILE)  # fmt: skip
+        return conn, f
+
+    def element(flags: int) -> SMB2LockElement:
+        e = SMB2LockElement()
+        e["offset"], e["length"], e["flags"] = 0, 10, flags
+        return e
+
+    holder_conn, holder = handle()
+    waiter_conn, waiter = handle()
+    try:
+        holder.lock([element(LockFlags.SMB2_LOCKFLAG_EXCLUSIVE_LOCK | LockFlags.SMB2_LOCKFLAG_FAIL_IMMEDIATELY)])
+        msg, answer = waiter.lock([element(LockFlags.SMB2_LOCKFLAG_EXCLUSIVE_LOCK)], send=False)
+        req = waiter_conn.send(msg, waiter.tree_connect.session.session_id, waiter.tree_connect.tree_connect_id)
+        outcome: list[object] = []
+        th = threading.Thread(target=lambda: outcome.append(_outcome(lambda: answer(req))))
+        th.start()
+        deadline = time.monotonic() + 10
+        while req.async_id is None and time.monotonic() < deadline:  # (set when the interim answer comes)
+            req.response_event.wait(0.05)
+        assert req.async_id is not None, "smbd sent no interim answer"
+        interim = time.monotonic()
+        th.join(3 * timeout)  # the server at work for three timeouts
+        assert th.is_alive(), outcome
+        holder.close()  # its lock goes with it
+        th.join(30)
+        assert outcome and not isinstance(outcome[0], BaseException), outcome
+        assert time.monotonic() - interim >= 3 * timeout
+    finally:
+        holder_conn.disconnect()
+        waiter_conn.disconnect()
+
+
+def _outcome(fn: Any) -> object:
+    try:
+        return fn()
+    except BaseException as exc:  # (handed to the test's thread)
+        return exc
+
+
 def test_smb_password_never_on_a_command_line(smb_server: SambaServer, tmp: Path) -> None:
     """While a put runs, no /proc/*/cmdline nor any process environment holds the password."""
     secret = smb_server.password.encode()

@@ -72,15 +72,21 @@ def _status(exc: BaseException) -> int | None:
     return None
 
 
+PENDING_WAITS = 20  # most waits of `answer_timeout` for one request the server said it is at work on
+
+
 @functools.cache
 def _timed_connection() -> Any:
     """smbprotocol's Connection with an end to every wait for an answer (smbclient waits without one): a
     server that keeps the connection open but stops answering (hung, or a connection left half open by a
     network change) then makes a transient error after `answer_timeout` seconds, which drops the
-    connection (the retry opens a new one), instead of a backup that never ends. (Made on first use:
-    smbprotocol is imported only by a target that connects.)"""
+    connection (the retry opens a new one), instead of a backup that never ends. A server that answers
+    "still at work" (an interim STATUS_PENDING, as a busy NAS does for a long write or flush) is given
+    more waits, as long as it answers an echo between them, up to PENDING_WAITS in all. (Made on first
+    use: smbprotocol is imported only by a target that connects.)"""
     from smbprotocol.connection import Connection
     from smbprotocol.exceptions import SMBException
+    from smbprotocol.header import NtStatus
 
     class TimedConnection(Connection):  # type: ignore[misc]
         answer_timeout = 30.0
@@ -88,12 +94,31 @@ def _timed_connection() -> Any:
         def receive(self, request: Any, wait: bool = True, timeout: float | None = None,
                     resolve_symlinks: bool = True) -> Any:  # fmt: skip
             limit = self.answer_timeout if timeout is None else timeout
+            if wait:
+                self._await(request, limit)
             try:
                 return super().receive(request, wait, limit, resolve_symlinks)
             except SMBException as exc:
                 if request.response_event.is_set():  # an answer came: the error is the server's
                     raise
                 raise TimeoutError(f"no answer from the server in {limit:g} s") from exc
+
+        def _await(self, request: Any, limit: float) -> None:
+            """Until the final answer to `request` is there (or the connection died: receive says how)."""
+            pending = False
+            for _ in range(PENDING_WAITS):
+                if request.response_event.wait(timeout=limit):
+                    with request.response_event_lock:
+                        answer = request.response
+                        if answer is None or answer["status"].get_value() != NtStatus.STATUS_PENDING:
+                            return
+                        request.response_event.clear()
+                        pending = True
+                elif not pending:
+                    raise TimeoutError(f"no answer from the server in {limit:g} s")
+                else:
+                    self.echo(timeout=limit)  # at work on it: still alive? (else a TimeoutError)
+            raise TimeoutError(f"the server has been at work on one request for over {PENDING_WAITS * limit:g} s")
 
     return TimedConnection
 
