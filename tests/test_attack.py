@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -251,6 +252,60 @@ def test_a_database_named_as_a_folder_of_the_repository_is_backed_up(pg: LocalSe
     finally:
         for n in names:
             run(pg, "postgres", sql.SQL("drop database {}").format(ident(n)))
+
+
+def test_a_whole_server_directory_delta_backup_is_made_and_restored(pg: LocalServer, pwfile: Path, tmp: Path) -> None:
+    """A whole-server config (%D/...) with format "directory" and [delta]: each data file's name inside
+    the dump was taken as what follows the first '/' of its recorded path, which is the database's folder
+    there, so every database's backup failed on a file that does not exist ("No such file or directory")
+    and the server was never backed up; the same for any single-database template with a folder in it."""
+    from psycopg import sql
+    from test_server import databases, ident, run, secret_file, whole_config
+
+    from deltadump.pg.server import LocalServer as Server
+
+    others = databases(pg)
+    u = os.getpid()
+    names = [f"dir/..%2F{u}", f"Dir {u}."]  # a slash, '..', a percent, a case, a last '.' and a space
+    for i, n in enumerate(names):
+        database_with_rows(pg, n, 3000 + i)
+    dest, remote = tmp / "dest", tmp / "remote"
+    dest.mkdir()
+    remote.mkdir()
+    c = whole_config(tmp / "c.toml", pg, pwfile, dest, databases="all", exclude=others)
+    c.write_text(c.read_text().replace('"%D/DBBACK-%w.DMP"', '"%D/DBBACK-%w.DMP"\nformat = "directory"'))
+    add_sections(c, delta={"enabled": True}, offsite={"url": f"file://{remote}"})
+    try:
+        for day in (0, 1):
+            run(pg, names[0], f"insert into t select generate_series({10000 * (day + 1)}, {10000 * (day + 1) + 50})")
+            code, out = backup(c, day)
+            assert code == 0, out
+        rows = json.loads(cli("list", "--json", "--config", c).stdout)
+        assert sorted(r["db"] for r in rows if r["db"] and r["state"] == "ok") == sorted(names * 2), rows
+        assert cli("verify", "--deep", "--config", c).returncode == 0
+        shutil.rmtree(dest)  # from the offsite copy alone
+        dest.mkdir()
+        target = Server()
+        target.start()
+        try:
+            tpw = secret_file(tmp / "t.pw", target.password)
+            r = cli("restore", "--server", "--to-dsn", target.dsn(), "--password-file", tpw, "--from", "offsite",
+                    "--config", c)  # fmt: skip
+            assert r.returncode == 0, r.stdout + r.stderr
+            for i, n in enumerate(names):
+                got = target_rows(target, n)
+                assert got == 3000 + i + (102 if i == 0 else 0), (n, got)
+        finally:
+            target.remove()
+    finally:
+        for n in names:
+            run(pg, "postgres", sql.SQL("drop database {}").format(ident(n)))
+
+
+def target_rows(server: LocalServer, db: str) -> int:
+    from test_server import rows
+
+    return int(rows(server, db, "select count(*) from t")[0][0])  # type: ignore[call-overload]
 
 
 # --- 3. a power cut --------------------------------------------------------------------------------------
