@@ -131,6 +131,52 @@ def test_a_signature_of_absurd_block_length_costs_no_memory(tmp: Path) -> None:
         assert ours.read_bytes() == theirs.read_bytes()
 
 
+def test_another_copys_old_head_is_never_taken_for_this_copys(
+    pg: LocalServer, pwfile: Path, maildb: str, tmp: Path
+) -> None:
+    """Two copies of one config (here two folders; as easily two prefixes of one bucket) share the
+    repository's id and its records, each head only its own sequence. Whoever can write to copy b and
+    once read copy a puts a's old head in b's heads/ under a number b has not passed: it checked (the
+    key's, the repository's, no rollback of b's sequence), and `restore --from offsite b latest`
+    restored the backup of three days before, saying nothing."""
+    from test_copies import add_copies
+
+    dest, a, b = tmp / "dest", tmp / "a", tmp / "b"
+    for d in (dest, a, b):
+        d.mkdir()
+    c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest)
+    base = c.read_text()
+    add_copies(c, [{"name": "a", "url": f"file://{a}"}], delta={"enabled": True})
+    for day in range(3):
+        assert backup(c, day)[0] == 0
+    c.write_text(base)  # a second copy, b, from the fourth day on
+    add_copies(c, [{"name": "a", "url": f"file://{a}"}, {"name": "b", "url": f"file://{b}"}], delta={"enabled": True})
+    assert backup(c, 3)[0] == 0
+    kept = {p.name: p.read_bytes() for p in (a / "heads").iterdir()}  # a's head of that day, kept
+    for day in (4, 5, 6):
+        sample.mail_day(pg.psql_bin(), pg.conn(), maildb, day, new=5, words=10)
+        assert backup(c, day)[0] == 0
+    newest = json.loads(cli("list", "--offsite", "b", "--json", "--config", c).stdout)[0]["id"]
+    for p in (b / "heads").iterdir():
+        p.unlink()
+    for name, data in kept.items():  # a's head 4, where b's head 4 was
+        (b / "heads" / name).write_bytes(data)
+    for args in (("list", "--offsite", "b", "--json"), ("restore", "--from", "offsite", "b", "latest", "--to-db",
+                                                         f"rolled_{maildb}")):  # fmt: skip
+        r = cli(*args, "--config", c)
+        assert r.returncode == 1, f"{args[0]}: {r.stdout}"
+        assert "offsite copy a's head" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    # the backup host writes b from its own record of b: the next backup puts b's newest head back
+    assert backup(c, 7)[0] == 0
+    listed = json.loads(cli("list", "--offsite", "b", "--json", "--config", c).stdout)
+    assert newest in {x["id"] for x in listed[1:]} and listed[0]["started"] == "2026-11-17T02:00:00Z", listed
+    # a copy renamed in the config is still adopted by the next backup (its heads then say its new name)
+    c.write_text(c.read_text().replace('name = "b"', 'name = "b2"'))
+    code, out = backup(c, 8)
+    assert code == 0 and "adopting" in out, out
+    assert len(json.loads(cli("list", "--offsite", "b2", "--json", "--config", c).stdout)) == len(listed) + 1
+
+
 # --- 2. the database catalog as an attacker --------------------------------------------------------------
 
 

@@ -143,10 +143,10 @@ class Offsite:
                 raise self._format_1() from None
             raise
         label = copy_label(self.name)
-        self.remote = Repository(TargetMeta(self.target), tr, label=label, expect=expect)
+        self.remote = Repository(TargetMeta(self.target), tr, label=label, expect=expect, copy=self.name)
         self.repo = self.remote  # what readers use
         self.meta = MirroredMeta(LocalMeta(cfg.dest / MIRROR / self.name, create=True), TargetMeta(self.target))
-        self.mirror = Repository(self.meta, tr, label=label, expect=expect)
+        self.mirror = Repository(self.meta, tr, label=label, expect=expect, copy=self.name)
 
     def describe(self) -> str:
         return self.target.describe()
