@@ -354,6 +354,56 @@ def target_rows(server: LocalServer, db: str) -> int:
     return int(rows(server, db, "select count(*) from t")[0][0])  # type: ignore[call-overload]
 
 
+def _sql(pg: LocalServer, db: str, script: bytes, encoding: str) -> None:
+    """Run `script` (bytes as they are) with psql in a session of that client encoding."""
+    c = pg.conn()
+    env = {**os.environ, "PGPASSWORD": pg.password, "PGCLIENTENCODING": encoding}
+    argv = [str(pg.psql_bin()), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", c.keywords["host"], "-p",
+            c.keywords["port"], "-U", c.keywords["user"], "-d", db]  # fmt: skip
+    r = subprocess.run(argv, input=script, env=env, capture_output=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_databases_in_other_encodings_and_names_of_no_utf8_are_backed_up_or_named(
+    pg: LocalServer, pwfile: Path, tmp: Path
+) -> None:
+    """Any CREATEDB role may make a SQL_ASCII database, and in it a database (or table) whose name is no
+    UTF-8. Such a name stopped every whole-server run before its first backup ("internal error:
+    UnicodeDecodeError": nothing backed up, no record); a SQL_ASCII database stopped it where its turn
+    came (its catalog read as bytes: "internal error: TypeError"), and so did a LATIN1 database with a
+    table named "café" (pg_restore --list read as UTF-8): the databases after it were never backed up.
+    Now the name that is no UTF-8 fails alone, in one line, and the others are backed up and drilled."""
+    from psycopg import sql
+    from test_server import databases, run, whole_config
+
+    others = databases(pg)
+    u = os.getpid()
+    asc, lat, bad = f"asc_{u}", f"lat_{u}", b"bad\xff\xfe_" + str(u).encode()
+    run(pg, "postgres", f"create database {asc} encoding 'SQL_ASCII' template template0 lc_collate 'C' lc_ctype 'C'",
+        f"create database {lat} encoding 'LATIN1' template template0 lc_collate 'C' lc_ctype 'C'")  # fmt: skip
+    _sql(pg, asc, b'create database "' + bad + b'"; create table "t\xff" (i int); insert into "t\xff" values (1);'
+         b"create table plain (i int); insert into plain values (1), (2);", "SQL_ASCII")  # fmt: skip
+    _sql(pg, lat, b'create table "caf\xe9" (i int); insert into "caf\xe9" values (1), (2), (3);', "LATIN1")
+    dest = tmp / "dest"
+    dest.mkdir()
+    c = whole_config(tmp / "c.toml", pg, pwfile, dest, databases="all", exclude=others)
+    try:
+        code, out = backup(c, 0)
+        assert code == 1, out
+        line = out.strip().splitlines()[-1]
+        assert line.startswith("deltadump: error: 1 of 4 backups of the run failed") and "no UTF-8" in line, out
+        assert line.count("bad\\xff\\xfe_") == 2 and f"committed: (globals), {asc}, {lat}" in line, line
+        rows = json.loads(cli("list", "--json", "--config", c).stdout)
+        assert sorted(r["db"] for r in rows if r["db"] and r["state"] == "ok") == [asc, lat], rows
+        tables = {r["db"]: r for r in rows if r["db"]}
+        assert tables[lat]["state"] == "ok"
+        r = cli("drill", "latest", "--db", lat, "--config", c)
+        assert r.returncode == 0 and "café" in r.stdout, r.stdout + r.stderr
+    finally:
+        _sql(pg, asc, b'drop database "' + bad + b'"', "SQL_ASCII")
+        run(pg, "postgres", *(sql.SQL("drop database {}").format(sql.Identifier(n)) for n in (asc, lat)))
+
+
 # --- 3. a power cut --------------------------------------------------------------------------------------
 
 

@@ -75,6 +75,8 @@ def _dbname(v: str) -> str:
         raise ValueError(f"invalid database name {v[:80]!r}") from None
     if len(v.encode("utf-8", "surrogatepass")) > 63:
         raise ValueError(f"invalid database name {v[:80]!r}: longer than 63 bytes")
+    if any("\ud800" <= ch <= "\udfff" for ch in v):
+        raise ValueError(f"invalid database name {v[:80]!r}: no UTF-8")
     return v
 
 
