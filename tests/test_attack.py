@@ -177,6 +177,23 @@ def test_another_copys_old_head_is_never_taken_for_this_copys(
     assert len(json.loads(cli("list", "--offsite", "b2", "--json", "--config", c).stdout)) == len(listed) + 1
 
 
+def test_an_object_grown_in_an_offsite_folder_is_refused_before_it_is_read(
+    pg: LocalServer, pwfile: Path, maildb: str, tmp: Path
+) -> None:
+    """A folder copy's objects are read where they are, not downloaded, so get's limit never applied:
+    the base grown to a sparse terabyte in the store (one truncate) was hashed to its end before its
+    sha256 was compared, and verify --offsite or a restore from the copy ran for hours."""
+    c, _, remote = offsite_setup(pg, pwfile, maildb, tmp)
+    assert backup(c, 0)[0] == 0
+    base = next((remote / "chain").glob("*.base.zst"))
+    with open(base, "r+b") as f:
+        f.truncate(1 << 40)
+    for args in (("verify", "--offsite"), ("restore", "--from", "offsite", "--to-db", f"grown_{maildb}")):
+        r = cli(*args, "--config", c, timeout=120)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert base.name in r.stdout + r.stderr and "larger than" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
 # --- 2. the database catalog as an attacker --------------------------------------------------------------
 
 

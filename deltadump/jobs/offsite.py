@@ -28,7 +28,7 @@ from ..store.migrate import convert, kept
 from ..store.records import HEAD_NAME, SIG_SUFFIX, BackupRecord, FileRecord, Note, record_name
 from ..store.repository import Change, LocalMeta, MirroredMeta, Repository, TargetMeta
 from ..store.retention import Plan, Policy, plan
-from ..targets import Target, open_target
+from ..targets import Target, open_target, too_large
 from .chain import Fetch
 from .common import Reporter
 from .repo import file_location, trust_for
@@ -393,6 +393,8 @@ class Offsite:
     def fetcher(self) -> Fetch:
         def fetch(obj: FileRecord, scratch: Path) -> Path:
             if not self.encrypted and (p := self.raw.local_path(obj.path)) is not None:
+                if p.stat().st_size > obj.size:  # never hashed through to its end (a sparse terabyte, say)
+                    raise too_large(f"{self.describe()}/{obj.path}", obj.size)
                 return p  # a folder target: read in place
             self.fetch_to(obj.path, scratch, obj.size)
             return scratch
