@@ -194,6 +194,25 @@ def test_an_object_grown_in_an_offsite_folder_is_refused_before_it_is_read(
         assert base.name in r.stdout + r.stderr and "larger than" in r.stdout + r.stderr, r.stdout + r.stderr
 
 
+def test_a_recovery_text_changed_in_the_store_is_put_back(
+    pg: LocalServer, pwfile: Path, maildb: str, tmp: Path
+) -> None:
+    """RECOVERY.txt is unsigned and read by a person recovering by hand; once there it was never written
+    again, so a text changed in the store (here: check the records with the attacker's public key, whose
+    forged records then pass minisign -V) stayed for good. Every sync now puts back its own text."""
+    from deltadump.jobs.offsite import RECOVERY
+
+    c, _, remote = offsite_setup(pg, pwfile, maildb, tmp)
+    assert backup(c, 0)[0] == 0
+    text = remote / "RECOVERY.txt"
+    assert text.read_text() == RECOVERY
+    for forged in (RECOVERY.replace("using the public key printed by `deltadump key`", "using RWQf6LRCGA9i53ml")
+                   + "x" * 10, RECOVERY.replace("deltadump key", "deltadump_key")):  # fmt: skip
+        text.write_text(forged)
+        assert backup(c, 1)[0] == 0
+        assert text.read_text() == RECOVERY
+
+
 # --- 2. the database catalog as an attacker --------------------------------------------------------------
 
 

@@ -296,15 +296,27 @@ class Offsite:
             st.removed[d.id] = d.why
             rep.info(f"offsite retention: removed backup {d.id} ({d.why})")
         self.collect(rep)
-        if "RECOVERY.txt" not in self.raw.list("RECOVERY"):
-            with tempfile.TemporaryDirectory(prefix="deltadump-up-") as tmp:
-                p = Path(tmp) / "RECOVERY.txt"
-                p.write_text(RECOVERY)
-                self.raw.put("RECOVERY.txt", p, sha256_file(p)[1])
+        self._recovery_text()
         if migrating:
             self.target.delete(v1.MANIFEST_NAME)
             rep.info(f"offsite: migrated {self.describe()} to repository format 2 (signed)")
         return st
+
+    def _recovery_text(self) -> None:
+        """RECOVERY.txt, unsigned and read by a person: put again whenever the store holds anything else
+        (a text planted or changed there could name another public key to check the records with)."""
+        with tempfile.TemporaryDirectory(prefix="deltadump-up-") as tmp:
+            p = Path(tmp) / "RECOVERY.txt"
+            want = RECOVERY.encode()
+            if self.raw.list("RECOVERY").get("RECOVERY.txt") == len(want):
+                try:
+                    self.raw.get("RECOVERY.txt", p, len(want))
+                    if p.read_bytes() == want:
+                        return
+                except TargetError:
+                    pass
+            p.write_bytes(want)
+            self.raw.put("RECOVERY.txt", p, sha256_file(p)[1])
 
     def _send(self, rec: BackupRecord, local: Repository, dest: Path, have: dict[str, int], st: SyncStats) -> str:
         """Send rec's objects the copy lacks, then its records; '' when done, else why not."""
