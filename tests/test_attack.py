@@ -390,6 +390,42 @@ def target_rows(server: LocalServer, db: str) -> int:
     return int(rows(server, db, "select count(*) from t")[0][0])  # type: ignore[call-overload]
 
 
+def test_the_after_command_gets_a_url_that_names_the_slot_on_the_share(
+    pg: LocalServer, pwfile: Path, tmp: Path, smb_server: Any
+) -> None:
+    """With an smb:// dest the after-command's %f (and the notification's path) is the slot's url. A
+    whole-server slot holds %XX for every upper-case letter of a database's name ("Up" is "%55p"), and
+    the slot was appended to the url as it is, so the url named "Up/...": a program that reads the url
+    (smbget, any url parser) fetched another file, on a share that ignores case the backup of the
+    database "up". The slot's part of the url is now percent-encoded."""
+    from urllib.parse import unquote, urlsplit
+
+    from psycopg import sql
+    from test_ring import wait_for_after
+    from test_server import databases, ident, run, whole_config
+
+    others = databases(pg)
+    name = f"Up_{os.getpid()}"
+    database_with_rows(pg, name, 5)
+    folder, marker = f"url-{os.getpid()}", tmp / "after.txt"
+    c = whole_config(tmp / "c.toml", pg, pwfile, smb_server.url("share", folder), databases="all",  # type: ignore[arg-type]
+                     exclude=others, extra=f"password_file = {json.dumps(str(smb_server.password_file))}\n"
+                     f"after = {json.dumps(f'printf %s %f > {marker}')}\n")  # fmt: skip
+    try:
+        code, out = backup(c, 0)
+        assert code == 0, out
+        rows = json.loads(cli("list", "--json", "--config", c).stdout)
+        rec = next(r for r in rows if r["db"] == name)
+        assert wait_for_after(c, rec["id"]) is not None
+        url = marker.read_text()
+        assert url.startswith("smb://"), url
+        share_path = unquote(urlsplit(url).path)  # /share/folder/SLOT, as any reader of the url takes it
+        assert share_path == f"/share/{folder}/{rec['path']}", (url, rec["path"])
+        assert (smb_server.share / folder / rec["path"]).is_file()
+    finally:
+        run(pg, "postgres", sql.SQL("drop database {}").format(ident(name)))
+
+
 def _sql(pg: LocalServer, db: str, script: bytes, encoding: str) -> None:
     """Run `script` (bytes as they are) with psql in a session of that client encoding."""
     c = pg.conn()
