@@ -213,6 +213,50 @@ def test_a_recovery_text_changed_in_the_store_is_put_back(
         assert text.read_text() == RECOVERY
 
 
+def test_a_folder_of_the_store_swapped_for_a_link_never_leads_a_write_or_delete_outside(
+    pg: LocalServer, pwfile: Path, maildb: str, tmp: Path
+) -> None:
+    """The folder target checked that a key's folder lay inside the store, then wrote or deleted by path:
+    whoever can write to the store swaps chain/ with a link to any folder in between (renameat2's
+    exchange, in a loop), plants names there for the sync to clean up, and the sync (as root, often)
+    deleted the files of those names in that folder, and wrote its objects there. Writes and deletes
+    now go through descriptors of the folders, opened without following a link."""
+    import ctypes
+    import threading
+
+    c, _, remote = offsite_setup(pg, pwfile, maildb, tmp)
+    assert backup(c, 0)[0] == 0
+    victim = tmp / "victim"
+    victim.mkdir()
+    names = [f"zz{i:04d}" for i in range(300)]
+    for n in names:
+        (remote / "chain" / n).write_bytes(b"planted")
+        (victim / n).write_bytes(b"precious")
+    link = remote / "elsewhere"
+    os.symlink(victim, link)
+    renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    a, b = os.fsencode(remote / "chain"), os.fsencode(link)
+    stop = threading.Event()
+
+    def swap() -> None:
+        while not stop.is_set():
+            renameat2(-100, a, -100, b, 2)  # AT_FDCWD, RENAME_EXCHANGE: chain/ and the link trade places
+
+    t = threading.Thread(target=swap)
+    t.start()
+    try:
+        for day in range(1, 20):
+            sample.mail_day(pg.psql_bin(), pg.conn(), maildb, day, new=3, words=5)
+            backup(c, day)  # refused or not: it must never touch the victim's folder
+            if sorted(p.name for p in victim.iterdir()) != names:
+                break
+    finally:
+        stop.set()
+        t.join()
+    assert sorted(p.name for p in victim.iterdir()) == names
+    assert all((victim / n).read_bytes() == b"precious" for n in names)
+
+
 # --- 2. the database catalog as an attacker --------------------------------------------------------------
 
 
