@@ -1,8 +1,9 @@
 """A folder target: any mounted folder (NFS, SMB, a second disk). Durable writes, sha256 checked.
 
-Every key is checked (targets.check_key) and every path resolved before use: a link planted in the
-folder never makes us read or write outside it (objects are opened with O_NOFOLLOW and the opened
-file's real path must lie inside the folder; the folder a put writes into is resolved first)."""
+Every key is checked (targets.check_key): a link planted in the folder never makes us read, write or
+delete outside it, even one swapped in between a check and a use (objects are opened with O_NOFOLLOW
+and the opened file's real path must lie inside the folder; a put or a delete works through
+descriptors of the key's folders, each opened relative to the one above with O_NOFOLLOW)."""
 
 from __future__ import annotations
 
