@@ -475,9 +475,12 @@ class Config(_Model):
         return self.path.absolute().parent / f"{self.path.stem}.state"
 
     def slot_where(self, rel: str) -> str:
-        """Where a rotation slot is, for people: a path in dest, or a url on the share."""
+        """Where a rotation slot is, for people: a path in dest, or a url on the share (the slot's name
+        percent-encoded: a whole-server slot holds '%' of its own, "%55p" for the database "Up")."""
         if self.backup.remote:
-            return self.backup.dest.rstrip("/") + "/" + rel
+            from urllib.parse import quote
+
+            return self.backup.dest.rstrip("/") + "/" + quote(rel)
         return str(self.dest / rel)
 
     def delta_conflict(self) -> str:

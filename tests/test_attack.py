@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,132 @@ def test_a_signature_of_absurd_block_length_costs_no_memory(tmp: Path) -> None:
         assert ours.read_bytes() == theirs.read_bytes()
 
 
+def test_another_copys_old_head_is_never_taken_for_this_copys(
+    pg: LocalServer, pwfile: Path, maildb: str, tmp: Path
+) -> None:
+    """Two copies of one config (here two folders; as easily two prefixes of one bucket) share the
+    repository's id and its records, each head only its own sequence. Whoever can write to copy b and
+    once read copy a puts a's old head in b's heads/ under a number b has not passed: it checked (the
+    key's, the repository's, no rollback of b's sequence), and `restore --from offsite b latest`
+    restored the backup of three days before, saying nothing."""
+    from test_copies import add_copies
+
+    dest, a, b = tmp / "dest", tmp / "a", tmp / "b"
+    for d in (dest, a, b):
+        d.mkdir()
+    c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest)
+    base = c.read_text()
+    add_copies(c, [{"name": "a", "url": f"file://{a}"}], delta={"enabled": True})
+    for day in range(3):
+        assert backup(c, day)[0] == 0
+    c.write_text(base)  # a second copy, b, from the fourth day on
+    add_copies(c, [{"name": "a", "url": f"file://{a}"}, {"name": "b", "url": f"file://{b}"}], delta={"enabled": True})
+    assert backup(c, 3)[0] == 0
+    kept = {p.name: p.read_bytes() for p in (a / "heads").iterdir()}  # a's head of that day, kept
+    for day in (4, 5, 6):
+        sample.mail_day(pg.psql_bin(), pg.conn(), maildb, day, new=5, words=10)
+        assert backup(c, day)[0] == 0
+    newest = json.loads(cli("list", "--offsite", "b", "--json", "--config", c).stdout)[0]["id"]
+    for p in (b / "heads").iterdir():
+        p.unlink()
+    for name, data in kept.items():  # a's head 4, where b's head 4 was
+        (b / "heads" / name).write_bytes(data)
+    for args in (("list", "--offsite", "b", "--json"), ("restore", "--from", "offsite", "b", "latest", "--to-db",
+                                                         f"rolled_{maildb}")):  # fmt: skip
+        r = cli(*args, "--config", c)
+        assert r.returncode == 1, f"{args[0]}: {r.stdout}"
+        assert "offsite copy a's head" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    # the backup host writes b from its own record of b: the next backup puts b's newest head back
+    assert backup(c, 7)[0] == 0
+    listed = json.loads(cli("list", "--offsite", "b", "--json", "--config", c).stdout)
+    assert newest in {x["id"] for x in listed[1:]} and listed[0]["started"] == "2026-11-17T02:00:00Z", listed
+    # a copy renamed in the config is still adopted by the next backup (its heads then say its new name)
+    c.write_text(c.read_text().replace('name = "b"', 'name = "b2"'))
+    code, out = backup(c, 8)
+    assert code == 0 and "adopting" in out, out
+    assert len(json.loads(cli("list", "--offsite", "b2", "--json", "--config", c).stdout)) == len(listed) + 1
+
+
+def test_an_object_grown_in_an_offsite_folder_is_refused_before_it_is_read(
+    pg: LocalServer, pwfile: Path, maildb: str, tmp: Path
+) -> None:
+    """A folder copy's objects are read where they are, not downloaded, so get's limit never applied:
+    the base grown to a sparse terabyte in the store (one truncate) was hashed to its end before its
+    sha256 was compared, and verify --offsite or a restore from the copy ran for hours."""
+    c, _, remote = offsite_setup(pg, pwfile, maildb, tmp)
+    assert backup(c, 0)[0] == 0
+    base = next((remote / "chain").glob("*.base.zst"))
+    with open(base, "r+b") as f:
+        f.truncate(1 << 40)
+    for args in (("verify", "--offsite"), ("restore", "--from", "offsite", "--to-db", f"grown_{maildb}")):
+        r = cli(*args, "--config", c, timeout=120)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert base.name in r.stdout + r.stderr and "larger than" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def test_a_recovery_text_changed_in_the_store_is_put_back(
+    pg: LocalServer, pwfile: Path, maildb: str, tmp: Path
+) -> None:
+    """RECOVERY.txt is unsigned and read by a person recovering by hand; once there it was never written
+    again, so a text changed in the store (here: check the records with the attacker's public key, whose
+    forged records then pass minisign -V) stayed for good. Every sync now puts back its own text."""
+    from deltadump.jobs.offsite import RECOVERY
+
+    c, _, remote = offsite_setup(pg, pwfile, maildb, tmp)
+    assert backup(c, 0)[0] == 0
+    text = remote / "RECOVERY.txt"
+    assert text.read_text() == RECOVERY
+    for forged in (RECOVERY.replace("using the public key printed by `deltadump key`", "using RWQf6LRCGA9i53ml")
+                   + "x" * 10, RECOVERY.replace("deltadump key", "deltadump_key")):  # fmt: skip
+        text.write_text(forged)
+        assert backup(c, 1)[0] == 0
+        assert text.read_text() == RECOVERY
+
+
+def test_a_folder_of_the_store_swapped_for_a_link_never_leads_a_write_or_delete_outside(
+    pg: LocalServer, pwfile: Path, maildb: str, tmp: Path
+) -> None:
+    """The folder target checked that a key's folder lay inside the store, then wrote or deleted by path:
+    whoever can write to the store swaps chain/ with a link to any folder in between (renameat2's
+    exchange, in a loop), plants names there for the sync to clean up, and the sync (as root, often)
+    deleted the files of those names in that folder, and wrote its objects there. Writes and deletes
+    now go through descriptors of the folders, opened without following a link."""
+    import ctypes
+    import threading
+
+    c, _, remote = offsite_setup(pg, pwfile, maildb, tmp)
+    assert backup(c, 0)[0] == 0
+    victim = tmp / "victim"
+    victim.mkdir()
+    names = [f"zz{i:04d}" for i in range(300)]
+    for n in names:
+        (remote / "chain" / n).write_bytes(b"planted")
+        (victim / n).write_bytes(b"precious")
+    link = remote / "elsewhere"
+    os.symlink(victim, link)
+    renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    a, b = os.fsencode(remote / "chain"), os.fsencode(link)
+    stop = threading.Event()
+
+    def swap() -> None:
+        while not stop.is_set():
+            renameat2(-100, a, -100, b, 2)  # AT_FDCWD, RENAME_EXCHANGE: chain/ and the link trade places
+
+    t = threading.Thread(target=swap)
+    t.start()
+    try:
+        for day in range(1, 20):
+            sample.mail_day(pg.psql_bin(), pg.conn(), maildb, day, new=3, words=5)
+            backup(c, day)  # refused or not: it must never touch the victim's folder
+            if sorted(p.name for p in victim.iterdir()) != names:
+                break
+    finally:
+        stop.set()
+        t.join()
+    assert sorted(p.name for p in victim.iterdir()) == names
+    assert all((victim / n).read_bytes() == b"precious" for n in names)
+
+
 # --- 2. the database catalog as an attacker --------------------------------------------------------------
 
 
@@ -251,6 +378,146 @@ def test_a_database_named_as_a_folder_of_the_repository_is_backed_up(pg: LocalSe
     finally:
         for n in names:
             run(pg, "postgres", sql.SQL("drop database {}").format(ident(n)))
+
+
+def test_a_whole_server_directory_delta_backup_is_made_and_restored(pg: LocalServer, pwfile: Path, tmp: Path) -> None:
+    """A whole-server config (%D/...) with format "directory" and [delta]: each data file's name inside
+    the dump was taken as what follows the first '/' of its recorded path, which is the database's folder
+    there, so every database's backup failed on a file that does not exist ("No such file or directory")
+    and the server was never backed up; the same for any single-database template with a folder in it."""
+    from psycopg import sql
+    from test_server import databases, ident, run, secret_file, whole_config
+
+    from deltadump.pg.server import LocalServer as Server
+
+    others = databases(pg)
+    u = os.getpid()
+    names = [f"dir/..%2F{u}", f"Dir {u}."]  # a slash, '..', a percent, a case, a last '.' and a space
+    for i, n in enumerate(names):
+        database_with_rows(pg, n, 3000 + i)
+    dest, remote = tmp / "dest", tmp / "remote"
+    dest.mkdir()
+    remote.mkdir()
+    c = whole_config(tmp / "c.toml", pg, pwfile, dest, databases="all", exclude=others)
+    c.write_text(c.read_text().replace('"%D/DBBACK-%w.DMP"', '"%D/DBBACK-%w.DMP"\nformat = "directory"'))
+    add_sections(c, delta={"enabled": True}, offsite={"url": f"file://{remote}"})
+    try:
+        for day in (0, 1):
+            run(pg, names[0], f"insert into t select generate_series({10000 * (day + 1)}, {10000 * (day + 1) + 50})")
+            code, out = backup(c, day)
+            assert code == 0, out
+        rows = json.loads(cli("list", "--json", "--config", c).stdout)
+        assert sorted(r["db"] for r in rows if r["db"] and r["state"] == "ok") == sorted(names * 2), rows
+        assert cli("verify", "--deep", "--config", c).returncode == 0
+        shutil.rmtree(dest)  # from the offsite copy alone
+        dest.mkdir()
+        target = Server()
+        target.start()
+        try:
+            tpw = secret_file(tmp / "t.pw", target.password)
+            r = cli("restore", "--server", "--to-dsn", target.dsn(), "--password-file", tpw, "--from", "offsite",
+                    "--config", c)  # fmt: skip
+            assert r.returncode == 0, r.stdout + r.stderr
+            for i, n in enumerate(names):
+                got = target_rows(target, n)
+                assert got == 3000 + i + (102 if i == 0 else 0), (n, got)
+        finally:
+            target.remove()
+    finally:
+        for n in names:
+            run(pg, "postgres", sql.SQL("drop database {}").format(ident(n)))
+
+
+def target_rows(server: LocalServer, db: str) -> int:
+    from test_server import rows
+
+    return int(rows(server, db, "select count(*) from t")[0][0])  # type: ignore[call-overload]
+
+
+def test_the_after_command_gets_a_url_that_names_the_slot_on_the_share(
+    pg: LocalServer, pwfile: Path, tmp: Path, smb_server: Any
+) -> None:
+    """With an smb:// dest the after-command's %f (and the notification's path) is the slot's url. A
+    whole-server slot holds %XX for every upper-case letter of a database's name ("Up" is "%55p"), and
+    the slot was appended to the url as it is, so the url named "Up/...": a program that reads the url
+    (smbget, any url parser) fetched another file, on a share that ignores case the backup of the
+    database "up". The slot's part of the url is now percent-encoded."""
+    from urllib.parse import unquote, urlsplit
+
+    from psycopg import sql
+    from test_ring import wait_for_after
+    from test_server import databases, ident, run, whole_config
+
+    others = databases(pg)
+    name = f"Up_{os.getpid()}"
+    database_with_rows(pg, name, 5)
+    folder, marker = f"url-{os.getpid()}", tmp / "after.txt"
+    c = whole_config(tmp / "c.toml", pg, pwfile, smb_server.url("share", folder), databases="all",  # type: ignore[arg-type]
+                     exclude=others, extra=f"password_file = {json.dumps(str(smb_server.password_file))}\n"
+                     f"after = {json.dumps(f'printf %s %f > {marker}')}\n")  # fmt: skip
+    try:
+        code, out = backup(c, 0)
+        assert code == 0, out
+        rows = json.loads(cli("list", "--json", "--config", c).stdout)
+        rec = next(r for r in rows if r["db"] == name)
+        assert wait_for_after(c, rec["id"]) is not None
+        url = marker.read_text()
+        assert url.startswith("smb://"), url
+        share_path = unquote(urlsplit(url).path)  # /share/folder/SLOT, as any reader of the url takes it
+        assert share_path == f"/share/{folder}/{rec['path']}", (url, rec["path"])
+        assert (smb_server.share / folder / rec["path"]).is_file()
+    finally:
+        run(pg, "postgres", sql.SQL("drop database {}").format(ident(name)))
+
+
+def _sql(pg: LocalServer, db: str, script: bytes, encoding: str) -> None:
+    """Run `script` (bytes as they are) with psql in a session of that client encoding."""
+    c = pg.conn()
+    env = {**os.environ, "PGPASSWORD": pg.password, "PGCLIENTENCODING": encoding}
+    argv = [str(pg.psql_bin()), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", c.keywords["host"], "-p",
+            c.keywords["port"], "-U", c.keywords["user"], "-d", db]  # fmt: skip
+    r = subprocess.run(argv, input=script, env=env, capture_output=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_databases_in_other_encodings_and_names_of_no_utf8_are_backed_up_or_named(
+    pg: LocalServer, pwfile: Path, tmp: Path
+) -> None:
+    """Any CREATEDB role may make a SQL_ASCII database, and in it a database (or table) whose name is no
+    UTF-8. Such a name stopped every whole-server run before its first backup ("internal error:
+    UnicodeDecodeError": nothing backed up, no record); a SQL_ASCII database stopped it where its turn
+    came (its catalog read as bytes: "internal error: TypeError"), and so did a LATIN1 database with a
+    table named "café" (pg_restore --list read as UTF-8): the databases after it were never backed up.
+    Now the name that is no UTF-8 fails alone, in one line, and the others are backed up and drilled."""
+    from psycopg import sql
+    from test_server import databases, run, whole_config
+
+    others = databases(pg)
+    u = os.getpid()
+    asc, lat, bad = f"asc_{u}", f"lat_{u}", b"bad\xff\xfe_" + str(u).encode()
+    run(pg, "postgres", f"create database {asc} encoding 'SQL_ASCII' template template0 lc_collate 'C' lc_ctype 'C'",
+        f"create database {lat} encoding 'LATIN1' template template0 lc_collate 'C' lc_ctype 'C'")  # fmt: skip
+    _sql(pg, asc, b'create database "' + bad + b'"; create table "t\xff" (i int); insert into "t\xff" values (1);'
+         b"create table plain (i int); insert into plain values (1), (2);", "SQL_ASCII")  # fmt: skip
+    _sql(pg, lat, b'create table "caf\xe9" (i int); insert into "caf\xe9" values (1), (2), (3);', "LATIN1")
+    dest = tmp / "dest"
+    dest.mkdir()
+    c = whole_config(tmp / "c.toml", pg, pwfile, dest, databases="all", exclude=others)
+    try:
+        code, out = backup(c, 0)
+        assert code == 1, out
+        line = out.strip().splitlines()[-1]
+        assert line.startswith("deltadump: error: 1 of 4 backups of the run failed") and "no UTF-8" in line, out
+        assert line.count("bad\\xff\\xfe_") == 2 and f"committed: (globals), {asc}, {lat}" in line, line
+        rows = json.loads(cli("list", "--json", "--config", c).stdout)
+        assert sorted(r["db"] for r in rows if r["db"] and r["state"] == "ok") == [asc, lat], rows
+        tables = {r["db"]: r for r in rows if r["db"]}
+        assert tables[lat]["state"] == "ok"
+        r = cli("drill", "latest", "--db", lat, "--config", c)
+        assert r.returncode == 0 and "café" in r.stdout, r.stdout + r.stderr
+    finally:
+        _sql(pg, asc, b'drop database "' + bad + b'"', "SQL_ASCII")
+        run(pg, "postgres", *(sql.SQL("drop database {}").format(sql.Identifier(n)) for n in (asc, lat)))
 
 
 # --- 3. a power cut --------------------------------------------------------------------------------------

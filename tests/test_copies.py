@@ -249,7 +249,9 @@ def test_a_week_to_an_smb_and_an_sftp_copy_each_restoring_alone(
     assert sorted(p.name for p in (dest / "deltadump-offsite").iterdir()) == ["nas", "ssh"]
     seen = json.loads((tmp / "deltadump-signing.key.seen").read_text())
     rid = h.repo.id
-    assert set(seen) == {f"{rid}:local", f"{rid}:offsite:nas", f"{rid}:offsite:ssh"}
+    assert set(seen) == {f"{rid}:local", f"{rid}:offsite:nas", f"{rid}:offsite:ssh"} | {
+        f"{rid}:offsite:{n}/named" for n in ("nas", "ssh")
+    }  # (and that their heads name them)
     # status and metrics tell of each copy
     st = json.loads(cli("status", "--json", "--config", c, env={"DELTADUMP_NOW": DAYS[6]}).stdout)
     assert [(x["name"], x["there"], x["stale"]) for x in st["copies"]] == [("nas", True, False), ("ssh", True, False)]

@@ -253,8 +253,8 @@ def _dump_and_commit(
                 mine = same_series(repo.backups(), unit.series if unit is not None else "")
                 if fmt == "directory":
                     keys = data_files(pg_restore, tmp)  # each table's data file, by the table's identity
-                    fields.update(chain.make_dir_chain_objects(cfg, dest, mine, fields["id"], tmp, files, keys,
-                                                               rep))  # fmt: skip
+                    fields.update(chain.make_dir_chain_objects(cfg, dest, mine, fields["id"], tmp, rel, files,
+                                                               keys, rep))  # fmt: skip
                 else:
                     fields.update(chain.make_chain_objects(cfg, dest, mine, fields["id"], tmp, files[0].sha256,
                                                        rep))  # fmt: skip

@@ -194,14 +194,15 @@ SMALL_FILE = 64 << 10  # files below this are stored whole when they change: a d
 
 
 def make_dir_chain_objects(
-    cfg: Config, dest: Path, backups: list[BackupRecord], rec_id: str, dump: Path, files: list[FileRecord],
+    cfg: Config, dest: Path, backups: list[BackupRecord], rec_id: str, dump: Path, slot: str, files: list[FileRecord],
     keys: dict[str, str], rep: Reporter,
 ) -> dict[str, Any]:  # fmt: skip
     """Store a directory-format dump (uncompressed), each table's data file as a chain of its own: whole
     (zstd) in a base; in a delta backup, nothing when the file is unchanged (same size and sha256 as the
     parent's file of the same table: no delta work, no upload), an rdiff delta (zstd) against the
     parent's file of the same table (matched by the table's identity, `keys`, not its file number),
-    or whole when it is new or small. Returns the record's chain fields."""
+    or whole when it is new or small. `files` are named in the slot `slot` (which may have folders of its
+    own: %D/..., %y/...). Returns the record's chain fields."""
     d = cfg.delta
     chain_dir = _chain_dir(dest)
     basis = _basis(cfg, backups, directory=True)
@@ -214,7 +215,7 @@ def make_dir_chain_objects(
     out_files: list[DirFile] = []
     stored = changed = 0
     for f in files:
-        name = f.path.split("/", 1)[1] if "/" in f.path else f.path  # the name inside the dump's folder
+        name = f.path.removeprefix(f"{slot}/")  # the name inside the dump's folder
         src = dump / name
         key = keys.get(name, f"file:{name}")
         p = prev.get(key)

@@ -26,6 +26,7 @@ from ..naming import GLOBALS_PART, check_parts, check_relpath, db_part, render
 from ..pg.cluster import list_databases, names_with_line_breaks, parse_globals, writes_names_safely
 from ..pg.conn import check_dbname
 from ..pg.dump import run_pg_dumpall_globals, validate
+from ..pg.inspect import not_utf8, shown
 from ..store.records import BackupRecord
 from .common import Reporter, Server, server_for, tool
 
@@ -45,7 +46,7 @@ class Unit:
 
     @property
     def label(self) -> str:
-        return "the globals" if self.db is None else f'database "{self.db}"'
+        return "the globals" if self.db is None else f'database "{shown(self.db)}"'
 
     @property
     def series(self) -> str:
@@ -107,6 +108,8 @@ def plan_run(cfg: Config, backups: list[BackupRecord], rep: Reporter) -> tuple[l
     bad: dict[str, str] = {}
     for n in names:
         try:
+            if not_utf8(n):
+                raise DumpError("its name is no UTF-8 (it was made in a SQL_ASCII database); rename it to back it up")
             check_dbname(n)
             if len(n.encode("utf-8", "surrogatepass")) > 63:
                 raise DumpError("longer than 63 bytes")
@@ -116,7 +119,8 @@ def plan_run(cfg: Config, backups: list[BackupRecord], rep: Reporter) -> tuple[l
     def connect(db: str | None) -> Callable[[], Server]:
         def go() -> Server:
             if db in bad:
-                raise DumpError(f"database {db!r} cannot be backed up: {bad[db]}")
+                name = f"'{shown(db)}'" if not_utf8(db) else repr(db)  # (bytes of no UTF-8 as \\xNN)
+                raise DumpError(f"database {name} cannot be backed up: {bad[db]}")
             if error is not None:
                 raise error
             assert srv is not None

@@ -28,7 +28,7 @@ from ..store.migrate import convert, kept
 from ..store.records import HEAD_NAME, SIG_SUFFIX, BackupRecord, FileRecord, Note, record_name
 from ..store.repository import Change, LocalMeta, MirroredMeta, Repository, TargetMeta
 from ..store.retention import Plan, Policy, plan
-from ..targets import Target, open_target
+from ..targets import Target, open_target, too_large
 from .chain import Fetch
 from .common import Reporter
 from .repo import file_location, trust_for
@@ -143,10 +143,10 @@ class Offsite:
                 raise self._format_1() from None
             raise
         label = copy_label(self.name)
-        self.remote = Repository(TargetMeta(self.target), tr, label=label, expect=expect)
+        self.remote = Repository(TargetMeta(self.target), tr, label=label, expect=expect, copy=self.name)
         self.repo = self.remote  # what readers use
         self.meta = MirroredMeta(LocalMeta(cfg.dest / MIRROR / self.name, create=True), TargetMeta(self.target))
-        self.mirror = Repository(self.meta, tr, label=label, expect=expect)
+        self.mirror = Repository(self.meta, tr, label=label, expect=expect, copy=self.name)
 
     def describe(self) -> str:
         return self.target.describe()
@@ -296,15 +296,27 @@ class Offsite:
             st.removed[d.id] = d.why
             rep.info(f"offsite retention: removed backup {d.id} ({d.why})")
         self.collect(rep)
-        if "RECOVERY.txt" not in self.raw.list("RECOVERY"):
-            with tempfile.TemporaryDirectory(prefix="deltadump-up-") as tmp:
-                p = Path(tmp) / "RECOVERY.txt"
-                p.write_text(RECOVERY)
-                self.raw.put("RECOVERY.txt", p, sha256_file(p)[1])
+        self._recovery_text()
         if migrating:
             self.target.delete(v1.MANIFEST_NAME)
             rep.info(f"offsite: migrated {self.describe()} to repository format 2 (signed)")
         return st
+
+    def _recovery_text(self) -> None:
+        """RECOVERY.txt, unsigned and read by a person: put again whenever the store holds anything else
+        (a text planted or changed there could name another public key to check the records with)."""
+        with tempfile.TemporaryDirectory(prefix="deltadump-up-") as tmp:
+            p = Path(tmp) / "RECOVERY.txt"
+            want = RECOVERY.encode()
+            if self.raw.list("RECOVERY").get("RECOVERY.txt") == len(want):
+                try:
+                    self.raw.get("RECOVERY.txt", p, len(want))
+                    if p.read_bytes() == want:
+                        return
+                except TargetError:
+                    pass
+            p.write_bytes(want)
+            self.raw.put("RECOVERY.txt", p, sha256_file(p)[1])
 
     def _send(self, rec: BackupRecord, local: Repository, dest: Path, have: dict[str, int], st: SyncStats) -> str:
         """Send rec's objects the copy lacks, then its records; '' when done, else why not."""
@@ -393,6 +405,8 @@ class Offsite:
     def fetcher(self) -> Fetch:
         def fetch(obj: FileRecord, scratch: Path) -> Path:
             if not self.encrypted and (p := self.raw.local_path(obj.path)) is not None:
+                if p.stat().st_size > obj.size:  # never hashed through to its end (a sparse terabyte, say)
+                    raise too_large(f"{self.describe()}/{obj.path}", obj.size)
                 return p  # a folder target: read in place
             self.fetch_to(obj.path, scratch, obj.size)
             return scratch

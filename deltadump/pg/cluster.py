@@ -18,17 +18,21 @@ from typing import Any
 
 from ..errors import DatabaseError, IntegrityError
 from .conn import Conn, classify
-from .inspect import connect_kwargs
+from .inspect import connect_kwargs, raw_names
 
 LIST_SQL = ("select datname from pg_catalog.pg_database where datallowconn and not datistemplate "
             "order by datname")  # fmt: skip
 
 
 def _query(conn: Conn, sql: str) -> list[str]:
+    """The first column of every row, names as they are: a name that is no UTF-8 (made in a SQL_ASCII
+    database, by any role that may create one) has its bytes as lone surrogates (inspect.raw_names),
+    so it is told apart from every real name and never stops the others being read."""
     import psycopg
 
     try:
         with psycopg.connect(**connect_kwargs(conn), autocommit=True) as c:
+            raw_names(c)
             return [str(r[0]) for r in c.execute(sql).fetchall()]
     except psycopg.Error as exc:
         raise classify(str(exc), conn) from exc

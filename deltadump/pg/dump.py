@@ -150,7 +150,7 @@ def data_files(pg_restore: Path, out: Path) -> dict[str, str]:
     TABLE DATA entry's <dumpid>.dat file. Other files (toc.dat, large objects) are not listed."""
     import re
 
-    res = subprocess.run([str(pg_restore), "--list", str(out)], capture_output=True, text=True)
+    res = subprocess.run([str(pg_restore), "--list", str(out)], capture_output=True, text=True, errors="replace")
     if res.returncode != 0:
         raise DumpError(f"archive {out} is unreadable by pg_restore: {' '.join(res.stderr.split())[:300]}")
     files: dict[str, str] = {}
@@ -189,7 +189,7 @@ def validate(pg_restore: Path, out: Path, fmt: str) -> None:
         if PLAIN_TRAILER not in tail:
             raise DumpError(f"plain dump {out} is incomplete (no completion trailer)")
         return
-    res = subprocess.run([str(pg_restore), "--list", str(out)], capture_output=True, text=True)
+    res = subprocess.run([str(pg_restore), "--list", str(out)], capture_output=True, text=True, errors="replace")
     if res.returncode != 0:
         msg = " ".join(res.stderr.split())[:300]
         raise DumpError(f"archive {out} is unreadable by pg_restore: {msg}")
@@ -240,7 +240,8 @@ def run_restore(
                     rc, err = proc.returncode, b"".join(err_chunks).decode(errors="replace")
             else:
                 res = subprocess.run([*argv, "-f", str(archive)], env=env, pass_fds=(*env.fds, *fds),
-                                     capture_output=True, text=True, stdin=subprocess.DEVNULL)  # fmt: skip
+                                     capture_output=True, text=True, errors="replace",
+                                     stdin=subprocess.DEVNULL)  # fmt: skip
                 rc, err = res.returncode, res.stderr
         else:
             # a connection string naming the database literally: a bare --dbname would be expanded
@@ -251,7 +252,7 @@ def run_restore(
             argv += [*(extra or []), str(archive)]
             t0 = time.monotonic()
             res = subprocess.run(argv, env=env, pass_fds=(*env.fds, *fds), capture_output=True, text=True,
-                                 stdin=subprocess.DEVNULL)  # fmt: skip
+                                 errors="replace", stdin=subprocess.DEVNULL)  # fmt: skip
             rc, err = res.returncode, res.stderr
             if progress:
                 progress(f"pg_restore finished in {time.monotonic() - t0:.1f} s")

@@ -31,6 +31,39 @@ CHECKSUM = "coalesce(sum(('x' || substr(md5(t::text), 1, 15))::bit(60)::bigint::
 Stats = dict[str, tuple[int, str | None]]
 
 
+def raw_names(db: Any) -> None:
+    """Text read on the psycopg connection `db` comes as str whatever its bytes: UTF-8, and bytes that are
+    no UTF-8 (a SQL_ASCII database's, or a name made in one) as lone surrogates (surrogateescape), which
+    no real name has; psycopg would return bytes on a SQL_ASCII connection, or fail on them elsewhere."""
+    from psycopg.adapt import Loader
+
+    class Raw(Loader):
+        def load(self, data: Any) -> str:
+            return bytes(data).decode("utf-8", "surrogateescape")
+
+    for t in ("name", "text"):
+        db.adapters.register_loader(t, Raw)
+
+
+def sql_ascii(db: Any) -> bool:
+    """Whether the psycopg connection `db` is to a SQL_ASCII database (text is bytes of no known encoding,
+    which psycopg would return as bytes): its text is then read through raw_names."""
+    if db.info.encoding != "ascii":
+        return False
+    raw_names(db)
+    return True
+
+
+def not_utf8(name: str) -> bool:
+    """A name read through raw_names whose bytes are no UTF-8."""
+    return any("\udc80" <= ch <= "\udcff" for ch in name)
+
+
+def shown(name: str) -> str:
+    """A name read through raw_names for a message or a record: bytes that are no UTF-8 as \\xNN."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def harden(db: Any) -> None:
     """Settings for queries over hostile catalog names, inside the current transaction."""
     db.execute("set local search_path = ''")
@@ -44,10 +77,15 @@ def measure(db: Any, checksums: bool) -> Stats:
 
     harden(db)
     out: Stats = {}
+    raw = sql_ascii(db)
     for schema, name, key in db.execute(TABLES_SQL).fetchall():
-        query = sql.SQL("select count(*), {} from only {} t").format(
-            sql.SQL(CHECKSUM) if checksums else sql.SQL("null"), sql.Identifier(schema, name)
-        )
+        what = sql.SQL(CHECKSUM) if checksums else sql.SQL("null")
+        if raw:  # the server's own quoting of the name (format %I), sent back as the bytes it sent
+            query: Any = b"select count(*), " + what.as_bytes(db) + b" from only " + key.encode(
+                "utf-8", "surrogateescape") + b" t"  # fmt: skip
+            key = shown(key)
+        else:
+            query = sql.SQL("select count(*), {} from only {} t").format(what, sql.Identifier(schema, name))
         rows, cs = db.execute(query).fetchone()
         out[key] = (int(rows), None if cs is None else str(cs))
     return out

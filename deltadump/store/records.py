@@ -75,6 +75,8 @@ def _dbname(v: str) -> str:
         raise ValueError(f"invalid database name {v[:80]!r}") from None
     if len(v.encode("utf-8", "surrogatepass")) > 63:
         raise ValueError(f"invalid database name {v[:80]!r}: longer than 63 bytes")
+    if any("\ud800" <= ch <= "\udfff" for ch in v):
+        raise ValueError(f"invalid database name {v[:80]!r}: no UTF-8")
     return v
 
 
@@ -247,6 +249,9 @@ class Head(_Model):
     last_success_day: date | None = None
     # the newest commit time seen: a clock that goes back is reported, and never orders anything
     newest_time: datetime | None = None
+    # the offsite copy (its name) whose head this is; absent in the backup folder's: the copies of a
+    # repository share its id and records, so without it one copy's head (an old one) passed for another's
+    offsite: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")] | None = None
 
     @property
     def file_name(self) -> str:
@@ -308,15 +313,16 @@ def parse_ranges(text: str, limit: int = 10_000_000) -> set[int]:
 # fields added after format 2's first release, left out while they hold their default: a single-database
 # config's records stay exactly as before (readable by the deltadump that wrote the folder)
 OMITTED_WHEN_DEFAULT: dict[str, object] = {"db": None, "databases": []}
+HEAD_OMITTED: dict[str, object] = {"offsite": None}  # the backup folder's heads stay as they were
 
 
 def encode(model: BaseModel) -> bytes:
     """Canonical bytes of a record or head: what is signed and stored."""
     data = model.model_dump(mode="json")
-    if isinstance(model, BackupRecord):
-        for key, default in OMITTED_WHEN_DEFAULT.items():
-            if data.get(key) == default:
-                del data[key]
+    omitted = {BackupRecord: OMITTED_WHEN_DEFAULT, Head: HEAD_OMITTED}.get(type(model), {})
+    for key, default in omitted.items():
+        if data.get(key) == default:
+            del data[key]
     return json.dumps(data, sort_keys=True, indent=1, ensure_ascii=False).encode() + b"\n"
 
 

@@ -349,11 +349,14 @@ class Listing:
 
 
 class Repository:
-    def __init__(self, meta: MetaStore, trust: Trust, *, label: str, expect: str | None = None) -> None:
+    def __init__(
+        self, meta: MetaStore, trust: Trust, *, label: str, expect: str | None = None, copy: str | None = None
+    ) -> None:
         self.meta = meta
         self.trust = trust
         self.label = label  # "local", "offsite", "offsite:NAME": the key of the rollback state
         self.expect = expect  # the repository id it must have, when known
+        self.copy = copy  # the offsite copy's name (its heads say it); None: the backup folder
         self.head: Head | None = None
         self._cache: dict[int, BackupRecord | Note] = {}
         self._listing: Listing | None = None
@@ -422,8 +425,32 @@ class Repository:
                 f"{what} is older than head {seen}, seen before: the copy was rolled back",
                 hint="if you restored this copy on purpose, pass --allow-older",
             )
+        self._check_copy(head, what)
         self.trust.seen.update(self._seen_key(head.repository), seq)
         return head
+
+    def _named_key(self, repo: str) -> str:
+        """Where this host notes that it has seen this copy's heads name it (a head of another name, or
+        of none, is then another copy's or the backup folder's)."""
+        return self._seen_key(repo) + "/named"
+
+    def _check_copy(self, head: Head, what: str) -> None:
+        """The head is this store's own: the copies of a repository (and the backup folder) share its id
+        and its records, so another copy's head, an old one kept, was taken for this copy's newest and
+        `latest` was an older backup. A head names its copy; the backup folder's names none. Heads
+        without a name (written before heads named their copy) or of another name (a renamed copy) are
+        believed only while this host has never seen this copy's heads carry its name."""
+        if head.offsite == self.copy:
+            if self.copy is not None:
+                self.trust.seen.update(self._named_key(head.repository), 1)
+            return
+        whose = f"the offsite copy {head.offsite}'s" if head.offsite is not None else "the backup folder's"
+        if self.copy is None:
+            raise TrustError(f"{what} is {whose} head, not this backup folder's")
+        if self.trust.seen.get(self._named_key(head.repository)) and not self.trust.allow_older:
+            old = " or of an earlier version" if head.offsite is None else ""
+            raise TrustError(f"{what} is {whose} head{old}, not this copy's ({self.copy}): put there from elsewhere",
+                             hint="someone copied another store's head into this one; check the store")  # fmt: skip
 
     def listing(self) -> Listing:
         if self._listing is None:
@@ -533,8 +560,11 @@ class Repository:
     def _commit_head(self, head: Head) -> Head:
         """Write a head and its signature (the commit point), and remember its sequence as seen."""
         name = head_name(head.seq)
+        head = head.model_copy(update={"offsite": self.copy})
         self._write_signed(name, encode(head), f"deltadump {name} repository={head.repository} seq={head.seq}")
         self.trust.seen.update(self._seen_key(head.repository), head.seq)
+        if self.copy is not None:
+            self.trust.seen.update(self._named_key(head.repository), 1)
         self.head = head
         self._keep_cached()
         self._listing = None

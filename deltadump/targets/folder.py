@@ -1,20 +1,24 @@
 """A folder target: any mounted folder (NFS, SMB, a second disk). Durable writes, sha256 checked.
 
-Every key is checked (targets.check_key) and every path resolved before use: a link planted in the
-folder never makes us read or write outside it (objects are opened with O_NOFOLLOW and the opened
-file's real path must lie inside the folder; the folder a put writes into is resolved first)."""
+Every key is checked (targets.check_key): a link planted in the folder never makes us read, write or
+delete outside it, even one swapped in between a check and a use (objects are opened with O_NOFOLLOW
+and the opened file's real path must lie inside the folder; a put or a delete works through
+descriptors of the key's folders, each opened relative to the one above with O_NOFOLLOW)."""
 
 from __future__ import annotations
 
 import builtins
 import contextlib
+import errno
+import hashlib
 import os
 import shutil
 import stat
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import StorageError, TargetError
-from ..fsio import atomic_write
+from ..fsio import checkpoint, tmp_name
 from . import MissingObject, check_key, check_prefix, copy_limited, fetch_into, listed_key
 
 
@@ -62,6 +66,33 @@ class FolderTarget:
             raise
         return fd
 
+    def _folder_fd(self, key: str, *, create: bool = False) -> tuple[int, str]:
+        """A descriptor of the key's folder, each folder below the root opened relative to the one above
+        and never through a link (O_NOFOLLOW), and the key's last name: a folder swapped for a link
+        between a check and a write (a store is not trusted) cannot lead a write or a delete outside.
+        `create`: missing folders are made. The caller closes the descriptor."""
+        parts = check_key(key).split("/")
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for part in parts[:-1]:
+                if create:
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(part, 0o700, dir_fd=fd)
+                try:
+                    nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise TargetError(f"{self.root / key} leads through a link or a file, not a folder; "
+                                          "refused", hint="someone planted a link in the offsite folder; remove it"
+                                          ) from None  # fmt: skip
+                    raise
+                os.close(fd)
+                fd = nxt
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, parts[-1]
+
     def put(self, key: str, src: Path, sha256: str) -> None:
         self._check_root()
         dst = self._path(key)
@@ -70,17 +101,41 @@ class FolderTarget:
         except OSError as exc:
             raise TargetError(f"cannot read {src}: {exc.strerror or exc}") from None
         try:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            self._inside(os.path.realpath(dst.parent), key)
-            with s, atomic_write(dst) as f:
-                while chunk := s.read(4 << 20):
-                    f.write(chunk)
-                if f.sha256.hexdigest() != sha256:
-                    raise TargetError(f"{src} changed while being copied to {dst}")
+            with s:
+                folder, name = self._folder_fd(key, create=True)
+                try:
+                    self._write_in(folder, name, s, sha256, src, dst)
+                finally:
+                    os.close(folder)
         except StorageError as exc:  # full disk, permission denied: fsio's message and hint
             raise TargetError(exc.message, hint=exc.hint) from exc
         except OSError as exc:
             raise TargetError(f"cannot write {dst}: {exc.strerror or exc}") from exc
+
+    @staticmethod
+    def _write_in(folder: int, name: str, s: BinaryIO, sha256: str, src: Path, dst: Path) -> None:
+        """Write `name` in the folder `folder` all or nothing and durably (temporary name, fsync, rename,
+        fsync of the folder), every name relative to the folder's descriptor."""
+        tmp = tmp_name(Path(name)).name
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=folder)
+        try:
+            h = hashlib.sha256()
+            with os.fdopen(fd, "wb", buffering=1 << 20) as out:
+                while chunk := s.read(4 << 20):
+                    out.write(chunk)
+                    h.update(chunk)
+                if h.hexdigest() != sha256:
+                    raise TargetError(f"{src} changed while being copied to {dst}")
+                out.flush()
+                os.fsync(out.fileno())
+            checkpoint(f"write {name}")
+            os.rename(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=folder)
+            raise
+        os.fsync(folder)
+        checkpoint(f"rename {name}")
 
     def get(self, key: str, dst: Path, limit: int | None = None) -> None:
         fd = self._open(key)
@@ -130,27 +185,35 @@ class FolderTarget:
 
     def clean_temporaries(self) -> builtins.list[str]:
         """Remove the temporary files puts killed mid-way left (ours: the .tmp- names); the caller holds
-        the only write access to this copy (its run lock). Links are never followed."""
+        the only write access to this copy (its run lock). Links are never followed, and each file is
+        removed through its folder's descriptor (a folder swapped for a link meanwhile leads nowhere)."""
         gone: builtins.list[str] = []
         if not self.root.is_dir():
             return gone
-        for folder, _dirs, files in os.walk(self.root):
+        for folder, _dirs, files, dfd in os.fwalk(self.root):
             for name in files:
-                p = Path(folder) / name
-                if name.startswith(".tmp-") and stat.S_ISREG(os.lstat(p).st_mode):
-                    p.unlink(missing_ok=True)
-                    gone.append(p.relative_to(self.root).as_posix())
+                if name.startswith(".tmp-") and stat.S_ISREG(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=dfd)
+                    gone.append((Path(folder) / name).relative_to(self.root).as_posix())
         return gone
 
     def delete(self, key: str) -> None:
         p = self._path(key)
         try:
-            self._inside(os.path.realpath(p.parent), key)
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
+            folder, name = self._folder_fd(key)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise TargetError(f"cannot delete {p}: {exc.strerror}") from exc
+        try:
+            if stat.S_ISDIR(os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode):
+                shutil.rmtree(name, dir_fd=folder)
             else:
-                os.unlink(p)  # a link is removed, never what it points to
+                os.unlink(name, dir_fd=folder)  # a link is removed, never what it points to
         except FileNotFoundError:
             pass
         except OSError as exc:
             raise TargetError(f"cannot delete {p}: {exc.strerror}") from exc
+        finally:
+            os.close(folder)
