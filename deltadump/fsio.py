@@ -120,14 +120,20 @@ def storage_error(exc: OSError, path: Path, action: str) -> StorageError:
 
 
 class AtomicFile:
-    """A file written under a temporary name and renamed into place on commit()."""
+    """A file written under a temporary name and renamed into place on commit(). With `dir_fd`, every
+    name is taken in that open folder and never through a link (its temporary file, the rename, the
+    folder's fsync), so that a folder swapped for a link meanwhile cannot lead the write elsewhere;
+    `final` then only names the file in messages."""
 
     def __init__(
-        self, final: str | os.PathLike[str], mode: int = 0o600, durable: bool = True, hashing: bool = True
-    ) -> None:
+        self, final: str | os.PathLike[str], mode: int = 0o600, durable: bool = True, hashing: bool = True,
+        dir_fd: int | None = None,
+    ) -> None:  # fmt: skip
         self._final = os.fspath(final)
         folder, name = os.path.split(self._final)
+        self._dir_fd = dir_fd
         self._tmp = os.path.join(folder, _tmp_basename(name))
+        self._at = self._tmp if dir_fd is None else os.path.basename(self._tmp)  # (relative to dir_fd)
         self.durable = durable
         self.hashing = hashing
         if hashing:  # (the sha256 of what is written; without hashing, hashlib need not even be imported)
@@ -135,8 +141,9 @@ class AtomicFile:
 
             self.sha256: hashlib._Hash = hashlib.sha256()
         self.size = 0
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | (0 if dir_fd is None else os.O_NOFOLLOW)
         try:
-            fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            fd = os.open(self._at, flags, mode, dir_fd=dir_fd)
         except OSError as exc:
             raise storage_error(exc, self.final, "creating") from exc
         self.file: BinaryIO = os.fdopen(fd, "wb", buffering=1 << 20)
@@ -181,9 +188,15 @@ class AtomicFile:
             name = os.path.basename(self._final)
             if self.durable:
                 checkpoint(f"write {name}")
-            os.replace(self._tmp, self._final)
+            if self._dir_fd is None:
+                os.replace(self._tmp, self._final)
+            else:
+                os.replace(self._at, name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
             if self.durable:
-                fsync_dir(os.path.dirname(self._final) or ".")
+                if self._dir_fd is None:
+                    fsync_dir(os.path.dirname(self._final) or ".")
+                else:
+                    os.fsync(self._dir_fd)
                 checkpoint(f"rename {name}")
         except OSError as exc:
             self.abort()
@@ -195,16 +208,18 @@ class AtomicFile:
         except OSError:
             pass
         try:  # noqa: SIM105
-            os.unlink(self._tmp)
+            os.unlink(self._at, dir_fd=self._dir_fd)
         except FileNotFoundError:
             pass
 
 
-def atomic_write(final: Path, mode: int = 0o600, durable: bool = True, hashing: bool = True) -> AtomicFile:
+def atomic_write(
+    final: Path, mode: int = 0o600, durable: bool = True, hashing: bool = True, dir_fd: int | None = None
+) -> AtomicFile:
     """Write `final` all or nothing, never a half-written file under the final name; durably
     (fsync of the file and its folder) unless it is a scratch file: `with atomic_write(p) as f`
-    commits on leaving, or removes the temporary file if the block raised."""
-    return AtomicFile(final, mode, durable, hashing)
+    commits on leaving, or removes the temporary file if the block raised. `dir_fd`: see AtomicFile."""
+    return AtomicFile(final, mode, durable, hashing, dir_fd)
 
 
 def write_bytes_atomic(final: Path, data: bytes, mode: int = 0o600) -> str:

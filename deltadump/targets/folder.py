@@ -10,15 +10,13 @@ from __future__ import annotations
 import builtins
 import contextlib
 import errno
-import hashlib
 import os
 import shutil
 import stat
 from pathlib import Path
-from typing import BinaryIO
 
 from ..errors import StorageError, TargetError
-from ..fsio import checkpoint, tmp_name
+from ..fsio import atomic_write
 from . import MissingObject, check_key, check_prefix, copy_limited, fetch_into, listed_key
 
 
@@ -102,40 +100,19 @@ class FolderTarget:
             raise TargetError(f"cannot read {src}: {exc.strerror or exc}") from None
         try:
             with s:
-                folder, name = self._folder_fd(key, create=True)
-                try:
-                    self._write_in(folder, name, s, sha256, src, dst)
+                folder, _name = self._folder_fd(key, create=True)
+                try:  # (every name in the key's folder by its descriptor: never through a link)
+                    with atomic_write(dst, dir_fd=folder) as f:
+                        while chunk := s.read(4 << 20):
+                            f.write(chunk)
+                        if f.sha256.hexdigest() != sha256:
+                            raise TargetError(f"{src} changed while being copied to {dst}")
                 finally:
                     os.close(folder)
         except StorageError as exc:  # full disk, permission denied: fsio's message and hint
             raise TargetError(exc.message, hint=exc.hint) from exc
         except OSError as exc:
             raise TargetError(f"cannot write {dst}: {exc.strerror or exc}") from exc
-
-    @staticmethod
-    def _write_in(folder: int, name: str, s: BinaryIO, sha256: str, src: Path, dst: Path) -> None:
-        """Write `name` in the folder `folder` all or nothing and durably (temporary name, fsync, rename,
-        fsync of the folder), every name relative to the folder's descriptor."""
-        tmp = tmp_name(Path(name)).name
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=folder)
-        try:
-            h = hashlib.sha256()
-            with os.fdopen(fd, "wb", buffering=1 << 20) as out:
-                while chunk := s.read(4 << 20):
-                    out.write(chunk)
-                    h.update(chunk)
-                if h.hexdigest() != sha256:
-                    raise TargetError(f"{src} changed while being copied to {dst}")
-                out.flush()
-                os.fsync(out.fileno())
-            checkpoint(f"write {name}")
-            os.rename(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=folder)
-            raise
-        os.fsync(folder)
-        checkpoint(f"rename {name}")
 
     def get(self, key: str, dst: Path, limit: int | None = None) -> None:
         fd = self._open(key)
