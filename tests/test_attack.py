@@ -257,6 +257,27 @@ def test_a_folder_of_the_store_swapped_for_a_link_never_leads_a_write_or_delete_
     assert all((victim / n).read_bytes() == b"precious" for n in names)
 
 
+def test_what_a_killed_put_left_is_cleaned_when_the_offsite_folder_is_reached_through_a_link(
+    pg: LocalServer, pwfile: Path, maildb: str, tmp: Path
+) -> None:
+    """The offsite folder given as a link (/srv/offsite -> /mnt/nas/offsite, as mounts often are): the
+    clean-up of temporaries walked it with os.fwalk, which yields nothing for a top that is a link, so
+    what a killed put left (a .tmp- file of the object's size) stayed there for good, run after run,
+    while puts and reads went through the link as configured."""
+    c, _, real = offsite_setup(pg, pwfile, maildb, tmp)
+    link = tmp / "offsite-link"
+    os.symlink(real, link)
+    c.write_text(c.read_text().replace(f"file://{real}", f"file://{link}"))
+    assert backup(c, 0)[0] == 0
+    left = [real / "chain" / ".tmp-killed.4242.0badf00d", real / ".tmp-RECOVERY.txt.4242.0badf00d"]
+    for p in left:
+        p.write_bytes(b"x" * 100_000)  # what a put killed mid-way (kill -9, power cut) leaves
+    sample.mail_day(pg.psql_bin(), pg.conn(), maildb, 1, new=3, words=5)
+    code, out = backup(c, 1)
+    assert code == 0, out
+    assert [p for p in left if p.exists()] == []
+
+
 # --- 2. the database catalog as an attacker --------------------------------------------------------------
 
 

@@ -167,12 +167,20 @@ class FolderTarget:
         gone: builtins.list[str] = []
         if not self.root.is_dir():
             return gone
-        for folder, _dirs, files, dfd in os.fwalk(self.root):
-            for name in files:
-                if name.startswith(".tmp-") and stat.S_ISREG(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
+        # the walk starts at a descriptor of the root, opened as puts open it: fwalk yields nothing for a
+        # top that is a link, and the configured folder may well be one (/srv/offsite -> /mnt/nas/...)
+        top = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for folder, _dirs, files, dfd in os.fwalk(".", dir_fd=top):
+                for name in files:
+                    if not name.startswith(".tmp-"):
+                        continue
                     with contextlib.suppress(FileNotFoundError):
-                        os.unlink(name, dir_fd=dfd)
-                    gone.append((Path(folder) / name).relative_to(self.root).as_posix())
+                        if stat.S_ISREG(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
+                            os.unlink(name, dir_fd=dfd)
+                            gone.append(os.path.normpath(os.path.join(folder, name)))
+        finally:
+            os.close(top)
         return gone
 
     def delete(self, key: str) -> None:
