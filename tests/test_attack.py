@@ -541,6 +541,35 @@ def test_databases_in_other_encodings_and_names_of_no_utf8_are_backed_up_or_name
         run(pg, "postgres", *(sql.SQL("drop database {}").format(sql.Identifier(n)) for n in (asc, lat)))
 
 
+def test_databases_in_encodings_python_has_no_codec_for_are_backed_up(pg: LocalServer, pwfile: Path, tmp: Path) -> None:
+    """EUC_TW and MULE_INTERNAL are server encodings Python has no codec for: psycopg refused every query
+    on such a database ("codec not available in Python"), so its row counts were never measured and its
+    backup failed at every run: the database was never backed up. Now its session reads in UTF-8 (the
+    server converts) or, where the server cannot convert, as SQL_ASCII; the EUC_TW one also drills."""
+    from psycopg import sql
+    from test_server import databases, run, whole_config
+
+    others = databases(pg)
+    u = os.getpid()
+    tw, mule = f"tw_{u}", f"mule_{u}"
+    run(pg, "postgres", f"create database {tw} encoding 'EUC_TW' template template0 lc_collate 'C' lc_ctype 'C'",
+        f"create database {mule} encoding 'MULE_INTERNAL' template template0 lc_collate 'C' lc_ctype 'C'")  # fmt: skip
+    try:
+        _sql(pg, tw, 'create table "表a" (i int); insert into "表a" values (1), (2);'.encode(), "UTF8")
+        _sql(pg, mule, b'create table "t b" (i int); insert into "t b" values (1);', "MULE_INTERNAL")
+        dest = tmp / "dest"
+        dest.mkdir()
+        c = whole_config(tmp / "c.toml", pg, pwfile, dest, databases="all", exclude=others)
+        code, out = backup(c, 0)
+        assert code == 0, out
+        rows = json.loads(cli("list", "--json", "--config", c).stdout)
+        assert sorted(r["db"] for r in rows if r["db"] and r["state"] == "ok") == [mule, tw], rows
+        r = cli("drill", "latest", "--db", tw, "--config", c)
+        assert r.returncode == 0 and "表a" in r.stdout, r.stdout + r.stderr
+    finally:
+        run(pg, "postgres", *(sql.SQL("drop database {}").format(sql.Identifier(n)) for n in (tw, mule)))
+
+
 # --- 3. a power cut --------------------------------------------------------------------------------------
 
 

@@ -47,8 +47,21 @@ def raw_names(db: Any) -> None:
 
 def sql_ascii(db: Any) -> bool:
     """Whether the psycopg connection `db` is to a SQL_ASCII database (text is bytes of no known encoding,
-    which psycopg would return as bytes): its text is then read through raw_names."""
-    if db.info.encoding != "ascii":
+    which psycopg would return as bytes): its text is then read through raw_names. A database in an
+    encoding Python has no codec for (EUC_TW, MULE_INTERNAL: psycopg refused every query, so such a
+    database was never backed up) is read in UTF-8, converted by the server (names as a drill's UTF-8
+    database has them), or where it cannot convert, as SQL_ASCII, under which it converts nothing.
+    Call it before the first query."""
+    import psycopg
+
+    try:
+        encoding = db.info.encoding
+    except psycopg.NotSupportedError:
+        for enc in (b"UTF8", b"SQL_ASCII"):  # (bytes to libpq: psycopg cannot encode a query yet)
+            if db.pgconn.exec_(b"set client_encoding to '" + enc + b"'").status == psycopg.pq.ExecStatus.COMMAND_OK:
+                break
+        encoding = db.info.encoding
+    if encoding != "ascii":
         return False
     raw_names(db)
     return True
@@ -115,6 +128,7 @@ def session(conn: Conn, db: str | None = None) -> Iterator[Any]:
     except psycopg.Error as exc:
         raise classify(str(exc), conn.with_db(db) if db else conn) from exc
     try:
+        sql_ascii(c)
         c.execute("set transaction isolation level repeatable read, read only")
         yield c
     finally:
