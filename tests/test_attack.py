@@ -544,8 +544,9 @@ def test_databases_in_other_encodings_and_names_of_no_utf8_are_backed_up_or_name
 def test_databases_in_encodings_python_has_no_codec_for_are_backed_up(pg: LocalServer, pwfile: Path, tmp: Path) -> None:
     """EUC_TW and MULE_INTERNAL are server encodings Python has no codec for: psycopg refused every query
     on such a database ("codec not available in Python"), so its row counts were never measured and its
-    backup failed at every run: the database was never backed up. Now its session reads in UTF-8 (the
-    server converts) or, where the server cannot convert, as SQL_ASCII; the EUC_TW one also drills."""
+    backup failed at every run: the database was never backed up (and a whole-server config connecting
+    to one listed no database at all). Now its session reads in UTF-8 (the server converts) or, where the
+    server cannot convert, as SQL_ASCII; the EUC_TW one also drills."""
     from psycopg import sql
     from test_server import databases, run, whole_config
 
@@ -566,6 +567,12 @@ def test_databases_in_encodings_python_has_no_codec_for_are_backed_up(pg: LocalS
         assert sorted(r["db"] for r in rows if r["db"] and r["state"] == "ok") == [mule, tw], rows
         r = cli("drill", "latest", "--db", tw, "--config", c)
         assert r.returncode == 0 and "表a" in r.stdout, r.stdout + r.stderr
+        # a whole-server config connecting to such a database (a cluster made in EUC_TW) listed none
+        (tmp / "dest2").mkdir()
+        c2 = whole_config(tmp / "c2.toml", pg, pwfile, tmp / "dest2", dsn=pg.dsn(tw), databases="all",
+                          exclude=others)  # fmt: skip
+        code, out = backup(c2, 0)
+        assert code == 0 and f'database "{tw}": backup' in out and f'database "{mule}": backup' in out, out
     finally:
         run(pg, "postgres", *(sql.SQL("drop database {}").format(sql.Identifier(n)) for n in (tw, mule)))
 

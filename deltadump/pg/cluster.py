@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import DatabaseError, IntegrityError
 from .conn import Conn, classify
-from .inspect import connect_kwargs, raw_names
+from .inspect import catalog_session, connect_kwargs
 
 LIST_SQL = ("select datname from pg_catalog.pg_database where datallowconn and not datistemplate "
             "order by datname")  # fmt: skip
@@ -32,7 +32,7 @@ def _query(conn: Conn, sql: str) -> list[str]:
 
     try:
         with psycopg.connect(**connect_kwargs(conn), autocommit=True) as c:
-            raw_names(c)
+            catalog_session(c)
             return [str(r[0]) for r in c.execute(sql).fetchall()]
     except psycopg.Error as exc:
         raise classify(str(exc), conn) from exc

@@ -52,19 +52,33 @@ def sql_ascii(db: Any) -> bool:
     database was never backed up) is read in UTF-8, converted by the server (names as a drill's UTF-8
     database has them), or where it cannot convert, as SQL_ASCII, under which it converts nothing.
     Call it before the first query."""
-    import psycopg
-
-    try:
-        encoding = db.info.encoding
-    except psycopg.NotSupportedError:
-        for enc in (b"UTF8", b"SQL_ASCII"):  # (bytes to libpq: psycopg cannot encode a query yet)
-            if db.pgconn.exec_(b"set client_encoding to '" + enc + b"'").status == psycopg.pq.ExecStatus.COMMAND_OK:
-                break
-        encoding = db.info.encoding
-    if encoding != "ascii":
+    if _python_encoding(db, b"UTF8", b"SQL_ASCII") != "ascii":
         return False
     raw_names(db)
     return True
+
+
+def _python_encoding(db: Any, *instead: bytes) -> str:
+    """The Python codec of the connection's client encoding; where Python has none (EUC_TW,
+    MULE_INTERNAL: psycopg then refuses every query), the first of `instead` the server accepts as the
+    session's client encoding is set. Call it before the first query."""
+    import psycopg
+
+    try:
+        return str(db.info.encoding)
+    except psycopg.NotSupportedError:
+        for enc in instead:  # (bytes to libpq: psycopg cannot encode a query yet)
+            if db.pgconn.exec_(b"set client_encoding to '" + enc + b"'").status == psycopg.pq.ExecStatus.COMMAND_OK:
+                break
+        return str(db.info.encoding)
+
+
+def catalog_session(db: Any) -> None:
+    """A connection that reads shared catalog names (pg_database's) as they are stored: raw_names, and
+    in a database of an encoding Python has no codec for, SQL_ASCII, under which the server converts
+    nothing (a whole-server config whose connection database is EUC_TW listed no database at all)."""
+    _python_encoding(db, b"SQL_ASCII")
+    raw_names(db)
 
 
 def not_utf8(name: str) -> bool:
