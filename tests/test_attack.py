@@ -545,10 +545,14 @@ def test_databases_in_encodings_python_has_no_codec_for_are_backed_up(pg: LocalS
     """EUC_TW and MULE_INTERNAL are server encodings Python has no codec for: psycopg refused every query
     on such a database ("codec not available in Python"), so its row counts were never measured and its
     backup failed at every run: the database was never backed up (and a whole-server config connecting
-    to one listed no database at all). Now its session reads in UTF-8 (the server converts) or, where the
-    server cannot convert, as SQL_ASCII; the EUC_TW one also drills."""
+    to one listed no database at all, and restore --clean over one stopped at its check of the target).
+    Now its session reads in UTF-8 (the server converts) or, where the server cannot convert, as
+    SQL_ASCII; the EUC_TW one also drills and is restored over itself."""
+    import psycopg
     from psycopg import sql
     from test_server import databases, run, whole_config
+
+    from deltadump.pg.inspect import connect_kwargs
 
     others = databases(pg)
     u = os.getpid()
@@ -567,6 +571,11 @@ def test_databases_in_encodings_python_has_no_codec_for_are_backed_up(pg: LocalS
         assert sorted(r["db"] for r in rows if r["db"] and r["state"] == "ok") == [mule, tw], rows
         r = cli("drill", "latest", "--db", tw, "--config", c)
         assert r.returncode == 0 and "表a" in r.stdout, r.stdout + r.stderr
+        _sql(pg, tw, b'insert into "\xe8\xa1\xa8a" values (3);', "UTF8")
+        r = cli("restore", "latest", "--db", tw, "--to-db", tw, "--clean", "--config", c)  # (its check of the target)
+        assert r.returncode == 0, r.stdout + r.stderr
+        with psycopg.connect(**connect_kwargs(pg.conn(), tw), client_encoding="UTF8") as db:
+            assert db.execute('select count(*) from "表a"').fetchone() == (2,)
         # a whole-server config connecting to such a database (a cluster made in EUC_TW) listed none
         (tmp / "dest2").mkdir()
         c2 = whole_config(tmp / "c2.toml", pg, pwfile, tmp / "dest2", dsn=pg.dsn(tw), databases="all",

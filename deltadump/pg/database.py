@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import DatabaseError, RestoreError
 from .conn import Conn, check_dbname, classify
-from .inspect import connect_kwargs
+from .inspect import catalog_session, connect_kwargs
 
 NONEMPTY_SQL = """
 select count(*) from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
@@ -69,6 +69,7 @@ def target_state(conn: Conn, name: str, clean: bool) -> str:
         return "absent"
     try:
         with psycopg.connect(**connect_kwargs(conn, name), autocommit=True) as c:
+            catalog_session(c)  # (a database of an encoding Python has no codec for: EUC_TW, MULE_INTERNAL)
             row = c.execute(NONEMPTY_SQL).fetchone()
             n = int(row[0]) if row else 0
     except psycopg.Error as exc:
