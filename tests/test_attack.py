@@ -586,6 +586,46 @@ def test_databases_in_encodings_python_has_no_codec_for_are_backed_up(pg: LocalS
         run(pg, "postgres", *(sql.SQL("drop database {}").format(sql.Identifier(n)) for n in (tw, mule)))
 
 
+def test_a_sql_ascii_database_of_bytes_no_utf8_is_drilled_and_restored_to_a_new_database(
+    pg: LocalServer, pwfile: Path, tmp: Path
+) -> None:
+    """A SQL_ASCII database holds any bytes (here a table name and a value of no UTF-8); its backups were
+    made, but a drill (and a restore --to-db of a new name) created its database in the server's default
+    encoding, UTF-8, which refused those bytes: every drill of it failed ("invalid byte sequence for
+    encoding UTF8") and it could not be restored but into a database made by hand. The database a
+    restore makes is now made in the dump's encoding when that is one no other can take."""
+    import psycopg
+    from psycopg import sql
+    from test_server import databases, run, whole_config
+
+    from deltadump.pg.inspect import connect_kwargs
+
+    others = databases(pg)
+    asc = f"ascii_{os.getpid()}"
+    run(pg, "postgres", f"create database {asc} encoding 'SQL_ASCII' template template0 lc_collate 'C' lc_ctype 'C'")
+    try:
+        _sql(pg, asc, b'create table "t\xff" (i int); insert into "t\xff" values (1), (2);'
+             b"create table p (t text); insert into p values ('\xe9t\xe9');", "SQL_ASCII")  # fmt: skip
+        dest = tmp / "dest"
+        dest.mkdir()
+        c = whole_config(tmp / "c.toml", pg, pwfile, dest, databases="all", exclude=others)
+        code, out = backup(c, 0)
+        assert code == 0, out
+        r = cli("drill", "latest", "--db", asc, "--config", c)
+        assert r.returncode == 0 and "t\\xff" in r.stdout, r.stdout + r.stderr
+        r = cli("restore", "latest", "--db", asc, "--to-db", f"{asc}_r", "--config", c)
+        assert r.returncode == 0, r.stdout + r.stderr
+        with psycopg.connect(**connect_kwargs(pg.conn(), f"{asc}_r")) as db:
+            assert db.execute("select t from p").fetchone() == (b"\xe9t\xe9",)  # (SQL_ASCII: psycopg gives bytes)
+            assert db.execute('select count(*) from "t\xff"'.encode("latin-1")).fetchone() == (2,)
+    finally:
+        run(
+            pg,
+            "postgres",
+            *(sql.SQL("drop database if exists {}").format(sql.Identifier(n)) for n in (asc, f"{asc}_r")),
+        )
+
+
 # --- 3. a power cut --------------------------------------------------------------------------------------
 
 

@@ -26,7 +26,7 @@ from ..errors import DeltadumpError, IntegrityError, RestoreError
 from ..fsio import checkpoint, open_under, work_folder
 from ..pg import database
 from ..pg.conn import Conn, check_dbname
-from ..pg.dump import run_restore
+from ..pg.dump import UNCONVERTIBLE, dump_encoding, run_restore
 from ..store.records import BackupRecord
 from ..store.repository import Repository
 from ..store.resolve import resolve
@@ -201,6 +201,11 @@ def restore(
                     creating.result()
                 created = state != "empty"
                 pg_restore = tool("pg_restore", cfg, max(srv.major, major_of(rec.pg_dump_version))).path
+                if created and (enc := dump_encoding(pg_restore, dump, rec.format, fds)) in UNCONVERTIBLE:
+                    # a SQL_ASCII dump holds any bytes, which a UTF-8 database refuses (a drill of one failed):
+                    # the database we made is made again in the dump's own encoding
+                    database.drop(srv.conn, into)
+                    database.create(srv.conn, into, enc, libc=srv.major >= 15)
                 rep.info(f'restoring {rec.id} into database "{into}"')
                 run_restore(pg_restore, srv.psql, srv.conn.with_db(into), dump, rec.format, jobs=jobs,
                             pass_fds=fds)  # fmt: skip

@@ -89,10 +89,17 @@ def side_name(name: str, tag: str) -> str:
     return base + suffix
 
 
-def create(conn: Conn, name: str) -> None:
+def create(conn: Conn, name: str, encoding: str | None = None, *, libc: bool = False) -> None:
+    """A new database `name`; with `encoding`, in that encoding (from template0, locale C: the only
+    locale every encoding takes; `libc`: the server has locale providers, and may default to ICU)."""
     from psycopg import sql
 
-    _run(conn, name, sql.SQL("create database {}").format(sql.Identifier(name)))
+    q = sql.SQL("create database {}").format(sql.Identifier(name))
+    if encoding is not None:
+        q = sql.SQL("{} template template0 encoding {} lc_collate 'C' lc_ctype 'C'{}").format(
+            q, sql.Literal(encoding), sql.SQL(" locale_provider libc" if libc else "")
+        )
+    _run(conn, name, q)
 
 
 def drop(conn: Conn, name: str) -> None:

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..errors import DumpError, RestoreError
@@ -142,6 +142,28 @@ def _free(p: Path) -> str:
 def is_gzip(p: Path) -> bool:
     with open(p, "rb") as f:
         return f.read(2) == b"\x1f\x8b"
+
+
+# the encodings a dump may hold bytes of that a database of another encoding cannot take (SQL_ASCII: any
+# bytes; MULE_INTERNAL: no conversion to UTF-8): a new database for such a dump is made in its encoding
+UNCONVERTIBLE = ("SQL_ASCII", "MULE_INTERNAL")
+
+
+def dump_encoding(pg_restore: Path, archive: Path, fmt: str, pass_fds: Sequence[int] = ()) -> str:
+    """The encoding a logical dump was written in (its `SET client_encoding`), or '' if it says none."""
+    import re
+    import tempfile
+
+    if fmt == "plain":
+        with gzip.open(archive, "rb") if is_gzip(archive) else open(archive, "rb") as f:
+            head = f.read(1 << 16)
+    else:  # the script's preamble alone: an empty list of entries to restore
+        with tempfile.NamedTemporaryFile(prefix="deltadump-list-") as empty:
+            res = subprocess.run([str(pg_restore), "-f", "-", "-L", empty.name, str(archive)], capture_output=True,
+                                 pass_fds=pass_fds, stdin=subprocess.DEVNULL)  # fmt: skip
+        head = res.stdout[: 1 << 16]
+    m = re.search(rb"^SET client_encoding = '([A-Za-z0-9_]+)';$", head, re.M)
+    return m.group(1).decode() if m else ""
 
 
 def data_files(pg_restore: Path, out: Path) -> dict[str, str]:
