@@ -571,6 +571,8 @@ def test_databases_in_encodings_python_has_no_codec_for_are_backed_up(pg: LocalS
         assert sorted(r["db"] for r in rows if r["db"] and r["state"] == "ok") == [mule, tw], rows
         r = cli("drill", "latest", "--db", tw, "--config", c)
         assert r.returncode == 0 and "表a" in r.stdout, r.stdout + r.stderr
+        r = cli("drill", "latest", "--db", mule, "--config", c)  # (into a database made in MULE_INTERNAL)
+        assert r.returncode == 0 and "t b" in r.stdout, r.stdout + r.stderr
         _sql(pg, tw, b'insert into "\xe8\xa1\xa8a" values (3);', "UTF8")
         r = cli("restore", "latest", "--db", tw, "--to-db", tw, "--clean", "--config", c)  # (its check of the target)
         assert r.returncode == 0, r.stdout + r.stderr
