@@ -52,13 +52,11 @@ class DatabaseConfig(_Model):
     @classmethod
     def _check_names(cls, v: list[str] | str | None) -> list[str] | str | None:
         if isinstance(v, list):
-            from .naming import plain_dbname
+            from .naming import dbname_problem
 
             for name in v:
-                if not plain_dbname(name):
-                    raise ValueError(f"database name {name!r} is not a plain database name (a connection string?)")
-                if len(name.encode()) > 63:
-                    raise ValueError(f"database name {name!r} is longer than PostgreSQL's 63 bytes")
+                if (why := dbname_problem(name)) is not None:
+                    raise ValueError(f"database name {name!r} is no database name: {why}")
             if len(set(v)) != len(v):
                 raise ValueError("a database is named twice")
         return v

@@ -117,12 +117,26 @@ URI_PREFIXES = ("postgresql://", "postgres://")
 _CONTROL = re.compile("[\x00-\x1f\x7f]")  # control characters: never in a name, escaped in a line
 
 
+def dbname_problem(name: str) -> str | None:
+    """Why `name` is no database name as PostgreSQL has them (None when it is one): empty, longer than 63
+    bytes, a NUL, or bytes of no UTF-8 (a name read from a SQL_ASCII database's catalog keeps them as
+    surrogates). Any other text is a name: one with '=' or starting with postgresql:// is given to libpq
+    as PGDATABASE or as a quoted `dbname='...'` value (pg.conn.dbname_arg), never where it would be
+    expanded into connection parameters. The one rule of the names of catalogs, configs and records."""
+    if not name or "\0" in name:
+        return "empty" if not name else "it holds a NUL"
+    if any("\ud800" <= ch <= "\udfff" for ch in name):
+        return "its name is no UTF-8 (it was made in a SQL_ASCII database)"
+    if len(name.encode()) > 63:
+        return "longer than PostgreSQL's 63 bytes"
+    return None
+
+
 def plain_dbname(name: str) -> bool:
-    """A plain database name, never a connection string: libpq expands a database name that contains
-    '=' or starts with postgresql:// (pg_restore --dbname, psql's argument) into connection parameters,
-    which could point anywhere (another server, the live database). The rule of pg.conn.check_dbname
-    (which raises) and of the config's database lists."""
-    return bool(name) and "=" not in name and not name.lower().startswith(URI_PREFIXES) and "\0" not in name
+    """A name a user gives as the database to restore into (`--to-db`), which is never a connection
+    string: one with '=' or starting with postgresql:// is refused (exit 2) rather than taken for a
+    database so named, as the user most likely meant a connection. The rule of pg.conn.check_dbname."""
+    return dbname_problem(name) is None and "=" not in name and not name.lower().startswith(URI_PREFIXES)
 
 
 def one_line(text: str) -> str:

@@ -536,6 +536,8 @@ def test_databases_in_other_encodings_and_names_of_no_utf8_are_backed_up_or_name
         assert tables[lat]["state"] == "ok"
         r = cli("drill", "latest", "--db", lat, "--config", c)
         assert r.returncode == 0 and "café" in r.stdout, r.stdout + r.stderr
+        r = cli("backup", "-v", "--config", c, env={"DELTADUMP_NOW": DAYS[1]})  # its hint: no record for it
+        assert r.returncode == 1 and 'not database "bad\\xff\\xfe_' in r.stderr and "no record can hold" in r.stderr
     finally:
         _sql(pg, asc, b'drop database "' + bad + b'"', "SQL_ASCII")
         run(pg, "postgres", *(sql.SQL("drop database {}").format(sql.Identifier(n)) for n in (asc, lat)))

@@ -319,6 +319,55 @@ def test_restore_server_checks_the_target_first_and_keeps_what_it_has(
     assert r.returncode == 1 and "restore --server" in cli("restore", g.id, "--to-db", "z", "-v", "--config", c).stderr
 
 
+def test_databases_named_like_connection_strings_are_backed_up_and_restored_by_their_names(
+    pg: LocalServer, pwfile: Path, tmp: Path, target: LocalServer
+) -> None:
+    """A name holding '=' or starting with postgresql:// is a database name like any other (any role with
+    CREATEDB can make one). Such a database made every whole-server run exit 1 ("not a plain database
+    name"), and could be neither backed up nor excluded. Now it is given to libpq as PGDATABASE or a quoted
+    dbname='...' value, never expanded: the one that would connect to port 1 if it were is backed up, the
+    config's own database may be one (pg_dumpall -l), `exclude` names one, and restore --server puts them
+    back under their names."""
+    others = databases(pg)
+    u = uid()
+    plain, uri, conninfo, skip = (f"a=b {u}", f"postgresql://127.0.0.1:1/x{u}",
+                                  f"host=127.0.0.1 port=1 dbname=y{u}", f"skip=me {u}")  # fmt: skip
+    names = (plain, uri, conninfo, skip)
+    for i, n in enumerate(names):
+        run(pg, "postgres", sql.SQL("create database {}").format(ident(n)))
+        run(pg, n, "create table t (i int)", sql.SQL("insert into t select generate_series(1, {})").format(
+            sql.Literal(10 + i)))  # fmt: skip
+    try:
+        dest = tmp / "dest"
+        dest.mkdir()
+        dsn = f"host=127.0.0.1 port={pg.port} user={pg.superuser} dbname='{plain}'"
+        c = whole_config(tmp / "c.toml", pg, pwfile, dest, dsn=dsn, databases="all", exclude=[*others, skip])
+        r = cli("backup", "--config", c)
+        assert r.returncode == 0, r.stdout + r.stderr
+        h = history(c)
+        assert {b.db: b.status for b in h.backups} == {None: "ok", plain: "ok", uri: "ok", conninfo: "ok"}
+        r = cli("drill", "--db", conninfo, "--config", c)
+        assert r.returncode == 0 and "drill passed" in r.stdout, r.stdout + r.stderr
+        r = cli("restore", "latest", "--db", uri, "--to-db", f"copy_{u}", "--config", c)
+        assert r.returncode == 0, r.stderr
+        assert table_stats(pg.conn(), f"copy_{u}") == table_stats(pg.conn(), uri)
+        tpw = secret_file(tmp / "target.password", target.password)
+        r = cli("restore", "--server", "--only", conninfo, "--to-dsn", target.dsn(), "--password-file", tpw,
+                "--config", c)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert set(databases(target)) - {"postgres"} == {conninfo}
+        r = cli("restore", "--server", "--to-dsn", target.dsn(), "--password-file", tpw, "--config", c)
+        assert r.returncode == 1 and "not empty" in r.stderr  # (conninfo is there already)
+        run(target, "postgres", sql.SQL("drop database {}").format(ident(conninfo)))
+        r = cli("restore", "--server", "--to-dsn", target.dsn(), "--password-file", tpw, "--config", c)
+        assert r.returncode == 0, r.stderr
+        for n in (plain, uri, conninfo):
+            assert rows(target, n, "select count(*) from t") == rows(pg, n, "select count(*) from t")
+        assert skip not in databases(target)
+    finally:
+        run(pg, "postgres", *(sql.SQL("drop database if exists {}").format(ident(n)) for n in (*names, f"copy_{u}")))
+
+
 def test_a_new_database_is_picked_up_and_announced_and_a_vanished_one_keeps_its_backups(
     pg: LocalServer, pwfile: Path, tmp: Path
 ) -> None:
@@ -550,7 +599,7 @@ def test_whole_server_configs_are_checked_when_loaded(pg: LocalServer, pwfile: P
     c.write_text(c.read_text().replace("%D/DBBACK-%w.DMP", "DBBACK-%w.DMP"))
     r = cli("list", "--config", c)
     assert r.returncode == 2 and "has no %D" in r.stderr
-    bad = {"everything": 'or "all"', ("a=b",): "not a plain database name", (): "no database", ("x", "x"): "named twice",
+    bad = {"everything": 'or "all"', ("",): "empty", (): "no database", ("x", "x"): "named twice",
            ("x" * 64,): "63 bytes"}  # fmt: skip
     for value, why in bad.items():
         c = whole_config(tmp / "c.toml", pg, pwfile, dest, databases=value if isinstance(value, str) else list(value))

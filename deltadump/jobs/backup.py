@@ -60,6 +60,7 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
     records: list[BackupRecord] = field(default_factory=list)  # whole-server: every backup committed
     failures: dict[str, str] = field(default_factory=dict)  # whole-server: what failed, and why
+    unrecorded: list[str] = field(default_factory=list)  # whole-server: failures no record holds
 
     def __post_init__(self) -> None:
         self.records = self.records or [self.record]
@@ -151,7 +152,7 @@ def run(cfg: Config, reporter: Reporter | None = None, *, wait: bool = False) ->
                 out = cluster.back_up(cfg, repo.backups(), rep, lambda unit: _commit_and_switch(
                     cfg, repo, dest, rep, ring, cont if repo.head is None else None, unit))  # fmt: skip
                 res = RunResult(out.records[-1], damaged=damaged, notes=out.notes, records=out.records,
-                                failures=out.failures)  # fmt: skip
+                                failures=out.failures, unrecorded=out.unrecorded)  # fmt: skip
             else:
                 res = RunResult(_commit_and_switch(cfg, repo, dest, rep, ring, cont), damaged=damaged)
             res.offsite, res.offsite_error = sync_after_backup(cfg, repo, rep)
@@ -370,7 +371,7 @@ def backup_and_report(
         if res.offsite_error is not None:
             msg += f"; the offsite copy failed too: {res.offsite_error.message}"
         mon.failed(msg, time.monotonic() - t0, res)
-        raise DumpError(msg, hint="the databases that failed are recorded as failed backups (deltadump list)")
+        raise DumpError(msg, hint=cluster.run_failure_hint(res.unrecorded))
     mon.succeeded(res, time.monotonic() - t0, drill_ok)
     if res.damaged:
         msg = (f"backup {rec.id} is safe, but the backup folder held damaged or untrusted records, set aside in "

@@ -22,9 +22,8 @@ from typing import TYPE_CHECKING, Any
 from ..clock import now
 from ..config import Config, parse_duration
 from ..errors import DeltadumpError, DumpError, IntegrityError
-from ..naming import GLOBALS_PART, check_parts, check_relpath, db_part, render
+from ..naming import GLOBALS_PART, check_parts, check_relpath, db_part, dbname_problem, render
 from ..pg.cluster import list_databases, names_with_line_breaks, parse_globals, writes_names_safely
-from ..pg.conn import check_dbname
 from ..pg.dump import run_pg_dumpall_globals, validate
 from ..pg.inspect import not_utf8, shown
 from ..store.records import BackupRecord
@@ -82,6 +81,7 @@ class Outcome:
     records: list[BackupRecord] = field(default_factory=list)  # committed, in order
     failures: dict[str, str] = field(default_factory=dict)  # unit label -> why its backup failed
     notes: list[str] = field(default_factory=list)  # databases new, or no longer there
+    unrecorded: list[str] = field(default_factory=list)  # failed units no record can name (a name of no UTF-8)
 
 
 def previous_run(backups: list[BackupRecord]) -> BackupRecord | None:
@@ -107,14 +107,8 @@ def plan_run(cfg: Config, backups: list[BackupRecord], rep: Reporter) -> tuple[l
         names = [n for n in names if n not in cfg.database.exclude]
     bad: dict[str, str] = {}
     for n in names:
-        try:
-            if not_utf8(n):
-                raise DumpError("its name is no UTF-8 (it was made in a SQL_ASCII database); rename it to back it up")
-            check_dbname(n)
-            if len(n.encode("utf-8", "surrogatepass")) > 63:
-                raise DumpError("longer than 63 bytes")
-        except DeltadumpError as exc:
-            bad[n] = exc.message
+        if (why := dbname_problem(n)) is not None:
+            bad[n] = f"{why}; rename it to back it up" if not_utf8(n) else why
 
     def connect(db: str | None) -> Callable[[], Server]:
         def go() -> Server:
@@ -156,6 +150,8 @@ def back_up(cfg: Config, backups: list[BackupRecord], rep: Reporter, one: Callab
             rec = one(unit)
         except DeltadumpError as exc:
             out.failures[unit.label] = exc.message
+            if unit.db is not None and dbname_problem(unit.db) is not None:
+                out.unrecorded.append(unit.label)
             rep.info(f"{unit.label}: backup FAILED: {exc.message}")
             continue
         out.records.append(rec)
@@ -177,6 +173,14 @@ def run_failure_text(res: RunResult) -> str:
     fails = "; ".join(f"{label}: {why}" for label, why in res.failures.items())
     safe = ", ".join(label_of(r) for r in res.records)
     return f"{len(res.failures)} of {total} backups of the run failed ({fails}); committed: {safe}"
+
+
+def run_failure_hint(unrecorded: list[str]) -> str:
+    """Where the failures of a run are to be seen, and which of them are not."""
+    hint = "the databases that failed are recorded as failed backups (deltadump list)"
+    if unrecorded:
+        hint += f"; not {', '.join(unrecorded)}: no record can hold a name of no UTF-8 (rename it)"
+    return hint
 
 
 def dump_globals(cfg: Config, srv: Server, tmp: Path, rep: Reporter) -> None:

@@ -78,8 +78,6 @@ def restore_server(
     """`from_offsite`: from the offsite copy named `copy` (None: the only one) alone."""
     rep = reporter or SilentReporter()
     t0 = time.monotonic()
-    if only is not None:
-        check_dbname(only, "--only")
     srv = connect(to_dsn, password_file, cfg.database.pg_bin)
     check_dbname(srv.conn.dbname, "the database of --to-dsn")
     with (

@@ -124,6 +124,13 @@ def conninfo_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def dbname_arg(name: str) -> str:
+    """A database name as a program's --dbname argument: a connection string that names it literally
+    (pg_restore, pg_dumpall -l expand a bare name holding '=' into connection parameters). Every other
+    program gets the name as PGDATABASE (Conn.env), which libpq never expands."""
+    return f"dbname={conninfo_quote(name)}"
+
+
 class Env(dict[str, str]):
     """The environment of a libpq program, and the file descriptors it must inherit (pass_fds)."""
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import DatabaseError, RestoreError
-from .conn import Conn, check_dbname, classify
+from .conn import Conn, classify
 from .inspect import catalog_session, connect_kwargs
 
 NONEMPTY_SQL = """
@@ -64,7 +64,6 @@ def target_state(conn: Conn, name: str, clean: bool) -> str:
     beside it, then swap); a non-empty database without --clean is refused."""
     import psycopg
 
-    check_dbname(name, "--to-db")
     if not _run(conn, name, "select 1 from pg_catalog.pg_database where datname = %s", (name,)):
         return "absent"
     try:

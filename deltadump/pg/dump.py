@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..errors import DumpError, RestoreError
-from .conn import Conn, classify, conninfo_quote
+from .conn import Conn, classify, dbname_arg
 
 FORMAT_FLAG = {"custom": "c", "directory": "d", "plain": "p", "tar": "t"}
 PLAIN_TRAILER = b"-- PostgreSQL database dump complete"
@@ -110,9 +110,7 @@ def run_pg_dump(
 def run_pg_dumpall_globals(pg_dumpall: Path, conn: Conn, out: Path, *, passwords: bool) -> None:
     """The server's roles, role memberships and settings, and tablespaces (`pg_dumpall --globals-only`)
     into the file `out`; the roles' password hashes only with `passwords` (they need a superuser)."""
-    from .conn import check_dbname
-
-    argv = [str(pg_dumpall), "--globals-only", f"--file={out}", "-l", check_dbname(conn.dbname, "[database] dsn")]
+    argv = [str(pg_dumpall), "--globals-only", f"--file={out}", "-l", dbname_arg(conn.dbname)]
     if not passwords:
         argv.append("--no-role-passwords")
     rc, err = run_watched(argv, conn, out, None)
@@ -268,7 +266,7 @@ def run_restore(
         else:
             # a connection string naming the database literally: a bare --dbname would be expanded
             # by libpq if it contained '=' or started with postgresql://
-            argv = [str(pg_restore), "--exit-on-error", f"--dbname=dbname={conninfo_quote(conn.dbname)}"]
+            argv = [str(pg_restore), "--exit-on-error", f"--dbname={dbname_arg(conn.dbname)}"]
             if jobs > 1 and fmt in ("custom", "directory"):
                 argv.append(f"--jobs={jobs}")
             argv += [*(extra or []), str(archive)]

@@ -45,9 +45,10 @@ def raw_names(db: Any) -> None:
         db.adapters.register_loader(t, Raw)
 
 
-def sql_ascii(db: Any) -> bool:
-    """Whether the psycopg connection `db` is to a SQL_ASCII database (text is bytes of no known encoding,
-    which psycopg would return as bytes): its text is then read through raw_names. A database in an
+def data_session(db: Any) -> bool:
+    """Make the psycopg connection `db` fit to read its database's own tables and names; returns whether
+    it is a SQL_ASCII database (text is bytes of no known encoding, which psycopg would return as
+    bytes): its text is then read through raw_names. A database in an
     encoding Python has no codec for (EUC_TW, MULE_INTERNAL: psycopg refused every query, so such a
     database was never backed up) is read in UTF-8, converted by the server (names as a drill's UTF-8
     database has them), or where it cannot convert, as SQL_ASCII, under which it converts nothing.
@@ -104,7 +105,7 @@ def measure(db: Any, checksums: bool) -> Stats:
 
     harden(db)
     out: Stats = {}
-    raw = sql_ascii(db)
+    raw = data_session(db)
     for schema, name, key in db.execute(TABLES_SQL).fetchall():
         what = sql.SQL(CHECKSUM) if checksums else sql.SQL("null")
         if raw:  # the server's own quoting of the name (format %I), sent back as the bytes it sent
@@ -142,7 +143,7 @@ def session(conn: Conn, db: str | None = None) -> Iterator[Any]:
     except psycopg.Error as exc:
         raise classify(str(exc), conn.with_db(db) if db else conn) from exc
     try:
-        sql_ascii(c)
+        data_session(c)
         c.execute("set transaction isolation level repeatable read, read only")
         yield c
     finally:

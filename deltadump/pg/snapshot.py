@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import DatabaseError
 from .conn import Conn, classify
-from .inspect import connect_kwargs, measure, sql_ascii
+from .inspect import connect_kwargs, data_session, measure
 
 
 class SnapshotSession:
@@ -23,7 +23,7 @@ class SnapshotSession:
 
         try:
             self.db = psycopg.connect(**connect_kwargs(self.conn), autocommit=False)
-            sql_ascii(self.db)
+            data_session(self.db)
             self.db.execute("set transaction isolation level repeatable read, read only")
             self.snapshot_id = self.db.execute("select pg_export_snapshot()").fetchone()[0]
         except psycopg.Error as exc:

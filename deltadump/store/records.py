@@ -64,19 +64,13 @@ def _id(v: str) -> str:
 
 
 def _dbname(v: str) -> str:
-    """A database name as PostgreSQL has them (at most 63 bytes) and as a plain name (pg/conn.check_dbname):
-    it is given to libpq and to the server as a value, never as a connection string."""
-    from ..errors import DeltadumpError
-    from ..pg.conn import check_dbname
+    """A database name as PostgreSQL has them (naming.dbname_problem): given to libpq and to the server as
+    a value, never as a connection string."""
+    from ..naming import dbname_problem
 
-    try:
-        check_dbname(v)
-    except DeltadumpError:
-        raise ValueError(f"invalid database name {v[:80]!r}") from None
-    if len(v.encode("utf-8", "surrogatepass")) > 63:
-        raise ValueError(f"invalid database name {v[:80]!r}: longer than 63 bytes")
-    if any("\ud800" <= ch <= "\udfff" for ch in v):
-        raise ValueError(f"invalid database name {v[:80]!r}: no UTF-8")
+    why = dbname_problem(v)
+    if why is not None:
+        raise ValueError(f"invalid database name {v[:80]!r}: {why}")
     return v
 
 
