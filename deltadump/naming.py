@@ -59,7 +59,9 @@ def earlier_days(success_days: int, last_success_day: date | None, today: date) 
 # %D of the globals (roles, memberships, tablespaces): parentheses never come out of db_part
 GLOBALS_PART = "(globals)"
 # the names Windows keeps for devices, whatever follows a '.' (in lower case: upper-case letters are encoded)
-_DEVICES = {"con", "prn", "aux", "nul", *(f"{d}{n}" for d in ("com", "lpt") for n in range(10))}
+# (Windows also keeps COM and LPT with a superscript digit, and the console's CONIN$ and CONOUT$)
+_DEVICES = {"con", "prn", "aux", "nul", "conin$", "conout$",
+            *(f"{d}{n}" for d in ("com", "lpt") for n in (*"0123456789", "\u00b9", "\u00b2", "\u00b3"))}  # fmt: skip
 _UNSAFE = set('%/\\<>:"|?*()')  # percent-encoded in %D: separators, Windows' reserved characters, our own marks
 
 
@@ -71,7 +73,7 @@ def db_part(name: str) -> str:
     case, and "Mail" and "mail" must not be one slot there. The first character too of a name that
     would be a folder of deltadump's own ("chain" is %63hain, "deltadump-x" %64eltadump-x): a database
     so named is backed up like any other (check_parts refuses the reserved names), and of a name that
-    Windows reserves for a device ("con", "nul.x", "com1"). A last '.' or space too: Windows and SMB
+    Windows reserves for a device ("con", "nul.x", "com1", "com¹", "conin$"). A last '.' or space too: Windows and SMB
     drop it, and "mail." would be "mail"'s slot there."""
     out = []
     own = name in RESERVED_TOP or name.startswith("deltadump") or name.split(".", 1)[0].rstrip(" ") in _DEVICES

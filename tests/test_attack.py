@@ -358,9 +358,11 @@ def test_two_database_names_never_give_one_slot_name_ignoring_case() -> None:
 
     from deltadump.naming import db_part
 
-    devices = {"con", "prn", "aux", "nul", *(f"{d}{n}" for d in ("com", "lpt") for n in range(10))}
+    devices = {"con", "prn", "aux", "nul", "conin$", "conout$",
+               *(f"{d}{n}" for d in ("com", "lpt") for n in [*range(10), "¹", "²", "³"])}  # fmt: skip
     names = st.one_of(st.text(min_size=1, max_size=20), st.sampled_from(sorted(devices)).map(lambda d: d + "."),
-                      st.from_regex(r"(mail|con|nul|aux|com1|lpt9)[. ]{0,2}(\.[a-z]{0,3})?", fullmatch=True))  # fmt: skip
+                      st.from_regex(r"(mail|con|nul|aux|com1|lpt9|com¹|lpt³|conin\$|conout\$)[. ]{0,2}(\.[a-z]{0,3})?",
+                                    fullmatch=True))  # fmt: skip
 
     @settings(max_examples=500, deadline=None)
     @given(names, names)
