@@ -229,17 +229,51 @@ def write_bytes_atomic(final: Path, data: bytes, mode: int = 0o600) -> str:
     return f.sha256.hexdigest()
 
 
-def sha256_file(path: Path, bufsize: int = 4 << 20) -> tuple[int, str]:
-    """(size, sha256 hex) of a file, streamed."""
+def sha256_file(path: Path, bufsize: int = 4 << 20, *, max_size: int | None = None) -> tuple[int, str]:
+    """(size, sha256 hex) of a file, streamed. With `max_size`, the file is an object read in place from a
+    store (open_regular): a regular file of at most max_size bytes, else IntegrityError."""
     import hashlib
 
     h = hashlib.sha256()
     size = 0
-    with open(path, "rb", buffering=0) as f:
+    with open(path, "rb", buffering=0) if max_size is None else open_regular(path, max_size) as f:
         while chunk := f.read(bufsize):
             h.update(chunk)
             size += len(chunk)
+            if max_size is not None and size > max_size:  # (grown since it was opened)
+                from .errors import IntegrityError
+
+                raise IntegrityError(f"{path} is larger than the {max_size} bytes it may have; refused")
     return size, h.hexdigest()
+
+
+def open_regular(path: Path, max_size: int | None = None) -> BinaryIO:
+    """Open (unbuffered) an object that is read in place from a store that is not trusted (a folder
+    offsite copy, a backup folder): never through a link at its last name, and only a regular file, so
+    that a FIFO or a device swapped in after a check can neither block a read nor make it endless; with
+    `max_size`, none larger than its record either. A swap can then give another regular file at most,
+    which its reader's sha256 check refuses. IntegrityError otherwise."""
+    import stat
+
+    from .errors import IntegrityError
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise IntegrityError(f"{path} is a symbolic link; refused") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise IntegrityError(f"{path} is not a regular file; refused")
+        if max_size is not None and st.st_size > max_size:
+            raise IntegrityError(f"{path} is larger than the {max_size} bytes it may have; refused")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb", buffering=0)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def remove_stale_temps(folder: Path, keep: set[Path] | frozenset[Path] = frozenset()) -> list[Path]:

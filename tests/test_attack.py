@@ -712,3 +712,66 @@ def test_an_error_is_one_line_whatever_a_name_holds(pg: LocalServer, pwfile: Pat
     assert r.returncode != 0
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("deltadump: error:"), r.stderr
     assert "\\nFORGED" in r.stderr and "\nFORGED" not in r.stderr
+
+
+def test_an_object_read_in_place_and_swapped_after_its_check_is_refused_never_read_for_ever(tmp: Path) -> None:
+    """A folder copy's objects (and the backup folder's) are read in place: checked (no link, not larger
+    than recorded), then opened again by the readers that hash and unpack them. A store writer that swaps
+    the object between the two (a loop of renames wins that race) could give a FIFO (a read that waits
+    for ever: the restore hangs), a link to a device (/dev/zero: a hash that never ends) or a sparse
+    terabyte. Each reader now opens only a regular file, never through a link, no larger than recorded."""
+    import threading
+
+    import zstandard
+
+    from deltadump.errors import IntegrityError
+    from deltadump.fsio import sha256_file
+    from deltadump.jobs.chain import unzstd_checked, unzstd_pieces
+
+    data = zstandard.ZstdCompressor().compress(b"row\n" * 1000)
+    size, sha = len(data), __import__("hashlib").sha256(data).hexdigest()
+    obj = tmp / "chain" / "x.base.zst"
+    obj.parent.mkdir()
+    fifo = tmp / "fifo"
+    os.mkfifo(fifo)
+    holder = os.open(fifo, os.O_RDWR)  # a writer that never writes: a read of the FIFO would wait for ever
+    big = tmp / "big"
+    with open(big, "wb") as f:
+        f.truncate(1 << 40)  # a sparse terabyte
+    readers = {
+        "hash": lambda: sha256_file(obj, max_size=size),
+        "unpack": lambda: unzstd_checked(obj, tmp / "out", sha, 1 << 20, size),
+        "pieces": lambda: list(unzstd_pieces(obj, 1 << 16)),
+    }
+    swaps = {"fifo": ("fifo", "not a regular file"), "link to /dev/zero": ("/dev/zero", "symbolic link"),
+             "link to the fifo": (str(fifo), "symbolic link"), "sparse terabyte": ("big", "larger than")}  # fmt: skip
+    try:
+        obj.write_bytes(data)
+        assert sha256_file(obj, max_size=size) == (size, sha)  # the object as recorded is read
+        for what, (swap, why) in swaps.items():
+            obj.unlink()
+            if swap == "fifo":
+                os.mkfifo(obj)
+            elif swap == "big":
+                os.link(big, obj)
+            else:
+                obj.symlink_to(swap)
+            for name, read in readers.items():
+                if name == "pieces" and why == "larger than":
+                    continue  # (unpacked output is checked against its recorded sha256 and size by its caller)
+                got: list[BaseException | None] = []
+
+                def go(read: Any = read, got: list[BaseException | None] = got) -> None:
+                    try:
+                        read()
+                        got.append(None)
+                    except BaseException as exc:
+                        got.append(exc)
+
+                t = threading.Thread(target=go, daemon=True)
+                t.start()
+                t.join(60)  # a reader that waits for ever on the FIFO is the bug: give up on it, never hang
+                assert not t.is_alive(), f"{name} of a {what} never ended"
+                assert isinstance(got[0], IntegrityError) and why in got[0].message, (what, name, got)
+    finally:
+        os.close(holder)

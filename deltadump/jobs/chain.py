@@ -22,7 +22,7 @@ import zstandard
 
 from ..config import Config
 from ..errors import IntegrityError, RsyncError
-from ..fsio import atomic_write, checkpoint, make_dirs, sha256_file, storage_error, tmp_name
+from ..fsio import atomic_write, checkpoint, make_dirs, open_regular, sha256_file, storage_error, tmp_name
 from ..naming import check_relpath
 from ..rsync import bounded_sig_params
 from ..rsync import delta as rs_delta
@@ -52,15 +52,20 @@ def zstd_file(dest: Path, src: Path, rel: str, level: int = ZSTD_LEVEL, raw_size
     return ObjectRecord(path=rel, size=out.size, sha256=out.sha256.hexdigest(), raw_size=raw_size)
 
 
-def unzstd_checked(src: Path, dst: Path, want_sha256: str, limit: int) -> None:
-    """Decompress src into dst (a scratch file: not fsynced), but only once src's sha256 matched: it is
-    hashed first, then decompressed from the same open file (what was checked is what is read), and at
-    most `limit` bytes come out (a small object never becomes a huge file). dst is removed on failure."""
+def unzstd_checked(src: Path, dst: Path, want_sha256: str, limit: int, size: int) -> None:
+    """Decompress src (an object of `size` bytes, read in place: fsio.open_regular) into dst (a scratch
+    file: not fsynced), but only once src's sha256 matched: it is hashed first, then decompressed from
+    the same open file (what was checked is what is read), and at most `limit` bytes come out (a small
+    object never becomes a huge file). dst is removed on failure."""
     try:
-        with open(src, "rb") as f:
+        with open_regular(src, size) as f:
             h = hashlib.sha256()
+            n = 0
             while chunk := f.read(4 << 20):
                 h.update(chunk)
+                n += len(chunk)
+                if n > size:
+                    raise IntegrityError(f"{src.name} is larger than its recorded {size} bytes")
             if h.hexdigest() != want_sha256:
                 raise IntegrityError(f"{src.name} is corrupt: sha256 mismatch")
             f.seek(0)
@@ -90,7 +95,7 @@ def unzstd_pieces(src: Path, chunk: int, depth: int = 3) -> Generator[memoryview
 
     def produce() -> None:
         try:
-            with open(src, "rb") as f, zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True) as r:
+            with open_regular(src) as f, zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True) as r:
                 while not stop.is_set():
                     buf = free.get()
                     view, n = memoryview(buf), 0
@@ -386,7 +391,7 @@ def rebuild(
         # plus its commands' bytes, bounded here generously
         limit = obj.raw_size if obj.raw_size is not None else 2 * want_size + (1 << 20)
         try:
-            unzstd_checked(local, raw, obj.sha256, limit)
+            unzstd_checked(local, raw, obj.sha256, limit, obj.size)
         except IntegrityError as exc:
             raise IntegrityError(f"{obj.path} is corrupt: {exc.message} (needed by backup {label})") from exc
         except FileNotFoundError as exc:
@@ -397,7 +402,7 @@ def rebuild(
     with ThreadPoolExecutor(2, thread_name_prefix="fetch") as pool:
         # on the other core: check the base, bring and unpack the deltas, while this one composes
         # each delta as soon as it is there
-        base_sha = pool.submit(lambda: sha256_file(base_zst)[1])
+        base_sha = pool.submit(lambda: sha256_file(base_zst, max_size=base_obj.size)[1])
         ready = [pool.submit(unpack, d, raw) for d, raw in zip(delta_objs, raws, strict=True)]
         try:
             plan = compose(base_size, (f.result() for f in ready))

@@ -431,7 +431,7 @@ class Offsite:
                     scratch = Path(tmp) / "obj"
                     try:
                         p = self.fetcher()(obj, scratch)
-                        size, digest = sha256_file(p)
+                        size, digest = sha256_file(p, max_size=obj.size)
                         if size != obj.size or digest != obj.sha256:
                             bad[obj.path] = "sha256 mismatch"
                     except (IntegrityError, TargetError) as exc:
