@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -65,15 +66,28 @@ def reference_patch(yesterday: Path, today: Path, scratch: Path) -> tuple[int, s
                                 "--patch-from refuses dumps over 2 GiB")  # fmt: skip
 
 
-def ours(argv: list[object], env: dict[str, str]) -> tuple[float, int]:
-    """Wall time and peak PSS (KiB) of a deltadump command's processes."""
+def ours(argv: list[object], env: dict[str, str], log: Path) -> tuple[float, int]:
+    """Wall time and peak PSS (KiB) of a deltadump command's processes; what it reports (-v, each line
+    with the seconds since its start) goes to `log`."""
     t = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "deltadump.cli.main", *map(str, argv)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    peak = sample_peak(proc, every=0.05, skip=lambda c: c in OURS_SKIP)
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "deltadump.cli.main", *map(str, argv), "-v"], env=env,
+                                stdout=out, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        assert proc.stderr is not None
+        lines: list[str] = []
+
+        def copy() -> None:
+            for line in proc.stderr:  # type: ignore[union-attr]
+                lines.append(line)
+                out.write(f"{time.perf_counter() - t:8.1f} s  {line}")
+
+        reader = threading.Thread(target=copy)
+        reader.start()
+        peak = sample_peak(proc, every=0.05, skip=lambda c: c in OURS_SKIP)
+        reader.join()
     secs = time.perf_counter() - t
     if proc.returncode != 0:
-        raise SystemExit(f"{argv[0]} failed: {proc.stderr.read() if proc.stderr else ''}")
+        raise SystemExit(f"{argv[0]} failed: {''.join(lines[-20:])}")
     return secs, peak
 
 
@@ -119,6 +133,8 @@ def run(server: LocalServer, work: Path, args: argparse.Namespace) -> None:
         cfgs[fmt] = (cfg, dest, remote)
     scratch = work / "scratch"
     scratch.mkdir(exist_ok=True)
+    logs = work / "logs"  # what each deltadump command reported, with the time of each line
+    logs.mkdir(exist_ok=True)
     head = (f"{'day':>3} {'format':>9} {'backup s':>9} {'-Fc s':>7} {'ratio':>6} {'sent MB':>9} {'-Fc MB':>8} "
             f"{'zstd patch MB':>14} {'sent/patch':>10} {'peak MB':>8}")  # fmt: skip
     print(head, flush=True)
@@ -143,7 +159,7 @@ def run(server: LocalServer, work: Path, args: argparse.Namespace) -> None:
         yesterday = raw
         for fmt, (cfg, _dest, remote) in cfgs.items():
             before = files_of(remote)
-            secs, peak = ours(["backup", "--config", cfg, "-q"], env)
+            secs, peak = ours(["backup", "--config", cfg], env, logs / f"backup-day{day}-{fmt}.log")
             after = files_of(remote)
             sent = sum(s for k, (s, m) in after.items() if before.get(k) != (s, m))
             rows.append({"day": day, "fmt": fmt, "secs": secs, "fct": fct, "sent": sent, "fcs": fcs, "zs": zs,
@@ -162,7 +178,7 @@ def run(server: LocalServer, work: Path, args: argparse.Namespace) -> None:
         shutil.rmtree(dest)
         dest.mkdir()
         secs, peak = ours(["restore", "--from", "offsite", "--to-db", f"back_{fmt}", "--jobs", args.jobs,
-                           "--config", cfg, "-q"], {**os.environ})  # fmt: skip
+                           "--config", cfg], {**os.environ}, logs / f"restore-{fmt}.log")  # fmt: skip
         same = table_stats(conn, f"back_{fmt}") == want
         print(f"restore from the offsite copy alone ({fmt}): {secs:.1f} s = {secs / ref:.2f}x pg_restore; peak "
               f"{peak / 1024:.0f} MB; identical to the source: {same}", flush=True)  # fmt: skip
