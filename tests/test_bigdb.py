@@ -136,3 +136,44 @@ def test_deltas_refuse_what_they_cannot_do(pg: LocalServer, pwfile: Path, maildb
         assert r.returncode == 2 and word in r.stderr, r.stderr
         assert cli("list", "--config", c).returncode == 0  # the config still reads: restores still work
     assert not list(dest.glob("DBBACK*"))
+
+
+def test_a_basis_lends_its_bytes_to_a_delta_only_when_it_proves_to_be_the_signatures_own(tmp: Path) -> None:
+    """Yesterday's dump confirms matches by its bytes (smaller deltas, no hashing) only if it is the file
+    the signature was made of: it is hashed while the delta reads it (one read of a file that is no longer
+    in memory, not two). A basis changed since (here made to look like today's dump where yesterday's
+    was different, or cut short) must not lend its bytes: the delta is then made from the signature
+    alone, and still rebuilds today's dump from the true basis with the real `rdiff patch`."""
+    import hashlib
+    import os
+
+    from deltadump.jobs.chain import delta_with_basis
+    from deltadump.rsync import signature
+
+    rdiff = require_tool("rdiff")
+    true = os.urandom(3 << 20)
+    region = slice(1 << 20, (1 << 20) + 300_000)
+    new = bytearray(true)
+    new[region] = os.urandom(300_000)
+    basis, today, sig = tmp / "basis", tmp / "today", tmp / "sig"
+    basis.write_bytes(true)
+    today.write_bytes(new)
+    signature(basis, sig, block_len=2048, strong_len=32)
+    want = (len(true), hashlib.sha256(true).hexdigest())
+    forged = bytearray(true)
+    forged[region] = new[region]  # the basis now equals today's dump: every byte would "match"
+    for what, content in (("the true basis", true), ("a changed basis", bytes(forged)),
+                          ("a basis cut short", true[: 2 << 20]), ("no basis", None)):  # fmt: skip
+        if content is None:
+            basis.unlink()
+        else:
+            basis.write_bytes(content)
+        raw = tmp / "d"
+        st = delta_with_basis(sig, today, raw, basis if content is not None else None, want)
+        (tmp / "b").write_bytes(true)  # the basis the chain really has
+        out = tmp / "out"
+        out.unlink(missing_ok=True)
+        subprocess.run([rdiff, "patch", tmp / "b", raw, out], check=True)
+        assert out.read_bytes() == bytes(new), what
+        if what == "a changed basis":  # (it would have lent bytes it does not have: copied all of it)
+            assert st.literal_bytes >= 290_000, st.literal_bytes

@@ -144,6 +144,49 @@ def _basis(cfg: Config, backups: list[BackupRecord], *, directory: bool) -> Basi
     return basis
 
 
+def delta_with_basis(sig: Path, new: Path, raw: Path, basis: Path | None, want: tuple[int, str]) -> Any:
+    """rdiff delta of `new` against the signature `sig` into `raw`. With `basis`, the file the signature
+    should be of (yesterday's dump, or its file of a table), matches are confirmed by its bytes; but only
+    the file the signature was made of may lend its bytes (a changed or damaged one would make a delta
+    that rebuilds something else): its size and sha256 must be `want` (a size of 0: not recorded). It
+    is hashed on another thread while the delta reads it, so a basis that is no longer in memory is read
+    from the disk once, not twice; a delta made with a basis that proves to be another file is made
+    again from the signature alone. Returns the delta's statistics."""
+    if basis is None or basis.is_symlink() or not basis.is_file():
+        return rs_delta(sig, new, raw)
+    stop = threading.Event()
+
+    def digest() -> tuple[int, str] | None:
+        h, n = hashlib.sha256(), 0
+        try:
+            with open_regular(basis) as f:
+                while not stop.is_set() and (chunk := f.read(4 << 20)):
+                    h.update(chunk)
+                    n += len(chunk)
+        except (OSError, IntegrityError):
+            return None
+        return None if stop.is_set() else (n, h.hexdigest())
+
+    err: RsyncError | OSError | None = None
+    with ThreadPoolExecutor(1, thread_name_prefix="basis-sha256") as pool:
+        proof = pool.submit(digest)
+        try:
+            st = rs_delta(sig, new, raw, basis=basis)
+        except (RsyncError, OSError) as exc:  # (a basis cut short, say: decided by its proof)
+            err = exc
+        except BaseException:
+            stop.set()
+            raise
+        got = proof.result()
+    size, sha = want
+    if got is not None and got[1] == sha and (not size or got[0] == size):
+        if err is not None:
+            raise err
+        return st
+    raw.unlink(missing_ok=True)
+    return rs_delta(sig, new, raw)
+
+
 def make_chain_objects(
     cfg: Config, dest: Path, backups: list[BackupRecord], rec_id: str, dump: Path, dump_sha256: str, rep: Reporter
 ) -> dict[str, Any]:
@@ -174,10 +217,8 @@ def make_chain_objects(
         out.update(kind="delta", base=b.base, parent=b.id)
         raw = chain_dir / tmp_name(Path(f"{rec_id}.delta")).name
         basis_dump = dest / b.path if owners.get(b.path) is b else None
-        if basis_dump is not None and not (basis_dump.is_file() and sha256_file(basis_dump)[1] == b.dump_sha256):
-            basis_dump = None  # only a basis proven to be the signature's own may lend its bytes
         try:
-            st = rs_delta(sig_of_basis, dump, raw, basis=basis_dump)
+            st = delta_with_basis(sig_of_basis, dump, raw, basis_dump, (b.dump_size, b.dump_sha256))
             rep.info(f"delta against {b.id}: {st.literal_bytes / 1e6:.2f} MB new data, {st.copy_cmds} copies")
             raw_size = raw.stat().st_size
             level = DELTA_ZSTD_LEVEL if raw_size < 64 << 20 else ZSTD_LEVEL
@@ -230,10 +271,8 @@ def make_dir_chain_objects(
         elif p is not None and p.signature is not None and f.size >= SMALL_FILE and _sig_ok(dest, p.signature):
             raw = chain_dir / tmp_name(Path(f"{rec_id}.{name}.delta")).name
             basis_file = prev_slot / p.name if prev_slot is not None else None
-            if basis_file is not None and not (basis_file.is_file() and sha256_file(basis_file) == (p.size, p.sha256)):
-                basis_file = None  # only the file the signature was made of may lend its bytes
             try:
-                rs_delta(dest / p.signature.path, src, raw, basis=basis_file)
+                delta_with_basis(dest / p.signature.path, src, raw, basis_file, (p.size, p.sha256))
                 raw_size = raw.stat().st_size
                 obj = zstd_file(dest, raw, f"{folder}/{name}.delta.zst", DELTA_ZSTD_LEVEL if raw_size < 64 << 20
                                 else ZSTD_LEVEL, raw_size=raw_size)  # fmt: skip
