@@ -83,10 +83,13 @@ def unzstd_checked(src: Path, dst: Path, want_sha256: str, limit: int, size: int
         raise IntegrityError(f"{src.name} is corrupt (zstd: {exc})") from exc
 
 
-def unzstd_pieces(src: Path, chunk: int, depth: int = 3) -> Generator[memoryview, None, None]:
-    """src decompressed, as consecutive pieces of `chunk` bytes (the last shorter): decompressed on
-    another core into a few reused buffers (bounded memory), each valid until the next is asked for.
-    IntegrityError if zstd finds it damaged (its sha256 is the caller's to check)."""
+def unzstd_pieces(src: Path, chunk: int, size: int, limit: int, depth: int = 3) -> Generator[memoryview, None, None]:
+    """src (an object of `size` bytes, read in place: fsio.open_regular) decompressed, as consecutive
+    pieces of `chunk` bytes (the last shorter): decompressed on another core into a few reused buffers
+    (bounded memory), each valid until the next is asked for. IntegrityError if zstd finds it damaged,
+    if more than `size` bytes are read (src is opened again after its sha256 was checked, which is the
+    caller's to check: it may have been swapped or grown since), or if it decompresses to more than
+    `limit` bytes (its caller would read every piece before it could tell)."""
     free: queue.Queue[bytearray] = queue.Queue()
     full: queue.Queue[tuple[bytearray, int] | BaseException] = queue.Queue()
     stop = threading.Event()
@@ -95,12 +98,19 @@ def unzstd_pieces(src: Path, chunk: int, depth: int = 3) -> Generator[memoryview
 
     def produce() -> None:
         try:
-            with open_regular(src) as f, zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True) as r:
+            with (
+                open_regular(src, size) as f,
+                zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True) as r,
+            ):
+                out = 0
                 while not stop.is_set():
                     buf = free.get()
                     view, n = memoryview(buf), 0
                     while n < chunk and (got := r.readinto(view[n:])):
                         n += got
+                    out += n
+                    if out > limit:
+                        raise IntegrityError(f"{src.name} decompresses to more than its recorded {limit} bytes")
                     full.put((buf, n))
                     if n < chunk:
                         return
@@ -415,7 +425,7 @@ def rebuild(
         finally:
             for f in ready:
                 f.cancel()
-    pieces = unzstd_pieces(base_zst, CHUNK)
+    pieces = unzstd_pieces(base_zst, CHUNK, base_obj.size, base_size)
     try:
         written = write(plan, pieces, raws, out)
     except (RsyncError, IntegrityError) as exc:
