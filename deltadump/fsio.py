@@ -398,3 +398,27 @@ def open_under(root: Path, rel: str, flags: int = os.O_RDONLY) -> int:
         return os.open(parts[-1], flags | os.O_NOFOLLOW, 0o600, dir_fd=fd)
     finally:
         os.close(fd)
+
+
+def open_regular_under(root: Path, rel: str, max_size: int) -> int:
+    """open_under for a file of the backup folder read in place (a slot's file, an object): opened
+    non-blocking (a FIFO planted there never makes the open wait for a writer), a regular file only and
+    no larger than its record's `max_size` (a sparse terabyte is not hashed to its end): IntegrityError
+    otherwise, OSError as open_under. Returns a blocking descriptor; its reader reads at most
+    max_size + 1 bytes (it may grow since)."""
+    import stat
+
+    from .errors import IntegrityError
+
+    fd = open_under(root, rel, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise IntegrityError("not a regular file (deltadump never writes anything else)")
+        if st.st_size > max_size:
+            raise IntegrityError(f"size {st.st_size} bytes, recorded {max_size} (grown)")
+        os.set_blocking(fd, True)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise

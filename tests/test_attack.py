@@ -859,3 +859,41 @@ def test_an_object_swapped_or_grown_after_its_hash_is_not_read_past_its_recorded
             raise AssertionError("read past its recorded size")
         except IntegrityError as exc:
             assert "larger than" in exc.message
+
+
+def test_a_fifo_or_a_sparse_terabyte_in_the_backup_folder_is_refused_by_verify_not_waited_on(
+    pg: LocalServer, pwfile: Path, maildb: str, tmp: Path
+) -> None:
+    """`deltadump verify` opened each object and slot file of the backup folder with open_under, which
+    refuses links but not a FIFO (a blocking open: verify waited for ever for a writer that never came,
+    and a restore of the slot with it) nor a sparse terabyte (hashed to its end before its size was
+    compared). Every file is now opened non-blocking, refused unless regular and of its recorded size."""
+    c, dest, _ = offsite_setup(pg, pwfile, maildb, tmp)
+    assert backup(c, 0)[0] == 0
+    base = next((dest / "chain").glob("*.base.zst"))
+    saved = base.read_bytes()
+    for how in ("fifo", "sparse terabyte"):
+        base.unlink()
+        if how == "fifo":
+            os.mkfifo(base)
+        else:
+            base.write_bytes(saved)
+            with open(base, "r+b") as f:
+                f.truncate(1 << 40)
+        try:
+            r = cli("verify", "--config", c, timeout=60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"verify waited on a {how} in the backup folder") from None
+        assert r.returncode == 1 and base.name in r.stdout + r.stderr, r.stdout + r.stderr
+        assert ("not a regular file" if how == "fifo" else "(grown)") in r.stdout, r.stdout
+    slot = next(p for p in dest.rglob("*") if p.is_file() and "chain" not in p.parts and p.stat().st_size > 1000
+                and p.suffix not in (".json", ".minisig", ".sig"))  # fmt: skip
+    base.unlink()
+    base.write_bytes(saved)
+    slot.unlink()
+    os.mkfifo(slot)
+    try:
+        r = cli("restore", "latest", "--to-db", f"fifo_{maildb}", "--config", c, timeout=60)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("restore waited on a FIFO in place of the slot") from None
+    assert r.returncode == 0 and "not a regular file" in r.stdout + r.stderr, r.stdout + r.stderr  # (from its chain)

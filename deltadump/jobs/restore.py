@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..config import Config
 from ..errors import DeltadumpError, IntegrityError, RestoreError
-from ..fsio import checkpoint, open_under, work_folder
+from ..fsio import checkpoint, open_regular_under, work_folder
 from ..pg import database
 from ..pg.conn import Conn, check_dbname
 from ..pg.dump import UNCONVERTIBLE, dump_encoding, run_restore
@@ -129,12 +129,14 @@ def checked_dump(
             problem = ""
             located = file_location(src.repo, dest, rec, rec.files[0])
             try:
-                fd = open_under(dest, located.relative_to(dest).as_posix())
+                fd = open_regular_under(dest, located.relative_to(dest).as_posix(), rec.files[0].size)
             except OSError as exc:
                 problem = f"{located}: cannot be opened ({exc.strerror})"
+            except IntegrityError as exc:
+                problem = f"{located}: {exc.message}"
             else:
                 try:
-                    if hash_fd(fd) == (rec.files[0].size, rec.files[0].sha256):
+                    if hash_fd(fd, rec.files[0].size) == (rec.files[0].size, rec.files[0].sha256):
                         yield Path(f"/dev/fd/{fd}"), "slot", [fd]  # the very file that was hashed
                         return
                     problem = f"{located}: sha256 mismatch (content changed or corrupt)"
