@@ -897,3 +897,36 @@ def test_a_fifo_or_a_sparse_terabyte_in_the_backup_folder_is_refused_by_verify_n
     except subprocess.TimeoutExpired:
         raise AssertionError("restore waited on a FIFO in place of the slot") from None
     assert r.returncode == 0 and "not a regular file" in r.stdout + r.stderr, r.stdout + r.stderr  # (from its chain)
+
+
+def test_two_database_names_never_give_one_slot_name_on_a_share_that_ignores_unicode_normalization() -> None:
+    """macOS (APFS, HFS+) and the SMB shares it serves ignore Unicode normalization as they ignore case:
+    "한" and the same syllable as its two letters (NFD; PostgreSQL keeps both as two databases, any
+    CREATEDB role can make the second) were one file name there, so the two databases shared one slot.
+    %D encodes every character that normalization can change or join: what remains is the same in NFC
+    and in NFD."""
+    import unicodedata
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from deltadump.naming import db_part
+
+    def as_a_mac_sees(part: str) -> str:
+        return unicodedata.normalize("NFD", part).casefold()
+
+    pairs = ["한", "が", "ü", "\u0bca", "\uf900", "\u1100\u1161", "a\u0301", "\u1e69", "q\u0307\u0323"]
+    for name in pairs:
+        for other in {unicodedata.normalize(f, name) for f in ("NFC", "NFD")} - {name}:
+            assert as_a_mac_sees(db_part(name)) != as_a_mac_sees(db_part(other)), (name, other)
+    letters = st.sampled_from([*"aAeé한がか\u3099\u0301\u0323\u0307\u1100\u1161\u11a8\u0bc6\u0bbe\uf900\u8c48."])
+    names = st.lists(letters, min_size=1, max_size=6).map("".join)
+
+    @settings(max_examples=500, deadline=None)
+    @given(names, names)
+    def prop(a: str, b: str) -> None:
+        if a != b:
+            assert as_a_mac_sees(db_part(a)) != as_a_mac_sees(db_part(b)), (a, b)
+
+    prop()
+    assert db_part("mail") == "mail" and db_part("日本") == "日本"  # names of no such character stay as they are
