@@ -930,3 +930,29 @@ def test_two_database_names_never_give_one_slot_name_on_a_share_that_ignores_uni
 
     prop()
     assert db_part("mail") == "mail" and db_part("日本") == "日本"  # names of no such character stay as they are
+
+
+def test_a_sparse_terabyte_in_place_of_an_object_still_to_send_offsite_is_not_hashed_to_its_end(
+    pg: LocalServer, pwfile: Path, maildb: str, tmp: Path
+) -> None:
+    """The offsite sync hashes each object it still has to send, read in place from the backup folder,
+    before the upload: with no bound, a slot file grown there into a sparse terabyte (one truncate, by a
+    backup-folder writer) was hashed to its end inside the backup run, holding its lock for hours,
+    before "no longer matches its record"."""
+    dest, remote = tmp / "dest", tmp / "remote"
+    dest.mkdir()
+    c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest)
+    add_sections(c, offsite={"url": f"file://{remote}"})
+    code, out = backup(c, 0)  # the offsite folder is not there yet: nothing sent
+    assert code != 0 and "offsite" in out, out
+    first = json.loads(cli("list", "--json", "--config", c).stdout)[-1]
+    slot = dest / first["path"]
+    with open(slot, "r+b") as f:
+        f.truncate(1 << 40)
+    remote.mkdir()
+    try:
+        r = cli("backup", "--config", c, env={"DELTADUMP_NOW": DAYS[1]}, timeout=90)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the sync hashed a sparse terabyte") from None
+    assert "internal error" not in r.stderr and slot.name in r.stdout + r.stderr, r.stdout + r.stderr
+    assert "larger than" in r.stdout + r.stderr, r.stdout + r.stderr
