@@ -956,3 +956,23 @@ def test_a_sparse_terabyte_in_place_of_an_object_still_to_send_offsite_is_not_ha
         raise AssertionError("the sync hashed a sparse terabyte") from None
     assert "internal error" not in r.stderr and slot.name in r.stdout + r.stderr, r.stdout + r.stderr
     assert "larger than" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def test_a_signature_grown_in_the_backup_folder_is_not_hashed_to_its_end_by_the_next_backup(
+    pg: LocalServer, pwfile: Path, maildb: str, tmp: Path
+) -> None:
+    """The next delta backup checks the signature of its basis (chain/ID.sig, read in place) against its
+    record before it is used: with no bound, one grown into a sparse terabyte by a backup-folder writer
+    was hashed to its end inside the backup run (holding its lock for hours) before it was found
+    damaged and a new base made. It is now refused by its size at once: a new base."""
+    c, dest, _ = offsite_setup(pg, pwfile, maildb, tmp)
+    assert backup(c, 0)[0] == 0
+    sig = next((dest / "chain").glob("*.sig"))
+    with open(sig, "r+b") as f:
+        f.truncate(1 << 40)
+    sample.mail_day(pg.psql_bin(), pg.conn(), maildb, 1, new=20, words=20)
+    try:
+        r = cli("backup", "--config", c, env={"DELTADUMP_NOW": DAYS[1]}, timeout=90)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the backup hashed a sparse terabyte") from None
+    assert r.returncode == 0 and "is damaged: a new base" in r.stdout + r.stderr, r.stdout + r.stderr

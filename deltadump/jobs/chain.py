@@ -170,7 +170,7 @@ def make_chain_objects(
         if want is None or sig_of_basis.is_symlink() or not sig_of_basis.is_file():
             basis = Basis(None, f"signature of {bid} missing: a new base")
             sig_of_basis = None
-        elif sha256_file(sig_of_basis) != (want.size, want.sha256):
+        elif not _matches(sig_of_basis, want.size, want.sha256):
             basis = Basis(None, f"signature of {bid} is damaged: a new base")
             sig_of_basis = None
     out["dump_sha256"] = dump_sha256
@@ -184,7 +184,7 @@ def make_chain_objects(
         out.update(kind="delta", base=b.base, parent=b.id)
         raw = chain_dir / tmp_name(Path(f"{rec_id}.delta")).name
         basis_dump = dest / b.path if owners.get(b.path) is b else None
-        if basis_dump is not None and not (basis_dump.is_file() and sha256_file(basis_dump)[1] == b.dump_sha256):
+        if basis_dump is not None and not _matches(basis_dump, b.dump_size, b.dump_sha256):
             basis_dump = None  # only a basis proven to be the signature's own may lend its bytes
         try:
             st = rs_delta(sig_of_basis, dump, raw, basis=basis_dump)
@@ -240,7 +240,7 @@ def make_dir_chain_objects(
         elif p is not None and p.signature is not None and f.size >= SMALL_FILE and _sig_ok(dest, p.signature):
             raw = chain_dir / tmp_name(Path(f"{rec_id}.{name}.delta")).name
             basis_file = prev_slot / p.name if prev_slot is not None else None
-            if basis_file is not None and not (basis_file.is_file() and sha256_file(basis_file) == (p.size, p.sha256)):
+            if basis_file is not None and not _matches(basis_file, p.size, p.sha256):
                 basis_file = None  # only the file the signature was made of may lend its bytes
             try:
                 rs_delta(dest / p.signature.path, src, raw, basis=basis_file)
@@ -281,8 +281,19 @@ def make_dir_chain_objects(
 
 
 def _sig_ok(dest: Path, sig: ObjectRecord) -> bool:
-    p = dest / sig.path
-    return p.is_file() and not p.is_symlink() and sha256_file(p) == (sig.size, sig.sha256)
+    return _matches(dest / sig.path, sig.size, sig.sha256)
+
+
+def _matches(p: Path, size: int | None, sha256: str | None) -> bool:
+    """Whether the file p of the backup folder, read in place, is a regular file (never a link, a FIFO)
+    of `size` bytes and `sha256`: one grown there (a sparse terabyte) is refused by its size at once,
+    never hashed to its end."""
+    if size is None or sha256 is None:
+        return False
+    try:
+        return sha256_file(p, max_size=size) == (size, sha256)
+    except (IntegrityError, FileNotFoundError, NotADirectoryError):
+        return False
 
 
 def needed_signatures(backups: list[BackupRecord], mode: str) -> dict[str, tuple[ObjectRecord, str]]:
