@@ -976,3 +976,42 @@ def test_a_signature_grown_in_the_backup_folder_is_not_hashed_to_its_end_by_the_
     except subprocess.TimeoutExpired:
         raise AssertionError("the backup hashed a sparse terabyte") from None
     assert r.returncode == 0 and "is damaged: a new base" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def test_a_signature_swapped_after_its_check_never_makes_a_delta_that_cannot_be_rebuilt(
+    pg: LocalServer, pwfile: Path, maildb: str, tmp: Path, monkeypatch: Any
+) -> None:
+    """The next delta is made against its basis's signature, read in place from the backup folder: it
+    was hashed against its record, then opened again by path by the delta. A backup-folder writer (no
+    signing key) that spoils the basis's slot (so that its bytes are not lent) and swaps the signature
+    in that window for one of other data got a delta of copies from blocks the basis never had: the
+    backup was recorded ok, hashed right and verified, and could never be rebuilt."""
+    from deltadump.config import load
+    from deltadump.jobs import chain
+    from deltadump.jobs.backup import backup_and_report
+    from deltadump.rsync import bounded_sig_params
+
+    dest = tmp / "dest"
+    dest.mkdir()
+    c = add_sections(write_config(tmp / "c.toml", pg, pwfile, maildb, dest), delta={"enabled": True})
+    assert backup(c, 0)[0] == 0
+    slot = next(p for p in dest.iterdir() if p.is_file() and p.name.startswith("DBBACK"))
+    with open(slot, "ab") as f:  # its bytes are then never lent to the delta
+        f.write(b"x")
+    sig = next((dest / "chain").glob("*.sig"))
+    sample.mail_day(pg.psql_bin(), pg.conn(), maildb, 1, new=20, words=20)
+    real = chain.rs_delta
+
+    def swapped_first(s: Path, new: Path, out: Path, **kw: Any) -> Any:
+        bl, sl = bounded_sig_params(new.stat().st_size, 2048)
+        chain.rs_signature(new, sig, block_len=bl, strong_len=sl)  # the writer wins the race: another signature
+        return real(s, new, out, **kw)
+
+    monkeypatch.setattr(chain, "rs_delta", swapped_first)
+    monkeypatch.setenv("DELTADUMP_NOW", DAYS[1])
+    backup_and_report(load(c))  # (recorded ok, hashed right: a verify finds nothing wrong)
+    monkeypatch.undo()
+    latest = max(json.loads(cli("list", "--json", "--config", c).stdout), key=lambda b: b["id"])
+    (dest / latest["path"]).unlink()  # its slot reused: the backup is its delta chain alone
+    r = cli("restore", "latest", "--to-db", f"swapped_{maildb}", "--config", c)
+    assert r.returncode == 0 and "(chain)" in r.stdout, r.stdout + r.stderr

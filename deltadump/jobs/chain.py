@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import queue
 import threading
 from collections.abc import Callable, Generator
@@ -165,17 +166,18 @@ def make_chain_objects(
     owners = current_slots(backups)
     out: dict[str, Any] = {}
     sig_of_basis = chain_dir / f"{basis.record.id}.sig" if basis.record else None
+    sig_bytes: bytes | None = None
     if basis.record is not None and sig_of_basis is not None:
         want, bid = basis.record.signature, basis.record.id
         if want is None or sig_of_basis.is_symlink() or not sig_of_basis.is_file():
             basis = Basis(None, f"signature of {bid} missing: a new base")
             sig_of_basis = None
-        elif not _matches(sig_of_basis, want.size, want.sha256):
+        elif (sig_bytes := _read_checked(sig_of_basis, want.size, want.sha256)) is None:
             basis = Basis(None, f"signature of {bid} is damaged: a new base")
             sig_of_basis = None
     out["dump_sha256"] = dump_sha256
     out["dump_size"] = size = dump.stat().st_size
-    if basis.record is None or sig_of_basis is None:
+    if basis.record is None or sig_of_basis is None or sig_bytes is None:
         rep.info(basis.reason)
         out.update(kind="base", base=rec_id, parent=None)
         out["objects"] = [zstd_file(dest, dump, f"{CHAIN_DIR}/{rec_id}.base.zst", raw_size=size)]
@@ -183,11 +185,13 @@ def make_chain_objects(
         b = basis.record
         out.update(kind="delta", base=b.base, parent=b.id)
         raw = chain_dir / tmp_name(Path(f"{rec_id}.delta")).name
-        basis_dump = dest / b.path if owners.get(b.path) is b else None
-        if basis_dump is not None and not _matches(basis_dump, b.dump_size, b.dump_sha256):
-            basis_dump = None  # only a basis proven to be the signature's own may lend its bytes
+        basis_dump = _open_checked(dest / b.path, b.dump_size, b.dump_sha256) if owners.get(b.path) is b else None
+        # (None: only a basis proven to be the signature's own may lend its bytes)
         try:
-            st = rs_delta(sig_of_basis, dump, raw, basis=basis_dump)
+            # the very bytes and file that were checked: a writer swapping either after its check gives
+            # the delta nothing else (a delta against another signature or basis could never be rebuilt)
+            with basis_dump if basis_dump is not None else contextlib.nullcontext():
+                st = rs_delta(io.BytesIO(sig_bytes), dump, raw, basis=basis_dump)
             rep.info(f"delta against {b.id}: {st.literal_bytes / 1e6:.2f} MB new data, {st.copy_cmds} copies")
             raw_size = raw.stat().st_size
             level = DELTA_ZSTD_LEVEL if raw_size < 64 << 20 else ZSTD_LEVEL
@@ -237,13 +241,14 @@ def make_dir_chain_objects(
         sig: ObjectRecord | None = None
         if p is not None and (p.size, p.sha256) == (f.size, f.sha256):
             df = DirFile(name=name, key=key, size=f.size, sha256=f.sha256, how="same", signature=p.signature)
-        elif p is not None and p.signature is not None and f.size >= SMALL_FILE and _sig_ok(dest, p.signature):
+        elif (p is not None and (ps := p.signature) is not None and f.size >= SMALL_FILE
+              and (sig_bytes := _read_checked(dest / ps.path, ps.size, ps.sha256))):  # fmt: skip
             raw = chain_dir / tmp_name(Path(f"{rec_id}.{name}.delta")).name
-            basis_file = prev_slot / p.name if prev_slot is not None else None
-            if basis_file is not None and not _matches(basis_file, p.size, p.sha256):
-                basis_file = None  # only the file the signature was made of may lend its bytes
+            # only the file the signature was made of may lend its bytes; both as they were checked
+            basis_file = _open_checked(prev_slot / p.name, p.size, p.sha256) if prev_slot is not None else None
             try:
-                rs_delta(dest / p.signature.path, src, raw, basis=basis_file)
+                with basis_file if basis_file is not None else contextlib.nullcontext():
+                    rs_delta(io.BytesIO(sig_bytes), src, raw, basis=basis_file)
                 raw_size = raw.stat().st_size
                 obj = zstd_file(dest, raw, f"{folder}/{name}.delta.zst", DELTA_ZSTD_LEVEL if raw_size < 64 << 20
                                 else ZSTD_LEVEL, raw_size=raw_size)  # fmt: skip
@@ -280,20 +285,40 @@ def make_dir_chain_objects(
     return fields
 
 
-def _sig_ok(dest: Path, sig: ObjectRecord) -> bool:
-    return _matches(dest / sig.path, sig.size, sig.sha256)
-
-
-def _matches(p: Path, size: int | None, sha256: str | None) -> bool:
-    """Whether the file p of the backup folder, read in place, is a regular file (never a link, a FIFO)
-    of `size` bytes and `sha256`: one grown there (a sparse terabyte) is refused by its size at once,
-    never hashed to its end."""
-    if size is None or sha256 is None:
-        return False
+def _read_checked(p: Path, size: int, sha256: str) -> bytes | None:
+    """The file p of the backup folder (a signature), read once in place as a regular file no larger
+    than recorded, when it is what its record says; else None. Its user takes these bytes, never the
+    file again: a writer swapping it after the check cannot give the user another."""
     try:
-        return sha256_file(p, max_size=size) == (size, sha256)
+        with open_regular(p, size) as f:
+            data = bytearray()
+            while chunk := f.read(4 << 20):
+                data += chunk
     except (IntegrityError, FileNotFoundError, NotADirectoryError):
-        return False
+        return None
+    return bytes(data) if (len(data), hashlib.sha256(data).hexdigest()) == (size, sha256) else None
+
+
+def _open_checked(p: Path, size: int, sha256: str) -> Any:
+    """The file p of the backup folder open (a regular file no larger than recorded) and at its start
+    when it is what its record says, else None: its user reads what was checked, through the same open
+    file (a swap of its name after the check changes nothing). The caller closes it."""
+    try:
+        f = open_regular(p, size)
+    except (IntegrityError, FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        h, n = hashlib.sha256(), 0
+        while chunk := f.read(4 << 20):
+            h.update(chunk)
+            n += len(chunk)
+        if (n, h.hexdigest()) == (size, sha256):
+            f.seek(0)
+            return f
+    except IntegrityError:
+        pass
+    f.close()
+    return None
 
 
 def needed_signatures(backups: list[BackupRecord], mode: str) -> dict[str, tuple[ObjectRecord, str]]:
