@@ -1015,3 +1015,30 @@ def test_a_signature_swapped_after_its_check_never_makes_a_delta_that_cannot_be_
     (dest / latest["path"]).unlink()  # its slot reused: the backup is its delta chain alone
     r = cli("restore", "latest", "--to-db", f"swapped_{maildb}", "--config", c)
     assert r.returncode == 0 and "(chain)" in r.stdout, r.stdout + r.stderr
+
+
+def test_a_directory_slot_swapped_after_its_check_is_never_what_pg_restore_reads(
+    pg: LocalServer, pwfile: Path, maildb: str, tmp: Path, monkeypatch: Any
+) -> None:
+    """restore's promise: what pg_restore reads is what was checked. A directory-format slot was checked
+    file by file (size, sha256), then handed to pg_restore by its path: a backup-folder writer (no
+    signing key) that empties a table's data file in that window got a restore that exits 0 with the
+    table empty."""
+    from deltadump.config import load
+    from deltadump.jobs import restore as restore_job
+    from deltadump.pg.inspect import table_stats
+
+    dest = tmp / "dest"
+    dest.mkdir()
+    c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest, format="directory", name="dir-%w", compress=0)
+    assert backup(c, 0)[0] == 0
+    real = restore_job.run_restore
+
+    def emptied_first(*a: Any, **kw: Any) -> None:
+        data = max((p for p in dest.rglob("*.dat") if p.name != "toc.dat"), key=lambda p: p.stat().st_size)
+        data.write_bytes(b"")  # the writer wins the race: after the check, before pg_restore
+        real(*a, **kw)
+
+    monkeypatch.setattr(restore_job, "run_restore", emptied_first)
+    restore_job.restore(load(c), "latest", f"emptied_{maildb}")
+    assert table_stats(pg.conn(), f"emptied_{maildb}") == table_stats(pg.conn(), maildb)
