@@ -88,7 +88,7 @@ def main() -> None:
             if how == "hash, then delta":
                 rs_delta(sig, new, raw, basis=basis if sha256_file(basis) == want else None)
             else:
-                delta_with_basis(sig, new, raw, basis, want)
+                delta_with_basis(sig.read_bytes(), new, raw, basis, want)
             times[how].append(time.perf_counter() - t)
     print(f"basis {basis.stat().st_size / 1e6:.0f} MB, new {new.stat().st_size / 1e6:.0f} MB; reads "
           f"{f'limited to {args.read_mbps} MB/s' if limited else 'not limited'}; {args.repeat} runs each")  # fmt: skip

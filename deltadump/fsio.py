@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from contextlib import AbstractContextManager
     from pathlib import Path
-    from typing import BinaryIO
+    from typing import Any, BinaryIO
 
 TMP_PREFIX = ".tmp-"
 WORK_LOCK = ".lock"  # held (flock) inside a work folder while its owner lives
@@ -270,10 +270,47 @@ def open_regular(path: Path, max_size: int | None = None) -> BinaryIO:
         if max_size is not None and st.st_size > max_size:
             raise IntegrityError(f"{path} is larger than the {max_size} bytes it may have; refused")
         os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb", buffering=0)
+        if max_size is None:
+            return os.fdopen(fd, "rb", buffering=0)
+        return _bounded_file(fd, path, max_size)
     except BaseException:
         os.close(fd)
         raise
+
+
+def _bounded_file(fd: int, path: Path, max_size: int) -> BinaryIO:
+    """The open file `fd`, unbuffered, whose every read raises IntegrityError once it would go past
+    `max_size` bytes from the start: the file may grow after open_regular's check (a store writer
+    appending to the very file, or extending it into a sparse terabyte), and a reader that reads it
+    again from the start (hash, then decompress) must stop there too."""
+    import io
+
+    from .errors import IntegrityError
+
+    class Bounded(io.FileIO):
+        def _check(self, got: int) -> None:
+            if got and self.tell() > max_size:
+                raise IntegrityError(f"{path} is larger than the {max_size} bytes it may have; refused")
+
+        def read(self, size: int | None = -1) -> bytes:
+            if size is None or size < 0:
+                return self.readall()
+            data = super().read(min(size, max(1, max_size + 1 - self.tell()))) or b""
+            self._check(len(data))
+            return data
+
+        def readinto(self, buf: Any) -> int:
+            n = super().readinto(memoryview(buf)[: max(1, max_size + 1 - self.tell())])
+            self._check(n or 0)
+            return n or 0
+
+        def readall(self) -> bytes:
+            out = bytearray()
+            while chunk := self.read(1 << 20):
+                out += chunk
+            return bytes(out)
+
+    return Bounded(fd, "rb", closefd=True)
 
 
 def remove_stale_temps(folder: Path, keep: set[Path] | frozenset[Path] = frozenset()) -> list[Path]:
@@ -361,3 +398,27 @@ def open_under(root: Path, rel: str, flags: int = os.O_RDONLY) -> int:
         return os.open(parts[-1], flags | os.O_NOFOLLOW, 0o600, dir_fd=fd)
     finally:
         os.close(fd)
+
+
+def open_regular_under(root: Path, rel: str, max_size: int) -> int:
+    """open_under for a file of the backup folder read in place (a slot's file, an object): opened
+    non-blocking (a FIFO planted there never makes the open wait for a writer), a regular file only and
+    no larger than its record's `max_size` (a sparse terabyte is not hashed to its end): IntegrityError
+    otherwise, OSError as open_under. Returns a blocking descriptor; its reader reads at most
+    max_size + 1 bytes (it may grow since)."""
+    import stat
+
+    from .errors import IntegrityError
+
+    fd = open_under(root, rel, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise IntegrityError("not a regular file (deltadump never writes anything else)")
+        if st.st_size > max_size:
+            raise IntegrityError(f"size {st.st_size} bytes, recorded {max_size} (grown)")
+        os.set_blocking(fd, True)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise

@@ -62,6 +62,8 @@ GLOBALS_PART = "(globals)"
 # (Windows also keeps COM and LPT with a superscript digit, and the console's CONIN$ and CONOUT$)
 _DEVICES = {"con", "prn", "aux", "nul", "conin$", "conout$",
             *(f"{d}{n}" for d in ("com", "lpt") for n in (*"0123456789", "\u00b9", "\u00b2", "\u00b3"))}  # fmt: skip
+# the conjoining Hangul letters, which NFC joins into a syllable (as it joins a combining mark to a letter)
+_JAMO = (("\u1100", "\u11ff"), ("\ua960", "\ua97f"), ("\ud7b0", "\ud7ff"))
 _UNSAFE = set('%/\\<>:"|?*()')  # percent-encoded in %D: separators, Windows' reserved characters, our own marks
 
 
@@ -74,14 +76,22 @@ def db_part(name: str) -> str:
     would be a folder of deltadump's own ("chain" is %63hain, "deltadump-x" %64eltadump-x): a database
     so named is backed up like any other (check_parts refuses the reserved names), and of a name that
     Windows reserves for a device ("con", "nul.x", "com1", "com¹", "conin$"). A last '.' or space too: Windows and SMB
-    drop it, and "mail." would be "mail"'s slot there."""
+    drop it, and "mail." would be "mail"'s slot there. And every character that Unicode normalization
+    can change or join to the one before it (a precomposed "é" or "한", a combining mark, a Hangul
+    letter): macOS and the shares it serves ignore normalization too, and "한" and the same syllable as
+    its two letters (both databases on PostgreSQL) would be one slot there; what remains is the same
+    in NFC and in NFD."""
+    import unicodedata
+
     out = []
     own = name in RESERVED_TOP or name.startswith("deltadump") or name.split(".", 1)[0].rstrip(" ") in _DEVICES
     last = len(name) - 1
     for i, c in enumerate(name):
         cased = c.upper() != c.lower() and not "a" <= c <= "z"
         edge = (i == 0 and (c == "." or own)) or (i == last and c in ". ")
-        if c in _UNSAFE or ord(c) < 0x20 or ord(c) == 0x7F or edge or not c.isprintable() or cased:
+        joins = c > "\x7f" and (unicodedata.category(c)[0] == "M" or unicodedata.normalize("NFD", c) != c
+                                 or any(lo <= c <= hi for lo, hi in _JAMO))  # fmt: skip
+        if c in _UNSAFE or ord(c) < 0x20 or ord(c) == 0x7F or edge or not c.isprintable() or cased or joins:
             out.append("".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass")))
         else:
             out.append(c)

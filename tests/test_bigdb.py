@@ -169,7 +169,7 @@ def test_a_basis_lends_its_bytes_to_a_delta_only_when_it_proves_to_be_the_signat
         else:
             basis.write_bytes(content)
         raw = tmp / "d"
-        st = delta_with_basis(sig, today, raw, basis if content is not None else None, want)
+        st = delta_with_basis(sig.read_bytes(), today, raw, basis if content is not None else None, want)
         (tmp / "b").write_bytes(true)  # the basis the chain really has
         out = tmp / "out"
         out.unlink(missing_ok=True)

@@ -745,3 +745,30 @@ def test_kill_a_whole_server_run_at_every_step(pg: LocalServer, pwfile: Path, tm
     assert n - 1 >= 15
     h = history(c)
     assert {b.db for b in h.backups if b.status == "ok"} >= set(dbs)
+
+
+def test_a_fifo_in_place_of_the_globals_script_is_refused_not_waited_on(
+    pg: LocalServer, pwfile: Path, tmp: Path, target: LocalServer
+) -> None:
+    """restore --server read the run's globals script from the backup folder with a blocking open: a
+    FIFO planted there (a backup-folder writer, no signing key) made it wait for ever for a writer."""
+    others = databases(pg)
+    x = f"fifo_{uid()}"
+    run(pg, "postgres", sql.SQL("create database {}").format(ident(x)))
+    try:
+        dest = tmp / "dest"
+        dest.mkdir()
+        c = whole_config(tmp / "c.toml", pg, pwfile, dest, databases="all", exclude=others)
+        assert cli("backup", "--config", c).returncode == 0
+        g = next(b for b in history(c).backups if b.format == "globals")
+        (dest / g.path).unlink()
+        os.mkfifo(dest / g.path)
+        tpw = secret_file(tmp / "target.password", target.password)
+        try:
+            r = cli("restore", "--server", "--to-dsn", target.dsn(), "--password-file", tpw, "--config", c, timeout=60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("restore --server waited on a FIFO in place of the globals script") from None
+        assert r.returncode == 1 and "not a regular file" in r.stderr, r.stderr
+        assert x not in databases(target)
+    finally:
+        run(pg, "postgres", sql.SQL("drop database if exists {}").format(ident(x)))

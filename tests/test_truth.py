@@ -191,12 +191,12 @@ def test_decompression_is_bounded_and_after_the_hash(tmp: Path) -> None:
     sha = hashlib.sha256(bomb.read_bytes()).hexdigest()
     out = tmp / "out"
     with pytest.raises(IntegrityError, match="more than its recorded"):
-        unzstd_checked(bomb, out, sha, limit=1 << 20)
+        unzstd_checked(bomb, out, sha, limit=1 << 20, size=bomb.stat().st_size)
     assert not out.exists()  # nothing half-written is left
     with pytest.raises(IntegrityError, match="sha256 mismatch"):
-        unzstd_checked(bomb, out, "0" * 64, limit=64 << 20)
+        unzstd_checked(bomb, out, "0" * 64, limit=64 << 20, size=bomb.stat().st_size)
     assert not out.exists()  # a wrong hash: not a byte decompressed
-    unzstd_checked(bomb, out, sha, limit=32 << 20)
+    unzstd_checked(bomb, out, sha, limit=32 << 20, size=bomb.stat().st_size)
     assert out.stat().st_size == 32 << 20 and zlib.crc32(out.read_bytes()) == zlib.crc32(b"\0" * (32 << 20))
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
+import os
 import queue
 import threading
 from collections.abc import Callable, Generator
@@ -83,10 +85,13 @@ def unzstd_checked(src: Path, dst: Path, want_sha256: str, limit: int, size: int
         raise IntegrityError(f"{src.name} is corrupt (zstd: {exc})") from exc
 
 
-def unzstd_pieces(src: Path, chunk: int, depth: int = 3) -> Generator[memoryview, None, None]:
-    """src decompressed, as consecutive pieces of `chunk` bytes (the last shorter): decompressed on
-    another core into a few reused buffers (bounded memory), each valid until the next is asked for.
-    IntegrityError if zstd finds it damaged (its sha256 is the caller's to check)."""
+def unzstd_pieces(src: Path, chunk: int, size: int, limit: int, depth: int = 3) -> Generator[memoryview, None, None]:
+    """src (an object of `size` bytes, read in place: fsio.open_regular) decompressed, as consecutive
+    pieces of `chunk` bytes (the last shorter): decompressed on another core into a few reused buffers
+    (bounded memory), each valid until the next is asked for. IntegrityError if zstd finds it damaged,
+    if more than `size` bytes are read (src is opened again after its sha256 was checked, which is the
+    caller's to check: it may have been swapped or grown since), or if it decompresses to more than
+    `limit` bytes (its caller would read every piece before it could tell)."""
     free: queue.Queue[bytearray] = queue.Queue()
     full: queue.Queue[tuple[bytearray, int] | BaseException] = queue.Queue()
     stop = threading.Event()
@@ -95,12 +100,19 @@ def unzstd_pieces(src: Path, chunk: int, depth: int = 3) -> Generator[memoryview
 
     def produce() -> None:
         try:
-            with open_regular(src) as f, zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True) as r:
+            with (
+                open_regular(src, size) as f,
+                zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True) as r,
+            ):
+                out = 0
                 while not stop.is_set():
                     buf = free.get()
                     view, n = memoryview(buf), 0
                     while n < chunk and (got := r.readinto(view[n:])):
                         n += got
+                    out += n
+                    if out > limit:
+                        raise IntegrityError(f"{src.name} decompresses to more than its recorded {limit} bytes")
                     full.put((buf, n))
                     if n < chunk:
                         return
@@ -144,47 +156,57 @@ def _basis(cfg: Config, backups: list[BackupRecord], *, directory: bool) -> Basi
     return basis
 
 
-def delta_with_basis(sig: Path, new: Path, raw: Path, basis: Path | None, want: tuple[int, str]) -> Any:
-    """rdiff delta of `new` against the signature `sig` into `raw`. With `basis`, the file the signature
-    should be of (yesterday's dump, or its file of a table), matches are confirmed by its bytes; but only
-    the file the signature was made of may lend its bytes (a changed or damaged one would make a delta
-    that rebuilds something else): its size and sha256 must be `want` (a size of 0: not recorded). It
-    is hashed on another thread while the delta reads it, so a basis that is no longer in memory is read
-    from the disk once, not twice; a delta made with a basis that proves to be another file is made
-    again from the signature alone. Returns the delta's statistics."""
-    if basis is None or basis.is_symlink() or not basis.is_file():
-        return rs_delta(sig, new, raw)
+def delta_with_basis(sig: bytes, new: Path, raw: Path, basis: Path | None, want: tuple[int, str]) -> Any:
+    """rdiff delta of `new` against the signature `sig` (its bytes, as they were checked) into `raw`.
+    With `basis`, the file the signature should be of (yesterday's dump, or its file of a table),
+    matches are confirmed by its bytes; but only the file the signature was made of may lend them (a
+    changed or damaged one would make a delta that rebuilds something else, recorded good): it is
+    opened once (a regular file, no larger than recorded) and its size and sha256 must be `want` (a size
+    of 0: not recorded). It is hashed on another thread, through the descriptor the delta reads (a swap
+    of its name changes nothing), while the delta reads it: a basis that is no longer in memory is read
+    from the disk once, not twice. A delta made with a basis that proves to be another file is made again
+    from the signature alone. Returns the delta's statistics."""
+    size, sha = want
+    try:
+        f = open_regular(basis, size or None) if basis is not None else None
+    except (IntegrityError, OSError):
+        f = None  # (missing, a link, no regular file, grown: it lends nothing)
+    if f is None:
+        return rs_delta(io.BytesIO(sig), new, raw)
     stop = threading.Event()
 
     def digest() -> tuple[int, str] | None:
-        h, n = hashlib.sha256(), 0
-        try:
-            with open_regular(basis) as f:
-                while not stop.is_set() and (chunk := f.read(4 << 20)):
-                    h.update(chunk)
-                    n += len(chunk)
-        except (OSError, IntegrityError):
-            return None
-        return None if stop.is_set() else (n, h.hexdigest())
+        h, n, fd = hashlib.sha256(), 0, f.fileno()
+        while not stop.is_set():
+            chunk = os.pread(fd, 4 << 20, n)  # (the delta reads the same descriptor at offsets of its own)
+            if not chunk:
+                return n, h.hexdigest()
+            h.update(chunk)
+            n += len(chunk)
+            if size and n > size:
+                return None
+        return None
 
     err: RsyncError | OSError | None = None
-    with ThreadPoolExecutor(1, thread_name_prefix="basis-sha256") as pool:
+    with f, ThreadPoolExecutor(1, thread_name_prefix="basis-sha256") as pool:
         proof = pool.submit(digest)
         try:
-            st = rs_delta(sig, new, raw, basis=basis)
+            st = rs_delta(io.BytesIO(sig), new, raw, basis=f)
         except (RsyncError, OSError) as exc:  # (a basis cut short, say: decided by its proof)
             err = exc
         except BaseException:
             stop.set()
             raise
-        got = proof.result()
-    size, sha = want
+        try:
+            got = proof.result()
+        except OSError:
+            got = None
     if got is not None and got[1] == sha and (not size or got[0] == size):
         if err is not None:
             raise err
         return st
     raw.unlink(missing_ok=True)
-    return rs_delta(sig, new, raw)
+    return rs_delta(io.BytesIO(sig), new, raw)
 
 
 def make_chain_objects(
@@ -198,17 +220,18 @@ def make_chain_objects(
     owners = current_slots(backups)
     out: dict[str, Any] = {}
     sig_of_basis = chain_dir / f"{basis.record.id}.sig" if basis.record else None
+    sig_bytes: bytes | None = None
     if basis.record is not None and sig_of_basis is not None:
         want, bid = basis.record.signature, basis.record.id
         if want is None or sig_of_basis.is_symlink() or not sig_of_basis.is_file():
             basis = Basis(None, f"signature of {bid} missing: a new base")
             sig_of_basis = None
-        elif sha256_file(sig_of_basis) != (want.size, want.sha256):
+        elif (sig_bytes := _read_checked(sig_of_basis, want.size, want.sha256)) is None:
             basis = Basis(None, f"signature of {bid} is damaged: a new base")
             sig_of_basis = None
     out["dump_sha256"] = dump_sha256
     out["dump_size"] = size = dump.stat().st_size
-    if basis.record is None or sig_of_basis is None:
+    if basis.record is None or sig_of_basis is None or sig_bytes is None:
         rep.info(basis.reason)
         out.update(kind="base", base=rec_id, parent=None)
         out["objects"] = [zstd_file(dest, dump, f"{CHAIN_DIR}/{rec_id}.base.zst", raw_size=size)]
@@ -218,7 +241,7 @@ def make_chain_objects(
         raw = chain_dir / tmp_name(Path(f"{rec_id}.delta")).name
         basis_dump = dest / b.path if owners.get(b.path) is b else None
         try:
-            st = delta_with_basis(sig_of_basis, dump, raw, basis_dump, (b.dump_size, b.dump_sha256))
+            st = delta_with_basis(sig_bytes, dump, raw, basis_dump, (b.dump_size, b.dump_sha256))
             rep.info(f"delta against {b.id}: {st.literal_bytes / 1e6:.2f} MB new data, {st.copy_cmds} copies")
             raw_size = raw.stat().st_size
             level = DELTA_ZSTD_LEVEL if raw_size < 64 << 20 else ZSTD_LEVEL
@@ -268,11 +291,12 @@ def make_dir_chain_objects(
         sig: ObjectRecord | None = None
         if p is not None and (p.size, p.sha256) == (f.size, f.sha256):
             df = DirFile(name=name, key=key, size=f.size, sha256=f.sha256, how="same", signature=p.signature)
-        elif p is not None and p.signature is not None and f.size >= SMALL_FILE and _sig_ok(dest, p.signature):
+        elif (p is not None and (ps := p.signature) is not None and f.size >= SMALL_FILE
+              and (sig_bytes := _read_checked(dest / ps.path, ps.size, ps.sha256))):  # fmt: skip
             raw = chain_dir / tmp_name(Path(f"{rec_id}.{name}.delta")).name
             basis_file = prev_slot / p.name if prev_slot is not None else None
             try:
-                delta_with_basis(dest / p.signature.path, src, raw, basis_file, (p.size, p.sha256))
+                delta_with_basis(sig_bytes, src, raw, basis_file, (p.size, p.sha256))
                 raw_size = raw.stat().st_size
                 obj = zstd_file(dest, raw, f"{folder}/{name}.delta.zst", DELTA_ZSTD_LEVEL if raw_size < 64 << 20
                                 else ZSTD_LEVEL, raw_size=raw_size)  # fmt: skip
@@ -309,9 +333,18 @@ def make_dir_chain_objects(
     return fields
 
 
-def _sig_ok(dest: Path, sig: ObjectRecord) -> bool:
-    p = dest / sig.path
-    return p.is_file() and not p.is_symlink() and sha256_file(p) == (sig.size, sig.sha256)
+def _read_checked(p: Path, size: int, sha256: str) -> bytes | None:
+    """The file p of the backup folder (a signature), read once in place as a regular file no larger
+    than recorded, when it is what its record says; else None. Its user takes these bytes, never the
+    file again: a writer swapping it after the check cannot give the user another."""
+    try:
+        with open_regular(p, size) as f:
+            data = bytearray()
+            while chunk := f.read(4 << 20):
+                data += chunk
+    except (IntegrityError, FileNotFoundError, NotADirectoryError):
+        return None
+    return bytes(data) if (len(data), hashlib.sha256(data).hexdigest()) == (size, sha256) else None
 
 
 def needed_signatures(backups: list[BackupRecord], mode: str) -> dict[str, tuple[ObjectRecord, str]]:
@@ -454,7 +487,7 @@ def rebuild(
         finally:
             for f in ready:
                 f.cancel()
-    pieces = unzstd_pieces(base_zst, CHUNK)
+    pieces = unzstd_pieces(base_zst, CHUNK, base_obj.size, base_size)
     try:
         written = write(plan, pieces, raws, out)
     except (RsyncError, IntegrityError) as exc:

@@ -340,7 +340,11 @@ class Offsite:
                     src = fetched
             if not src.is_file() or src.is_symlink():
                 return f"{obj.path} is no longer here (its slot was reused before it reached the offsite copy)"
-            if sha256_file(src)[1] != obj.sha256:
+            try:  # (read in place: a regular file no larger than recorded, never a FIFO or a sparse terabyte)
+                digest = sha256_file(src, max_size=obj.size)[1]
+            except IntegrityError as exc:
+                return f"{exc.message} (not sent offsite)"
+            if digest != obj.sha256:
                 return f"{src} no longer matches its record (its slot was reused before it reached the offsite copy)"
             self.target.put(obj.path, src, obj.sha256)
             checkpoint(f"upload {obj.path}")

@@ -5,7 +5,8 @@ sha256) while a new database is created, then pg_restore or psql, failing on any
 
 What pg_restore reads is what was checked: a slot file is opened once, hashed through that descriptor
 and handed to pg_restore as /dev/fd/N (the very same file, whatever happens to its name meanwhile); a
-rebuilt dump lives in a private work folder; and the backup folder's read lock keeps a concurrent
+directory-format slot is copied into the private work folder as it is hashed; a rebuilt dump lives
+in a private work folder; and the backup folder's read lock keeps a concurrent
 backup or prune from switching or deleting what is being read. Physical backups: lay out a data
 directory."""
 
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from ..config import Config
 from ..errors import DeltadumpError, IntegrityError, RestoreError
-from ..fsio import checkpoint, open_under, work_folder
+from ..fsio import checkpoint, open_regular_under, work_folder
 from ..pg import database
 from ..pg.conn import Conn, check_dbname
 from ..pg.dump import UNCONVERTIBLE, dump_encoding, run_restore
@@ -129,18 +130,27 @@ def checked_dump(
             problem = ""
             located = file_location(src.repo, dest, rec, rec.files[0])
             try:
-                fd = open_under(dest, located.relative_to(dest).as_posix())
+                fd = open_regular_under(dest, located.relative_to(dest).as_posix(), rec.files[0].size)
             except OSError as exc:
                 problem = f"{located}: cannot be opened ({exc.strerror})"
+            except IntegrityError as exc:
+                problem = f"{located}: {exc.message}"
             else:
                 try:
-                    if hash_fd(fd) == (rec.files[0].size, rec.files[0].sha256):
+                    if hash_fd(fd, rec.files[0].size) == (rec.files[0].size, rec.files[0].sha256):
                         yield Path(f"/dev/fd/{fd}"), "slot", [fd]  # the very file that was hashed
                         return
                     problem = f"{located}: sha256 mismatch (content changed or corrupt)"
                 finally:
                     os.close(fd)
             problems = [problem]
+        elif rec.format == "directory" and rec.files:
+            # pg_restore reads a folder by its path, which a writer could change after a check: every
+            # file is copied into the private work folder as it is hashed, and the copy is what is read
+            problems = _copy_checked(src.repo, dest, rec, work / "slot")
+            if not problems:
+                yield work / "slot", "slot", []
+                return
         else:
             problems = check_slot(src.repo, dest, rec, cfg.database.pg_bin, structure=False)
             if not problems:
@@ -155,6 +165,44 @@ def checked_dump(
 
 def _work_parent(cfg: Config) -> Path:
     return cfg.dest if cfg.dest.is_dir() else Path(tempfile.gettempdir())
+
+
+def _copy_checked(repo: Repository, dest: Path, rec: BackupRecord, out: Path) -> list[str]:
+    """Copy rec's slot files (a folder's, read in place: fsio.open_regular_under) into `out`, each
+    hashed as it is copied; the problems of those that are not as recorded ([] when all are: `out` is
+    then the backup exactly as it was checked)."""
+    import hashlib
+
+    slot = slot_location(repo, dest, rec)
+    problems = []
+    for f in rec.files:
+        located = file_location(repo, dest, rec, f)
+        target = out / located.relative_to(slot)
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            fd = open_regular_under(dest, located.relative_to(dest).as_posix(), f.size)
+        except FileNotFoundError:
+            problems.append(f"{located}: missing")
+            continue
+        except OSError as exc:
+            problems.append(f"{located}: cannot be opened ({exc.strerror})")
+            continue
+        except IntegrityError as exc:
+            problems.append(f"{located}: {exc.message}")
+            continue
+        h, n = hashlib.sha256(), 0
+        with os.fdopen(fd, "rb") as s, open(target, "wb") as o:
+            while chunk := s.read(min(4 << 20, f.size + 1 - n)):
+                h.update(chunk)
+                o.write(chunk)
+                n += len(chunk)
+                if n > f.size:
+                    break
+        if (n, h.hexdigest()) != (f.size, f.sha256):
+            problems.append(f"{located}: sha256 mismatch (content changed or corrupt)")
+    if problems:
+        shutil.rmtree(out, ignore_errors=True)
+    return problems
 
 
 def restore(

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..config import Config
 from ..errors import DeltadumpError, IntegrityError, RestoreError
-from ..fsio import checkpoint, open_under, work_folder
+from ..fsio import checkpoint, open_regular_under, work_folder
 from ..pg import database
 from ..pg.cluster import GlobalsOutcome, apply_globals, parse_globals
 from ..pg.conn import check_dbname
@@ -168,9 +168,11 @@ def _read_globals(cfg: Config, src: Source, rec: BackupRecord, work: Path) -> st
     else:
         located = file_location(src.repo, cfg.dest, rec, want)
         try:
-            fd = open_under(cfg.dest, located.relative_to(cfg.dest).as_posix())
+            fd = open_regular_under(cfg.dest, located.relative_to(cfg.dest).as_posix(), want.size)
         except OSError as exc:
             raise IntegrityError(f"{located}: cannot be opened ({exc.strerror})") from exc
+        except IntegrityError as exc:
+            raise IntegrityError(f"{located}: {exc.message}", hint="restore another run") from exc
         with open(fd, "rb") as f:
             data = f.read(MAX_GLOBALS + 1)
     if len(data) != want.size or hashlib.sha256(data).hexdigest() != want.sha256:

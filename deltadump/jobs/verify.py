@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..config import Config
 from ..errors import DeltadumpError, IntegrityError, UsageError
-from ..fsio import open_under, work_folder
+from ..fsio import open_regular_under, work_folder
 from ..pg.dump import validate
 from ..pg.tools import find
 from ..store.chain import by_series, chain_of
@@ -48,15 +48,19 @@ class Report:
         return all(r.ok for r in self.results)
 
 
-def hash_fd(fd: int) -> tuple[int, str]:
+def hash_fd(fd: int, limit: int | None = None) -> tuple[int, str]:
+    """(size, sha256) of the open file; with `limit`, reading stops past limit bytes (a file grown since
+    it was checked: its size then says it)."""
     import hashlib
 
     h = hashlib.sha256()
     size = 0
     with os.fdopen(fd, "rb", closefd=False) as f:
-        while chunk := f.read(4 << 20):
+        while chunk := f.read(4 << 20 if limit is None else min(4 << 20, limit + 1 - size)):
             h.update(chunk)
             size += len(chunk)
+            if limit is not None and size > limit:
+                break
     return size, h.hexdigest()
 
 
@@ -64,15 +68,17 @@ def check_file(dest: Path, rel: str, want: FileRecord, *, located: Path | None =
     """'' when the file under the backup folder has its recorded size and sha256, else the problem."""
     p = located or dest / rel
     try:
-        fd = open_under(dest, p.relative_to(dest).as_posix())
+        fd = open_regular_under(dest, p.relative_to(dest).as_posix(), want.size)
     except FileNotFoundError:
         return f"{p}: missing"
+    except IntegrityError as exc:
+        return f"{p}: {exc.message}"
     except OSError as exc:
         if exc.errno == 40:
             return f"{p}: a symbolic link (deltadump never writes one)"
         return f"{p}: cannot be read ({exc.strerror})"
     try:
-        size, digest = hash_fd(fd)
+        size, digest = hash_fd(fd, want.size)
     finally:
         os.close(fd)
     if size != want.size:
