@@ -250,6 +250,7 @@ def test_an_smb_server_still_at_work_is_waited_for_past_the_timeout(smb_server: 
     succeeds; it ended with "no answer from the server" at the first timeout."""
     import uuid
 
+    from smbprotocol.exceptions import SMBConnectionClosed
     from smbprotocol.open import (
         CreateDisposition,
         CreateOptions,
@@ -304,7 +305,10 @@ def test_an_smb_server_still_at_work_is_waited_for_past_the_timeout(smb_server: 
         interim = time.monotonic()
         th.join(3 * timeout)  # the server at work for three timeouts
         assert th.is_alive(), outcome
-        holder.close()  # its lock goes with it
+        # its lock goes with it (once in a full CI run smbd had closed this connection already, which
+        # releases its lock as well)
+        with contextlib.suppress(SMBConnectionClosed):
+            holder.close()
         th.join(30)
         assert outcome and not isinstance(outcome[0], BaseException), outcome
         assert time.monotonic() - interim >= 3 * timeout
