@@ -239,12 +239,23 @@ def sha256_file(path: Path, bufsize: int = 4 << 20, *, max_size: int | None = No
     with open(path, "rb", buffering=0) if max_size is None else open_regular(path, max_size) as f:
         while chunk := f.read(bufsize):
             h.update(chunk)
-            size += len(chunk)
-            if max_size is not None and size > max_size:  # (grown since it was opened)
-                from .errors import IntegrityError
-
-                raise IntegrityError(f"{path} is larger than the {max_size} bytes it may have; refused")
+            size += len(chunk)  # (with max_size, open_regular's file refuses to read past it)
     return size, h.hexdigest()
+
+
+def _irregular(fd: int, max_size: int | None) -> str | None:
+    """Why the file `fd`, opened non-blocking, may not be read in place (not a regular file, larger than
+    max_size), or None: it is then made blocking for its reader. The one check of open_regular and
+    open_regular_under."""
+    import stat
+
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if max_size is not None and st.st_size > max_size:
+        return f"larger than the {max_size} bytes it may have ({st.st_size} bytes)"
+    os.set_blocking(fd, True)
+    return None
 
 
 def open_regular(path: Path, max_size: int | None = None) -> BinaryIO:
@@ -253,7 +264,6 @@ def open_regular(path: Path, max_size: int | None = None) -> BinaryIO:
     that a FIFO or a device swapped in after a check can neither block a read nor make it endless; with
     `max_size`, none larger than its record either. A swap can then give another regular file at most,
     which its reader's sha256 check refuses. IntegrityError otherwise."""
-    import stat
 
     from .errors import IntegrityError
 
@@ -264,12 +274,8 @@ def open_regular(path: Path, max_size: int | None = None) -> BinaryIO:
             raise IntegrityError(f"{path} is a symbolic link; refused") from None
         raise
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise IntegrityError(f"{path} is not a regular file; refused")
-        if max_size is not None and st.st_size > max_size:
-            raise IntegrityError(f"{path} is larger than the {max_size} bytes it may have; refused")
-        os.set_blocking(fd, True)
+        if (problem := _irregular(fd, max_size)) is not None:
+            raise IntegrityError(f"{path} is {problem}; refused")
         if max_size is None:
             return os.fdopen(fd, "rb", buffering=0)
         return _bounded_file(fd, path, max_size)
@@ -406,18 +412,14 @@ def open_regular_under(root: Path, rel: str, max_size: int) -> int:
     no larger than its record's `max_size` (a sparse terabyte is not hashed to its end): IntegrityError
     otherwise, OSError as open_under. Returns a blocking descriptor; its reader reads at most
     max_size + 1 bytes (it may grow since)."""
-    import stat
 
     from .errors import IntegrityError
 
     fd = open_under(root, rel, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise IntegrityError("not a regular file (deltadump never writes anything else)")
-        if st.st_size > max_size:
-            raise IntegrityError(f"size {st.st_size} bytes, recorded {max_size} (grown)")
-        os.set_blocking(fd, True)
+        if (problem := _irregular(fd, max_size)) is not None:
+            why = "grown" if problem.startswith("larger") else "deltadump never writes anything else"
+            raise IntegrityError(f"{problem} ({why})")
         return fd
     except BaseException:
         os.close(fd)
