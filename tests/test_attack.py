@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import cli, require_tool, write_config
 
 from deltadump.jobs import sample
@@ -1018,28 +1019,44 @@ def test_a_signature_swapped_after_its_check_never_makes_a_delta_that_cannot_be_
     assert r.returncode == 0 and "(chain)" in r.stdout, r.stdout + r.stderr
 
 
-def test_a_directory_slot_swapped_after_its_check_is_never_what_pg_restore_reads(
-    pg: LocalServer, pwfile: Path, maildb: str, tmp: Path, monkeypatch: Any
+@pytest.mark.parametrize("fmt", ["directory", "custom", "plain"])
+def test_a_slot_changed_after_its_check_is_never_what_pg_restore_reads(
+    pg: LocalServer, pwfile: Path, maildb: str, tmp: Path, monkeypatch: Any, fmt: str
 ) -> None:
-    """restore's promise: what pg_restore reads is what was checked. A directory-format slot was checked
-    file by file (size, sha256), then handed to pg_restore by its path: a backup-folder writer (no
-    signing key) that empties a table's data file in that window got a restore that exits 0 with the
-    table empty."""
+    """restore's promise: what pg_restore (or psql) reads is what was checked. A directory-format slot
+    was checked file by file, then handed to pg_restore by its path: a backup-folder writer (no signing
+    key) that emptied a table's data file in that window got a restore that exits 0 with the table
+    empty. A dump file was hashed through one descriptor and handed on as /dev/fd/N, which pg_restore
+    opens again: the same file, overwritten in place, restored a dump of other rows."""
     from deltadump.config import load
     from deltadump.jobs import restore as restore_job
+    from deltadump.pg.conn import psql
     from deltadump.pg.inspect import table_stats
 
     dest = tmp / "dest"
     dest.mkdir()
-    c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest, format="directory", name="dir-%w", compress=0)
+    c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest, format=fmt, name=f"{fmt}-%w", compress=0)
     assert backup(c, 0)[0] == 0
+    want = table_stats(pg.conn(), maildb)
+    other = tmp / "other"  # a valid dump of other rows, as a writer could make
+    psql(pg.psql_bin(), pg.conn(), "delete from messages where id % 2 = 0", db=maildb)
+    env = {**os.environ, "PGPASSWORD": pg.password}
+    subprocess.run([pg.bin / "pg_dump", f"--format={fmt}", "-Z0", "-f", other, "-h", "127.0.0.1", "-p",
+                    str(pg.port), "-U", pg.superuser, maildb], env=env, check=True)  # fmt: skip
+    assert table_stats(pg.conn(), maildb) != want
+    slot = next(dest.glob(f"{fmt}-*"))
     real = restore_job.run_restore
 
-    def emptied_first(*a: Any, **kw: Any) -> None:
-        data = max((p for p in dest.rglob("*.dat") if p.name != "toc.dat"), key=lambda p: p.stat().st_size)
-        data.write_bytes(b"")  # the writer wins the race: after the check, before pg_restore
+    def changed_first(*a: Any, **kw: Any) -> None:  # the writer wins the race: after the check, before the read
+        if fmt == "directory":
+            data = max((p for p in slot.rglob("*.dat") if p.name != "toc.dat"), key=lambda p: p.stat().st_size)
+            data.write_bytes(b"")
+        else:
+            with open(slot, "r+b") as f:  # the same file, in place
+                f.write(other.read_bytes())
+                f.truncate()
         real(*a, **kw)
 
-    monkeypatch.setattr(restore_job, "run_restore", emptied_first)
-    restore_job.restore(load(c), "latest", f"emptied_{maildb}")
-    assert table_stats(pg.conn(), f"emptied_{maildb}") == table_stats(pg.conn(), maildb)
+    monkeypatch.setattr(restore_job, "run_restore", changed_first)
+    restore_job.restore(load(c), "latest", f"changed_{maildb}")
+    assert table_stats(pg.conn(), f"changed_{maildb}") == want

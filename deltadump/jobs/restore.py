@@ -3,12 +3,11 @@ find the backup (here or in the offsite copy, whose head's time and sequence are
 dump into being (its slot file, or a reconstruction from its delta chain, checked against the recorded
 sha256) while a new database is created, then pg_restore or psql, failing on any error.
 
-What pg_restore reads is what was checked: a slot file is opened once, hashed through that descriptor
-and handed to pg_restore as /dev/fd/N (the very same file, whatever happens to its name meanwhile); a
-directory-format slot is copied into the private work folder as it is hashed; a rebuilt dump lives
-in a private work folder; and the backup folder's read lock keeps a concurrent
-backup or prune from switching or deleting what is being read. Physical backups: lay out a data
-directory."""
+What pg_restore reads is what was checked, and no one else can change it: a slot (a dump file, or a
+directory-format dump's files) is copied into the private work folder as it is hashed, and that copy is
+restored; a rebuilt dump lives in the private work folder too; and the backup folder's read lock keeps a
+concurrent backup or prune from switching or deleting what is being read. Physical backups: lay out a
+data directory."""
 
 from __future__ import annotations
 
@@ -24,7 +23,7 @@ from pathlib import Path
 
 from ..config import Config
 from ..errors import DeltadumpError, IntegrityError, RestoreError
-from ..fsio import checkpoint, open_regular_under, work_folder
+from ..fsio import checkpoint, open_regular_under, storage_error, work_folder
 from ..pg import database
 from ..pg.conn import Conn, check_dbname
 from ..pg.dump import UNCONVERTIBLE, dump_encoding, run_restore
@@ -35,7 +34,7 @@ from . import chain
 from .common import Reporter, SilentReporter, major_of, record_files, server_for, tool
 from .repo import LocalView, file_location, local_view, open_local, reading, slot_location
 from .ring import fetch_slot, ring_of
-from .verify import check_slot, hash_fd
+from .verify import check_slot
 
 
 @dataclass
@@ -103,10 +102,8 @@ def open_source(
 
 
 @contextlib.contextmanager
-def checked_dump(
-    cfg: Config, src: Source, rec: BackupRecord, work: Path, rep: Reporter
-) -> Iterator[tuple[Path, str, list[int]]]:
-    """The dump of `rec`, checked: (path to hand to pg_restore, source, file descriptors to pass on)."""
+def checked_dump(cfg: Config, src: Source, rec: BackupRecord, work: Path, rep: Reporter) -> Iterator[tuple[Path, str]]:
+    """The dump of `rec`, checked, where only this run can change it: (its path, where it came from)."""
     dest = cfg.dest
     if src.offsite is not None:
         from .offsite import Offsite
@@ -114,53 +111,36 @@ def checked_dump(
         off = src.offsite
         assert isinstance(off, Offsite)
         if rec.in_chain:
-            yield chain.reconstruct(src.backups, rec, off.fetcher(), work, rep), "offsite", []
+            yield chain.reconstruct(src.backups, rec, off.fetcher(), work, rep), "offsite"
         else:
-            yield off.fetch_full(rec, work), "offsite", []
+            yield off.fetch_full(rec, work), "offsite"
         return
     if src.view is not None and src.view.in_slot(rec):
         rep.info(f"checking {rec.path} against its recorded checksums")
         if (ring := ring_of(cfg)) is not None:  # the slot is on the share: fetched, then checked
             local, problem = fetch_slot(ring, src.repo, dest, rec, work)
             if local is not None:
-                yield local, "slot", []
+                yield local, "slot"
                 return
             problems = [problem]
-        elif rec.format in ("custom", "plain", "tar") and len(rec.files) == 1:
-            problem = ""
-            located = file_location(src.repo, dest, rec, rec.files[0])
-            try:
-                fd = open_regular_under(dest, located.relative_to(dest).as_posix(), rec.files[0].size)
-            except OSError as exc:
-                problem = f"{located}: cannot be opened ({exc.strerror})"
-            except IntegrityError as exc:
-                problem = f"{located}: {exc.message}"
-            else:
-                try:
-                    if hash_fd(fd, rec.files[0].size) == (rec.files[0].size, rec.files[0].sha256):
-                        yield Path(f"/dev/fd/{fd}"), "slot", [fd]  # the very file that was hashed
-                        return
-                    problem = f"{located}: sha256 mismatch (content changed or corrupt)"
-                finally:
-                    os.close(fd)
-            problems = [problem]
-        elif rec.format == "directory" and rec.files:
-            # pg_restore reads a folder by its path, which a writer could change after a check: every
-            # file is copied into the private work folder as it is hashed, and the copy is what is read
+        elif rec.format in ("custom", "plain", "tar", "directory") and rec.files:
+            # pg_restore or psql read the dump by its path, and even a file opened and hashed once can be
+            # changed in place by a backup-folder writer after the check: each file is copied into the
+            # private work folder as it is hashed, and the copy is what is read
             problems = _copy_checked(src.repo, dest, rec, work / "slot")
             if not problems:
-                yield work / "slot", "slot", []
+                yield work / "slot", "slot"
                 return
         else:
             problems = check_slot(src.repo, dest, rec, cfg.database.pg_bin, structure=False)
             if not problems:
-                yield slot_location(src.repo, dest, rec), "slot", []
+                yield slot_location(src.repo, dest, rec), "slot"
                 return
         if not rec.in_chain:
             raise IntegrityError(f"backup {rec.id} is damaged: {problems[0]}", hint="restore another backup")
         rep.info(f"{problems[0]}; rebuilding it from its delta chain")
     rep.info(f"reconstructing backup {rec.id} from its delta chain")
-    yield chain.reconstruct(src.backups, rec, chain.local_fetch(dest), work, rep), "chain", []
+    yield chain.reconstruct(src.backups, rec, chain.local_fetch(dest), work, rep), "chain"
 
 
 def _work_parent(cfg: Config) -> Path:
@@ -168,17 +148,17 @@ def _work_parent(cfg: Config) -> Path:
 
 
 def _copy_checked(repo: Repository, dest: Path, rec: BackupRecord, out: Path) -> list[str]:
-    """Copy rec's slot files (a folder's, read in place: fsio.open_regular_under) into `out`, each
-    hashed as it is copied; the problems of those that are not as recorded ([] when all are: `out` is
-    then the backup exactly as it was checked)."""
+    """Copy rec's slot (its one file, or a folder's files; read in place: fsio.open_regular_under) to
+    `out` in the private work folder, each file hashed as it is copied; the problems of those that are
+    not as recorded ([] when all are: `out` is then the backup exactly as it was checked, and only this
+    run can change it). The copy needs room for the dump beside the backups, as a rebuilt one does."""
     import hashlib
 
     slot = slot_location(repo, dest, rec)
     problems = []
     for f in rec.files:
         located = file_location(repo, dest, rec, f)
-        target = out / located.relative_to(slot)
-        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        target = out / located.relative_to(slot)  # (a one-file slot: `out` itself)
         try:
             fd = open_regular_under(dest, located.relative_to(dest).as_posix(), f.size)
         except FileNotFoundError:
@@ -191,17 +171,37 @@ def _copy_checked(repo: Repository, dest: Path, rec: BackupRecord, out: Path) ->
             problems.append(f"{located}: {exc.message}")
             continue
         h, n = hashlib.sha256(), 0
-        with os.fdopen(fd, "rb") as s, open(target, "wb") as o:
-            while chunk := s.read(min(4 << 20, f.size + 1 - n)):
-                h.update(chunk)
-                o.write(chunk)
-                n += len(chunk)
-                if n > f.size:
-                    break
-        if (n, h.hexdigest()) != (f.size, f.sha256):
-            problems.append(f"{located}: sha256 mismatch (content changed or corrupt)")
+        with os.fdopen(fd, "rb") as s:
+            try:
+                target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                o = open(target, "xb")  # noqa: SIM115
+            except OSError as exc:
+                raise storage_error(exc, target, "copying the backup to restore to") from exc
+            with o:
+                while True:
+                    try:
+                        chunk = s.read(min(4 << 20, f.size + 1 - n))
+                    except OSError as exc:
+                        problems.append(f"{located}: cannot be read ({exc.strerror})")
+                        break
+                    if not chunk:
+                        if (n, h.hexdigest()) != (f.size, f.sha256):
+                            problems.append(f"{located}: sha256 mismatch (content changed or corrupt)")
+                        break
+                    h.update(chunk)
+                    n += len(chunk)
+                    if n > f.size:
+                        problems.append(f"{located}: sha256 mismatch (content changed or corrupt)")
+                        break
+                    try:
+                        o.write(chunk)
+                    except OSError as exc:
+                        raise storage_error(exc, target, "copying the backup to restore to") from exc
     if problems:
-        shutil.rmtree(out, ignore_errors=True)
+        if out.is_dir():
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            out.unlink(missing_ok=True)
     return problems
 
 
@@ -243,20 +243,19 @@ def restore(
                 raise RestoreError(f"backup {rec.id} holds the server's roles and tablespaces (pg_dumpall "
                                    "--globals-only)", hint="restore it with restore --server")  # fmt: skip
             rep.info(f"restoring backup {rec.id} (record {rec.number}, {rec.started.isoformat(timespec='seconds')})")
-            with checked_dump(cfg, src, rec, work, rep) as (dump, source, fds):
+            with checked_dump(cfg, src, rec, work, rep) as (dump, source):
                 checkpoint("dump checked")
                 if creating is not None:
                     creating.result()
                 created = state != "empty"
                 pg_restore = tool("pg_restore", cfg, max(srv.major, major_of(rec.pg_dump_version))).path
-                if created and (enc := dump_encoding(pg_restore, dump, rec.format, fds)) in UNCONVERTIBLE:
+                if created and (enc := dump_encoding(pg_restore, dump, rec.format)) in UNCONVERTIBLE:
                     # a SQL_ASCII dump holds any bytes, which a UTF-8 database refuses (a drill of one failed):
                     # the database we made is made again in the dump's own encoding
                     database.drop(srv.conn, into)
                     database.create(srv.conn, into, enc, libc=srv.major >= 15)
                 rep.info(f'restoring {rec.id} into database "{into}"')
-                run_restore(pg_restore, srv.psql, srv.conn.with_db(into), dump, rec.format, jobs=jobs,
-                            pass_fds=fds)  # fmt: skip
+                run_restore(pg_restore, srv.psql, srv.conn.with_db(into), dump, rec.format, jobs=jobs)
                 checkpoint("restored")
         if into != to_db:
             rep.info(f'replacing database "{to_db}" with the restored "{into}" (--clean)')

@@ -203,18 +203,17 @@ def _restore_one(
     pg_restore = tool("pg_restore", cfg, max(srv.major, major_of(rec.pg_dump_version))).path
     work.mkdir(mode=0o700)
     try:
-        with checked_dump(cfg, src, rec, work, rep) as (dump, _source, fds):
+        with checked_dump(cfg, src, rec, work, rep) as (dump, _source):
             checkpoint("dump checked")
             if state == "empty":
                 rep.info(f'database "{name}" is on the target already (empty): backup {rec.id} is restored into it, '
                          "its owner and settings stay as they are")  # fmt: skip
-                run_restore(pg_restore, srv.psql, srv.conn.with_db(name), dump, rec.format, jobs=jobs, pass_fds=fds)
+                run_restore(pg_restore, srv.psql, srv.conn.with_db(name), dump, rec.format, jobs=jobs)
                 return False
             rep.info(f'database "{name}": restoring backup {rec.id} with its owner and settings (pg_restore --create)')
             admin = dataclasses.replace(srv.conn.with_db(database.admin_db(name)), also_dbs=(name,))
             try:
-                run_restore(pg_restore, srv.psql, admin, dump, rec.format, jobs=jobs, extra=["--create"],
-                            pass_fds=fds)  # fmt: skip
+                run_restore(pg_restore, srv.psql, admin, dump, rec.format, jobs=jobs, extra=["--create"])
             except DeltadumpError as exc:
                 if f'database "{name}" already exists' not in exc.detail:  # never one this restore did not create
                     try:
