@@ -3,14 +3,23 @@
 directory format, each with an offsite copy in a folder, against the tools a user would otherwise use.
 
 Per day and format it prints: the backup's wall time against `pg_dump -Fc` of the same day (both
-timed in the same run), what was sent offsite against a compressed full dump and against
-`zstd -3 --long=31 --patch-from=YESTERDAY TODAY` (zstd refuses dumps over 2 GiB: then against
-`rdiff` with its defaults and `zstd -3` of its delta), and the peak memory of deltadump's processes (PSS;
-pg_dump and the server excluded). Then it deletes each backup folder and restores the last day from
-the offsite copy alone into a new database (`--jobs` as pg_restore gets), against `pg_restore` of that
-day's `pg_dump -Fc` dump, and checks the restored tables against the source.
+timed in the same run), what each read from and wrote to the disk, what was sent offsite against a
+compressed full dump and against `zstd -3 --long=31 --patch-from=YESTERDAY TODAY` (zstd refuses dumps
+over 2 GiB: then against `rdiff` with its defaults and `zstd -3` of its delta), and the peak memory of
+deltadump's processes (PSS; pg_dump and the server excluded). Then it deletes each backup folder and
+restores the last day from the offsite copy alone into a new database (`--jobs` as pg_restore gets),
+against `pg_restore` of that day's `pg_dump -Fc` dump, and checks the restored tables against the source.
 
-    python bench/scale.py [--size-gb 5] [--days 3] [--jobs 2] [--workdir DIR]
+Every timed command starts from the same state of the page cache: with `--cache cold` (the default
+when run as root) the cache is dropped before each, so that each reads the database, and a delta
+backup yesterday's dump, from the disk, as a nightly run on a busy server does; with `--cache as-is`
+each finds what the one before left (an earlier version of this bench timed `pg_dump -Fc` right after
+the day's changes, with the database in the cache, and deltadump after the reference tools had read
+8 GB of dumps, which put the database out of it). The uncompressed dump `zstd` compares is the custom
+backup's own slot (a `pg_dump -Fc -Z0` of the day), and the reference tools run after the timed commands.
+Disk figures are the whole machine's (/sys/block), so run it on a quiet machine.
+
+    python bench/scale.py [--size-gb 5] [--days 3] [--jobs 2] [--workdir DIR] [--cache cold|as-is]
 """
 
 from __future__ import annotations
@@ -39,6 +48,37 @@ def timed(argv: list[object], env: dict[str, str] | None = None) -> float:
     t = time.perf_counter()
     subprocess.run([str(a) for a in argv], check=True, env=env, stdout=subprocess.DEVNULL)
     return time.perf_counter() - t
+
+
+def disk_bytes() -> tuple[int, int]:
+    """Bytes read from and written to this machine's disks so far (whole devices, /sys/block)."""
+    r = w = 0
+    for d in Path("/sys/block").iterdir():
+        if d.name.startswith(("loop", "ram", "zram", "dm-", "md")):
+            continue
+        f = (d / "stat").read_text().split()
+        r, w = r + int(f[2]) * 512, w + int(f[6]) * 512
+    return r, w
+
+
+class Disk:
+    """The cache policy before each timed command, and the disk traffic during it (after a sync)."""
+
+    def __init__(self, cold: bool) -> None:
+        self.cold = cold
+        self.start = (0, 0)
+
+    def begin(self) -> None:
+        os.sync()
+        if self.cold:
+            Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        self.start = disk_bytes()
+
+    def end(self) -> tuple[float, float]:
+        """GB read and written since begin(), once what was written is on the disk."""
+        os.sync()
+        r, w = disk_bytes()
+        return (r - self.start[0]) / 1e9, (w - self.start[1]) / 1e9
 
 
 def files_of(root: Path) -> dict[str, tuple[int, int]]:
@@ -97,7 +137,12 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--workdir", type=Path)
-    with_server(ap.parse_args(), "ddscale-", run)
+    ap.add_argument("--cache", choices=("cold", "as-is"), default="cold" if os.geteuid() == 0 else "as-is",
+                    help="drop the page cache before each timed command (needs root; the default as root)")  # fmt: skip
+    args = ap.parse_args()
+    if args.cache == "cold" and os.geteuid() != 0:
+        raise SystemExit("--cache cold drops the page cache, which needs root")
+    with_server(args, "ddscale-", run)
 
 
 def run(server: LocalServer, work: Path, args: argparse.Namespace) -> None:
@@ -135,8 +180,11 @@ def run(server: LocalServer, work: Path, args: argparse.Namespace) -> None:
     scratch.mkdir(exist_ok=True)
     logs = work / "logs"  # what each deltadump command reported, with the time of each line
     logs.mkdir(exist_ok=True)
-    head = (f"{'day':>3} {'format':>9} {'backup s':>9} {'-Fc s':>7} {'ratio':>6} {'sent MB':>9} {'-Fc MB':>8} "
-            f"{'zstd patch MB':>14} {'sent/patch':>10} {'peak MB':>8}")  # fmt: skip
+    disk = Disk(args.cache == "cold")
+    print(f"page cache before each timed command: {args.cache}", flush=True)
+    head = (f"{'day':>3} {'format':>9} {'backup s':>9} {'-Fc s':>7} {'ratio':>6} {'read GB':>8} {'wrote GB':>8} "
+            f"{'-Fc read':>8} {'-Fc wrote':>9} {'sent MB':>9} {'-Fc MB':>8} {'zstd patch MB':>14} {'sent/patch':>10} "
+            f"{'peak MB':>8}")  # fmt: skip
     print(head, flush=True)
     rows = []
     refs: list[str] = []
@@ -146,10 +194,24 @@ def run(server: LocalServer, work: Path, args: argparse.Namespace) -> None:
             sample.mail_day(pb, conn, "mail", day, new=max(1000, messages // 200), words=40)
         env = {**os.environ, "DELTADUMP_NOW": f"2026-12-{day:02d}T02:00:00"}
         fc = scratch / "today.fc"
+        disk.begin()
         fct = timed([server.bin / "pg_dump", "-Fc", "-f", fc], env=pgenv)
+        fcio = disk.end()
         fcs = fc.stat().st_size
-        raw = scratch / f"raw{day}.dump"  # the uncompressed dump zstd --patch-from compares
-        timed([server.bin / "pg_dump", "-Fc", "-Z0", "-f", raw], env=pgenv)
+        today = []
+        for fmt, (cfg, _dest, remote) in cfgs.items():
+            before = files_of(remote)
+            disk.begin()
+            secs, peak = ours(["backup", "--config", cfg], env, logs / f"backup-day{day}-{fmt}.log")
+            io = disk.end()
+            after = files_of(remote)
+            sent = sum(s for k, (s, m) in after.items() if before.get(k) != (s, m))
+            today.append({"day": day, "fmt": fmt, "secs": secs, "fct": fct, "sent": sent, "fcs": fcs,
+                          "peak": peak, "io": io, "fcio": fcio})  # fmt: skip
+        # the reference tools, after the timed commands: on the custom backup's slot, this day's
+        # uncompressed custom dump (linked: the next backup puts a new file in its place)
+        raw = scratch / f"raw{day}.dump"
+        os.link(cfgs["custom"][1] / "DUMP", raw)
         zs = None
         if yesterday is not None:
             zs, ref_name = reference_patch(yesterday, raw, scratch)
@@ -157,26 +219,26 @@ def run(server: LocalServer, work: Path, args: argparse.Namespace) -> None:
                 refs.append(ref_name)
             yesterday.unlink()
         yesterday = raw
-        for fmt, (cfg, _dest, remote) in cfgs.items():
-            before = files_of(remote)
-            secs, peak = ours(["backup", "--config", cfg], env, logs / f"backup-day{day}-{fmt}.log")
-            after = files_of(remote)
-            sent = sum(s for k, (s, m) in after.items() if before.get(k) != (s, m))
-            rows.append({"day": day, "fmt": fmt, "secs": secs, "fct": fct, "sent": sent, "fcs": fcs, "zs": zs,
-                         "peak": peak})  # fmt: skip
+        for r in today:
+            r["zs"] = zs
             z = f"{zs / 1e6:14.2f}" if zs else f"{'':>14}"
-            zr = f"{sent / zs:10.2f}" if zs else f"{'':>10}"
-            print(f"{day:>3} {fmt:>9} {secs:9.1f} {fct:7.1f} {secs / fct:6.2f} {sent / 1e6:9.2f} {fcs / 1e6:8.1f} "
-                  f"{z} {zr} {peak / 1024:8.0f}", flush=True)  # fmt: skip
+            zr = f"{r['sent'] / zs:10.2f}" if zs else f"{'':>10}"
+            print(f"{day:>3} {r['fmt']:>9} {r['secs']:9.1f} {fct:7.1f} {r['secs'] / fct:6.2f} {r['io'][0]:8.2f} "
+                  f"{r['io'][1]:8.2f} {fcio[0]:8.2f} {fcio[1]:9.2f} {r['sent'] / 1e6:9.2f} {fcs / 1e6:8.1f} {z} {zr} "
+                  f"{r['peak'] / 1024:8.0f}", flush=True)  # fmt: skip
+        rows += today
     # restore the last day from each offsite copy alone, against pg_restore of that day's -Fc dump
     want = table_stats(conn, "mail")
     print(flush=True)
     psql(pb, conn, "create database ref")
+    disk.begin()
     ref = timed([server.bin / "pg_restore", f"--jobs={args.jobs}", "--exit-on-error", "--dbname=ref", fc], env=pgenv)
+    disk.end()
     print(f"pg_restore --jobs {args.jobs} of the last day's pg_dump -Fc: {ref:.1f} s", flush=True)
     for fmt, (cfg, dest, _remote) in cfgs.items():
         shutil.rmtree(dest)
         dest.mkdir()
+        disk.begin()
         secs, peak = ours(["restore", "--from", "offsite", "--to-db", f"back_{fmt}", "--jobs", args.jobs,
                            "--config", cfg], {**os.environ}, logs / f"restore-{fmt}.log")  # fmt: skip
         same = table_stats(conn, f"back_{fmt}") == want
