@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_rsync_compat import mutate, text_like
 
+from deltadump.errors import RsyncError
 from deltadump.rsync import bounded_sig_params, delta, differ, patch, sig_args, sig_memory, signature, signer, small
 from deltadump.rsync.format import BOUNDED_STRONG_LEN, RS_RK_BLAKE2_SIG_MAGIC, SIG_MEMORY_BUDGET
 
@@ -217,6 +218,19 @@ def test_a_loaded_signature_takes_what_the_rule_counts(tmp: Path) -> None:
         sig = load_signature(tmp / "s")
         assert sig.nbytes == sig_memory(sig.nblocks, sl) <= budget
         assert sig.nblocks == -(-size // block)
+        # its bytes in memory (as a backup holds a signature it checked) load to the same signature,
+        # which makes the same delta as the file
+        raw = (tmp / "s").read_bytes()
+        held = load_signature(raw)
+        assert (held.nblocks, held.nbytes, bytes(held.strong_mv)) == (sig.nblocks, sig.nbytes, bytes(sig.strong_mv))
+        new = bytearray((tmp / "b").read_bytes())
+        new[size // 3 : size // 3 + 100] = rng.randbytes(100)
+        (tmp / "n").write_bytes(new)
+        delta(held, tmp / "n", tmp / "d1")
+        delta(tmp / "s", tmp / "n", tmp / "d2")
+        assert (tmp / "d1").read_bytes() == (tmp / "d2").read_bytes()
+        with pytest.raises(RsyncError):
+            load_signature(raw[: len(raw) - sl])  # cut inside a record
 
 
 # --- memory of a delta, measured in a process of its own ------------------------------------------

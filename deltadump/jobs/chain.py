@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import os
 import queue
 import threading
@@ -26,7 +25,7 @@ from ..config import Config
 from ..errors import IntegrityError, RsyncError
 from ..fsio import atomic_write, checkpoint, make_dirs, open_regular, sha256_file, storage_error, tmp_name
 from ..naming import check_relpath
-from ..rsync import bounded_sig_params
+from ..rsync import bounded_sig_params, load_signature
 from ..rsync import delta as rs_delta
 from ..rsync import signature as rs_signature
 from ..store.chain import Basis, by_series, chain_of, next_basis
@@ -163,12 +162,13 @@ def delta_with_basis(sig: bytes, new: Path, raw: Path, basis: Path | None, want:
     from the disk once, not twice. A delta made with a basis that proves to be another file is made again
     from the signature alone. Returns the delta's statistics."""
     size, sha = want
+    loaded = load_signature(sig)  # (once, from the very bytes: a delta made again uses it too)
     try:
         f = open_regular(basis, size or None) if basis is not None else None
     except (IntegrityError, OSError):
         f = None  # (missing, a link, no regular file, grown: it lends nothing)
     if f is None:
-        return rs_delta(io.BytesIO(sig), new, raw)
+        return rs_delta(loaded, new, raw)
     stop = threading.Event()
 
     def digest() -> tuple[int, str] | None:
@@ -187,7 +187,7 @@ def delta_with_basis(sig: bytes, new: Path, raw: Path, basis: Path | None, want:
     with f, ThreadPoolExecutor(1, thread_name_prefix="basis-sha256") as pool:
         proof = pool.submit(digest)
         try:
-            st = rs_delta(io.BytesIO(sig), new, raw, basis=f)
+            st = rs_delta(loaded, new, raw, basis=f)
         except (RsyncError, OSError) as exc:  # (a basis cut short, say: decided by its proof)
             err = exc
         except BaseException:
@@ -202,7 +202,7 @@ def delta_with_basis(sig: bytes, new: Path, raw: Path, basis: Path | None, want:
             raise err
         return st
     raw.unlink(missing_ok=True)
-    return rs_delta(io.BytesIO(sig), new, raw)
+    return rs_delta(loaded, new, raw)
 
 
 def make_chain_objects(

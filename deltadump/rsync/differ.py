@@ -112,10 +112,13 @@ class Encoder:
         self._flush_out(force=True)
 
 
-def load_signature(sig: PathOrFile) -> Signature:
-    """A signature file loaded for the numpy search (compact arrays, read a slice at a time)."""
-    from .search import read_signature
+def load_signature(sig: PathOrFile | bytes) -> Signature:
+    """A signature loaded for the numpy search (compact arrays, read a slice at a time): a file, or
+    its bytes (used where they lie, not copied)."""
+    from .search import read_signature, signature_from_bytes
 
+    if isinstance(sig, bytes):
+        return signature_from_bytes(sig)
     with open_input(sig) as src:
         return read_signature(src)
 

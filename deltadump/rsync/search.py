@@ -18,7 +18,7 @@ from its file a slice at a time; the input is read in bounded windows.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -171,41 +171,62 @@ class Signature:
 
 def read_signature(src: Source) -> Signature:
     """Load a signature from `src`, a slice of records at a time into preallocated arrays."""
-    hdr = src.read_at(0, 12)
-    params = parse_sig_header(hdr)
+    if src.size is not None:  # a file: its size gives the number of records
+        return _load_sized(src.read_at, src.size, src.release)
+    params = parse_sig_header(src.read_at(0, 12))
     sl = params.strong_len
     rl = 4 + sl
-    if src.size is not None:  # a file: its size gives the number of records
-        nb, extra = divmod(src.size - 12, rl)
-        weak = np.empty(nb, dtype=U32)
-        strong = np.empty(nb * sl, dtype=np.uint8)
-        done = 0
-        while done < nb:
-            k = min(LOAD_RECORDS, nb - done)
-            _fill(src.read_at(12 + done * rl, k * rl), rl, weak[done : done + k], strong[done * sl : (done + k) * sl])
-            src.release(12 + (done + k) * rl)
-            done += k
-    else:  # a pipe: slices of records, joined at the end
-        weaks, strongs, off, extra = [], [], 12, 0
-        while True:
-            data = src.read_at(off, LOAD_RECORDS * rl)
-            k = len(data) // rl
-            if k:
-                w, s = np.empty(k, dtype=U32), np.empty(k * sl, dtype=np.uint8)
-                _fill(data, rl, w, s)
-                weaks.append(w)
-                strongs.append(s)
-            off += k * rl
-            src.release(off)
-            if len(data) < LOAD_RECORDS * rl:
-                extra = len(data) - k * rl
-                break
-        weak = np.concatenate(weaks) if weaks else np.empty(0, dtype=U32)
-        strong = np.concatenate(strongs) if strongs else np.empty(0, dtype=np.uint8)
+    # a pipe: slices of records, joined at the end
+    weaks, strongs, off, extra = [], [], 12, 0
+    while True:
+        data = src.read_at(off, LOAD_RECORDS * rl)
+        k = len(data) // rl
+        if k:
+            w, s = np.empty(k, dtype=U32), np.empty(k * sl, dtype=np.uint8)
+            _fill(data, rl, w, s)
+            weaks.append(w)
+            strongs.append(s)
+        off += k * rl
+        src.release(off)
+        if len(data) < LOAD_RECORDS * rl:
+            extra = len(data) - k * rl
+            break
+    weak = np.concatenate(weaks) if weaks else np.empty(0, dtype=U32)
+    strong = np.concatenate(strongs) if strongs else np.empty(0, dtype=np.uint8)
+    held = [weak]
+    del weak  # (the Signature's own: it frees the array once sorted)
+    return _signature(params, held, strong, extra)
+
+
+def signature_from_bytes(data: bytes) -> Signature:
+    """A signature held in memory (as its bytes were checked, say), loaded without another copy of them."""
+    view = memoryview(data)
+    return _load_sized(lambda off, n: view[off : off + n], len(view))
+
+
+def _load_sized(read_at: Callable[[int, int], bytes | memoryview], size: int,
+                release: Callable[[int], None] | None = None) -> Signature:  # fmt: skip
+    params = parse_sig_header(bytes(read_at(0, 12)))
+    sl = params.strong_len
+    rl = 4 + sl
+    nb, extra = divmod(size - 12, rl)
+    weak = np.empty(nb, dtype=U32)
+    strong = np.empty(nb * sl, dtype=np.uint8)
+    done = 0
+    while done < nb:
+        k = min(LOAD_RECORDS, nb - done)
+        _fill(read_at(12 + done * rl, k * rl), rl, weak[done : done + k], strong[done * sl : (done + k) * sl])
+        if release is not None:
+            release(12 + (done + k) * rl)
+        done += k
+    held = [weak]
+    del weak  # (the Signature's own: it frees the array once sorted)
+    return _signature(params, held, strong, extra)
+
+
+def _signature(params: SigParams, held: list[np.ndarray], strong: np.ndarray, extra: int) -> Signature:
     if extra > 3:
         raise RsyncError(RsyncError.RS_INPUT_ENDED, job="loadsig")  # truncated inside a record
-    held = [weak]
-    del weak
     return Signature(params, held, strong)
 
 
@@ -215,7 +236,7 @@ def widen(small: SmallSignature) -> Signature:
     return Signature(small.params, [np.array(small.weak, dtype=U32)], strong)
 
 
-def _fill(data: bytes, rl: int, weak: np.ndarray, strong: np.ndarray) -> None:
+def _fill(data: bytes | memoryview, rl: int, weak: np.ndarray, strong: np.ndarray) -> None:
     rec = np.frombuffer(data, dtype=np.uint8, count=len(weak) * rl).reshape(len(weak), rl)
     weak[:] = rec[:, :4].copy().view(">u4").ravel()
     strong.reshape(len(weak), rl - 4)[:] = rec[:, 4:]
