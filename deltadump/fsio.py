@@ -390,6 +390,50 @@ def _work_folder(parent: Path, label: str) -> Iterator[Path]:
         unlock_close(fd)
 
 
+class Pinned:
+    """A private folder of this run (a work folder: ours, 0700, no link) held open. `path(p)` names p
+    inside it through the descriptor (/proc/self/fd/N/...): that leads into this very folder whatever a
+    writer of its parent (the backup folder) does to its name meanwhile, renaming it aside and putting a
+    folder of its own in its place, say; a child process reading such a path needs `fds` (pass_fds).
+    StorageError if the folder at that name is not ours already."""
+
+    def __init__(self, folder: Path) -> None:
+        import stat
+
+        self.folder = folder
+        try:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise storage_error(exc, folder, "opening the work folder") from exc
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o077:
+            os.close(fd)
+            raise StorageError(f"{folder} is not this run's private work folder: another was put in its place")
+        self.fd = fd
+        self.fds = (fd,)
+
+    def path(self, p: Path) -> Path:
+        """p, under the folder, through the descriptor (p as it is when it lies elsewhere)."""
+        from pathlib import Path
+
+        try:
+            rel = p.relative_to(self.folder)
+        except ValueError:
+            return p
+        return Path(f"/proc/self/fd/{self.fd}") / rel
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> Pinned:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def open_under(root: Path, rel: str, flags: int = os.O_RDONLY) -> int:
     """Open root/rel without following a symbolic link anywhere below root (each folder is opened with
     O_NOFOLLOW relative to the one above): a planted link cannot lead outside the backup folder.

@@ -5,6 +5,7 @@ deltadump command line, a real PostgreSQL server, a real offsite folder or moto'
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 from conftest import cli, require_tool, write_config
 
+from deltadump.errors import DeltadumpError
 from deltadump.jobs import sample
 from deltadump.pg.server import LocalServer
 
@@ -1017,6 +1019,46 @@ def test_a_signature_swapped_after_its_check_never_makes_a_delta_that_cannot_be_
     (dest / latest["path"]).unlink()  # its slot reused: the backup is its delta chain alone
     r = cli("restore", "latest", "--to-db", f"swapped_{maildb}", "--config", c)
     assert r.returncode == 0 and "(chain)" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("fmt", ["custom", "directory"])
+def test_a_work_folder_swapped_after_the_check_is_never_what_pg_restore_reads(
+    pg: LocalServer, pwfile: Path, maildb: str, tmp: Path, monkeypatch: Any, fmt: str
+) -> None:
+    """The checked copy of a slot lies in the restore's private work folder (0700), in the backup folder.
+    Its contents are private, but its name is the backup folder's: a writer of that folder (no signing
+    key) renames the work folder aside and puts a folder of its own under the same name, holding a
+    valid dump of other rows, after the check and before pg_restore opens the copy by its path."""
+    from deltadump.config import load
+    from deltadump.jobs import restore as restore_job
+    from deltadump.pg.conn import psql
+    from deltadump.pg.inspect import table_stats
+
+    dest = tmp / "dest"
+    dest.mkdir()
+    c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest, format=fmt, name=f"{fmt}-%w", compress=0)
+    assert backup(c, 0)[0] == 0
+    want = table_stats(pg.conn(), maildb)
+    other = tmp / "other"  # a valid dump of other rows, as a writer could make
+    psql(pg.psql_bin(), pg.conn(), "delete from messages where id % 2 = 0", db=maildb)
+    env = {**os.environ, "PGPASSWORD": pg.password}
+    subprocess.run([pg.bin / "pg_dump", f"--format={fmt}", "-Z0", "-f", other, "-h", "127.0.0.1", "-p",
+                    str(pg.port), "-U", pg.superuser, maildb], env=env, check=True)  # fmt: skip
+    assert table_stats(pg.conn(), maildb) != want
+    real = restore_job.run_restore
+
+    def swapped_first(*a: Any, **kw: Any) -> None:  # the writer wins the race: after the check, before the read
+        (work,) = dest.glob(".tmp-restore.*")
+        work.rename(dest / "aside")
+        work.mkdir()
+        (shutil.copytree if fmt == "directory" else shutil.copyfile)(other, work / "slot")
+        real(*a, **kw)
+
+    monkeypatch.setattr(restore_job, "run_restore", swapped_first)
+    with contextlib.suppress(DeltadumpError):  # (failing is fine; restoring the writer's rows is not)
+        restore_job.restore(load(c), "latest", f"swapped_{maildb}")
+    if f"swapped_{maildb}" in {r[0] for r in psql(pg.psql_bin(), pg.conn(), "select datname from pg_database")}:
+        assert table_stats(pg.conn(), f"swapped_{maildb}") == want
 
 
 @pytest.mark.parametrize("fmt", ["directory", "custom", "plain"])

@@ -5,7 +5,9 @@ sha256) while a new database is created, then pg_restore or psql, failing on any
 
 What pg_restore reads is what was checked, and no one else can change it: a slot (a dump file, or a
 directory-format dump's files) is copied into the private work folder as it is hashed, and that copy is
-restored; a rebuilt dump lives in the private work folder too; and the backup folder's read lock keeps a
+restored; a rebuilt dump lives in the private work folder too; pg_restore is given it through a
+descriptor of that folder (fsio.Pinned: the folder's name, in the backup folder, is not ours alone to
+keep); and the backup folder's read lock keeps a
 concurrent backup or prune from switching or deleting what is being read. Physical backups: lay out a
 data directory."""
 
@@ -23,7 +25,7 @@ from pathlib import Path
 
 from ..config import Config
 from ..errors import DeltadumpError, IntegrityError, RestoreError
-from ..fsio import checkpoint, open_regular_under, storage_error, work_folder
+from ..fsio import Pinned, checkpoint, open_regular_under, storage_error, work_folder
 from ..pg import database
 from ..pg.conn import Conn, check_dbname
 from ..pg.dump import UNCONVERTIBLE, dump_encoding, run_restore
@@ -237,25 +239,28 @@ def restore(
             open_source(cfg, rep, from_offsite=from_offsite, identity=identity, trust=trust,
                         allow_older=allow_older, copy=copy) as src,
             work_folder(_work_parent(cfg), "restore") as work,
+            Pinned(work) as held,
         ):  # fmt: skip
             rec = src.pick(ref, cfg.dest, of_db)
             if rec.format == "globals":
                 raise RestoreError(f"backup {rec.id} holds the server's roles and tablespaces (pg_dumpall "
                                    "--globals-only)", hint="restore it with restore --server")  # fmt: skip
             rep.info(f"restoring backup {rec.id} (record {rec.number}, {rec.started.isoformat(timespec='seconds')})")
-            with checked_dump(cfg, src, rec, work, rep) as (dump, source):
+            with checked_dump(cfg, src, rec, work, rep) as (checked, source):
                 checkpoint("dump checked")
+                dump = held.path(checked)  # (the work folder's name is the backup folder's: a writer can swap it)
                 if creating is not None:
                     creating.result()
                 created = state != "empty"
                 pg_restore = tool("pg_restore", cfg, max(srv.major, major_of(rec.pg_dump_version))).path
-                if created and (enc := dump_encoding(pg_restore, dump, rec.format)) in UNCONVERTIBLE:
+                if created and (enc := dump_encoding(pg_restore, dump, rec.format, held.fds)) in UNCONVERTIBLE:
                     # a SQL_ASCII dump holds any bytes, which a UTF-8 database refuses (a drill of one failed):
                     # the database we made is made again in the dump's own encoding
                     database.drop(srv.conn, into)
                     database.create(srv.conn, into, enc, libc=srv.major >= 15)
                 rep.info(f'restoring {rec.id} into database "{into}"')
-                run_restore(pg_restore, srv.psql, srv.conn.with_db(into), dump, rec.format, jobs=jobs)
+                run_restore(pg_restore, srv.psql, srv.conn.with_db(into), dump, rec.format, jobs=jobs,
+                            pass_fds=held.fds)  # fmt: skip
                 checkpoint("restored")
         if into != to_db:
             rep.info(f'replacing database "{to_db}" with the restored "{into}" (--clean)')

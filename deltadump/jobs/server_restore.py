@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..config import Config
 from ..errors import DeltadumpError, IntegrityError, RestoreError
-from ..fsio import checkpoint, open_regular_under, work_folder
+from ..fsio import Pinned, checkpoint, open_regular_under, work_folder
 from ..pg import database
 from ..pg.cluster import GlobalsOutcome, apply_globals, parse_globals
 from ..pg.conn import check_dbname
@@ -203,17 +203,20 @@ def _restore_one(
     pg_restore = tool("pg_restore", cfg, max(srv.major, major_of(rec.pg_dump_version))).path
     work.mkdir(mode=0o700)
     try:
-        with checked_dump(cfg, src, rec, work, rep) as (dump, _source):
+        with Pinned(work) as held, checked_dump(cfg, src, rec, work, rep) as (checked, _source):
             checkpoint("dump checked")
+            dump = held.path(checked)  # (what pg_restore reads: through the folder's descriptor, restore.py)
             if state == "empty":
                 rep.info(f'database "{name}" is on the target already (empty): backup {rec.id} is restored into it, '
                          "its owner and settings stay as they are")  # fmt: skip
-                run_restore(pg_restore, srv.psql, srv.conn.with_db(name), dump, rec.format, jobs=jobs)
+                run_restore(pg_restore, srv.psql, srv.conn.with_db(name), dump, rec.format, jobs=jobs,
+                            pass_fds=held.fds)  # fmt: skip
                 return False
             rep.info(f'database "{name}": restoring backup {rec.id} with its owner and settings (pg_restore --create)')
             admin = dataclasses.replace(srv.conn.with_db(database.admin_db(name)), also_dbs=(name,))
             try:
-                run_restore(pg_restore, srv.psql, admin, dump, rec.format, jobs=jobs, extra=["--create"])
+                run_restore(pg_restore, srv.psql, admin, dump, rec.format, jobs=jobs, extra=["--create"],
+                            pass_fds=held.fds)  # fmt: skip
             except DeltadumpError as exc:
                 if f'database "{name}" already exists' not in exc.detail:  # never one this restore did not create
                     try:

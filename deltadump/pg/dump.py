@@ -147,8 +147,9 @@ def is_gzip(p: Path) -> bool:
 UNCONVERTIBLE = ("SQL_ASCII", "MULE_INTERNAL")
 
 
-def dump_encoding(pg_restore: Path, archive: Path, fmt: str) -> str:
-    """The encoding a logical dump was written in (its `SET client_encoding`), or '' if it says none."""
+def dump_encoding(pg_restore: Path, archive: Path, fmt: str, pass_fds: tuple[int, ...] = ()) -> str:
+    """The encoding a logical dump was written in (its `SET client_encoding`), or '' if it says none.
+    `pass_fds`: descriptors the archive's path goes through (/proc/self/fd/N/...: fsio.Pinned)."""
     import re
     import tempfile
 
@@ -158,7 +159,7 @@ def dump_encoding(pg_restore: Path, archive: Path, fmt: str) -> str:
     else:  # the script's preamble alone: an empty list of entries to restore
         with tempfile.NamedTemporaryFile(prefix="deltadump-list-") as empty:
             res = subprocess.run([str(pg_restore), "-f", "-", "-L", empty.name, str(archive)], capture_output=True,
-                                 stdin=subprocess.DEVNULL)  # fmt: skip
+                                 pass_fds=pass_fds, stdin=subprocess.DEVNULL)  # fmt: skip
         head = res.stdout[: 1 << 16]
     m = re.search(rb"^SET client_encoding = '([A-Za-z0-9_]+)';$", head, re.M)
     return m.group(1).decode() if m else ""
@@ -225,8 +226,10 @@ def run_restore(
     jobs: int = 1,
     extra: list[str] | None = None,
     progress: Callable[[str], None] | None = None,
+    pass_fds: tuple[int, ...] = (),
 ) -> None:
-    """Restore `archive` into conn's database; any error fails the restore."""
+    """Restore `archive` into conn's database; any error fails the restore. `pass_fds`: descriptors the
+    archive's path goes through (/proc/self/fd/N/...: fsio.Pinned), handed on to the child."""
     with conn.env() as env:
         if fmt == "plain":
             argv = [str(psql_bin), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction"]
@@ -256,7 +259,7 @@ def run_restore(
                     t.join()
                     rc, err = proc.returncode, b"".join(err_chunks).decode(errors="replace")
             else:
-                res = subprocess.run([*argv, "-f", str(archive)], env=env, pass_fds=env.fds,
+                res = subprocess.run([*argv, "-f", str(archive)], env=env, pass_fds=(*env.fds, *pass_fds),
                                      capture_output=True, text=True, errors="replace",
                                      stdin=subprocess.DEVNULL)  # fmt: skip
                 rc, err = res.returncode, res.stderr
@@ -268,7 +271,7 @@ def run_restore(
                 argv.append(f"--jobs={jobs}")
             argv += [*(extra or []), str(archive)]
             t0 = time.monotonic()
-            res = subprocess.run(argv, env=env, pass_fds=env.fds, capture_output=True, text=True,
+            res = subprocess.run(argv, env=env, pass_fds=(*env.fds, *pass_fds), capture_output=True, text=True,
                                  errors="replace", stdin=subprocess.DEVNULL)  # fmt: skip
             rc, err = res.returncode, res.stderr
             if progress:
