@@ -472,3 +472,32 @@ def test_sigterm_during_backup_aborts_cleanly(
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(dest) not in ps  # pg_dump did not outlive it
     assert cli("backup", "--config", c).returncode == 0  # the lock was released
+
+
+def test_a_restore_whose_copy_fills_the_disk_says_so(
+    pg: LocalServer, pwfile: Path, small_mount: Path, tmp: Path
+) -> None:
+    """A restore copies the backup's file into its work folder, in the backup folder, as it checks it, and
+    a full disk there is a storage error naming the copy. A small database's dump (a few KiB) was held
+    whole in the copy's write buffer and only written when the copy was closed, outside that handling:
+    on a full disk the restore ended with "internal error: OSError" instead."""
+    db = f"tiny{os.getpid()}_{time.monotonic_ns()}"
+    psql(pg.psql_bin(), pg.conn(), f"create database {db}")
+    psql(pg.psql_bin(), pg.conn(), "create table t (x int); insert into t select generate_series(1, 100)", db=db)
+    c = write_config(tmp / "c.toml", pg, pwfile, db, small_mount, format="custom", name="tiny.dump", compress=0)
+    r = cli("backup", "--config", c)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (small_mount / "tiny.dump").stat().st_size < 8192
+    fd = os.open(small_mount / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with contextlib.suppress(OSError):  # (until the disk is full: ENOSPC)
+            while True:
+                os.write(fd, b"\0" * 4096)
+    finally:
+        os.close(fd)
+    r = cli("restore", "latest", "--to-db", f"{db}_copy", "--config", c)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "disk full while copying the backup to restore to" in r.stderr, r.stderr
+    assert "internal error" not in r.stderr, r.stderr
+    assert not temps(small_mount)
+    assert not psql(pg.psql_bin(), pg.conn(), f"select 1 from pg_database where datname = '{db}_copy'")

@@ -174,31 +174,27 @@ def _copy_checked(repo: Repository, dest: Path, rec: BackupRecord, out: Path) ->
             continue
         h, n = hashlib.sha256(), 0
         with os.fdopen(fd, "rb") as s:
-            try:
+            try:  # (every OSError here is the copy's: mkdir, open, write, and the close that writes the last bytes)
                 target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                o = open(target, "xb")  # noqa: SIM115
+                with open(target, "xb") as o:
+                    while True:
+                        try:
+                            chunk = s.read(min(4 << 20, f.size + 1 - n))
+                        except OSError as exc:
+                            problems.append(f"{located}: cannot be read ({exc.strerror})")
+                            break
+                        if not chunk:
+                            if (n, h.hexdigest()) != (f.size, f.sha256):
+                                problems.append(f"{located}: sha256 mismatch (content changed or corrupt)")
+                            break
+                        h.update(chunk)
+                        n += len(chunk)
+                        if n > f.size:
+                            problems.append(f"{located}: sha256 mismatch (content changed or corrupt)")
+                            break
+                        o.write(chunk)
             except OSError as exc:
                 raise storage_error(exc, target, "copying the backup to restore to") from exc
-            with o:
-                while True:
-                    try:
-                        chunk = s.read(min(4 << 20, f.size + 1 - n))
-                    except OSError as exc:
-                        problems.append(f"{located}: cannot be read ({exc.strerror})")
-                        break
-                    if not chunk:
-                        if (n, h.hexdigest()) != (f.size, f.sha256):
-                            problems.append(f"{located}: sha256 mismatch (content changed or corrupt)")
-                        break
-                    h.update(chunk)
-                    n += len(chunk)
-                    if n > f.size:
-                        problems.append(f"{located}: sha256 mismatch (content changed or corrupt)")
-                        break
-                    try:
-                        o.write(chunk)
-                    except OSError as exc:
-                        raise storage_error(exc, target, "copying the backup to restore to") from exc
     if problems:
         if out.is_dir():
             shutil.rmtree(out, ignore_errors=True)
