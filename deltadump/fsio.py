@@ -375,40 +375,55 @@ def _work_folder(parent: Path, label: str) -> Iterator[Path]:
     import fcntl
     import shutil
 
+    dfd = -1
     try:
         parent.mkdir(parents=True, exist_ok=True)
         d = parent / _tmp_basename(label)
         d.mkdir(mode=0o700)
-        fd = os.open(d / WORK_LOCK, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)  # (the folder made: Pinned)
+        fd = os.open(WORK_LOCK, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dfd)
     except OSError as exc:
+        if dfd >= 0:
+            os.close(dfd)
         raise storage_error(exc, parent, "creating a work folder in") from exc
+    _work_fds[d] = dfd
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield d
     finally:
+        del _work_fds[d]
         shutil.rmtree(d, ignore_errors=True)
         unlock_close(fd)
+        os.close(dfd)
+
+
+_work_fds: dict[Path, int] = {}  # this process's live work folders: the descriptor each was opened by
 
 
 class Pinned:
-    """A private folder of this run (a work folder: ours, 0700, no link) held open. `path(p)` names p
-    inside it through the descriptor (/proc/self/fd/N/...): that leads into this very folder whatever a
-    writer of its parent (the backup folder) does to its name meanwhile, renaming it aside and putting a
-    folder of its own in its place, say; a child process reading such a path needs `fds` (pass_fds).
-    StorageError if the folder at that name is not ours already."""
+    """A folder of this run (a work folder, or a folder in one) held open. `path(p)` names p inside it
+    through the descriptor (/proc/self/fd/N/...): that leads into this very folder whatever a writer of
+    its parent (the backup folder) does to its name meanwhile, renaming it aside and putting a folder
+    of its own in its place, say; a child process reading such a path needs `fds` (pass_fds). The folder
+    is the one work_folder made, opened by it as it made it (its descriptor, not its name: no check of
+    owner or mode, which a share's mount may show as another's), and for a folder in it, each step below
+    it opened without following a link; StorageError if it cannot be opened so."""
 
     def __init__(self, folder: Path) -> None:
-        import stat
-
         self.folder = folder
+        base = next((q for q in (folder, *folder.parents) if q in _work_fds), None)
         try:
-            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            if base is None:
+                raise FileNotFoundError(errno.ENOENT, "not a work folder of this run")
+            fd = os.dup(_work_fds[base])
+            for part in folder.relative_to(base).parts:
+                try:
+                    nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                finally:
+                    os.close(fd)
+                fd = nxt
         except OSError as exc:
             raise storage_error(exc, folder, "opening the work folder") from exc
-        st = os.fstat(fd)
-        if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o077:
-            os.close(fd)
-            raise StorageError(f"{folder} is not this run's private work folder: another was put in its place")
         self.fd = fd
         self.fds = (fd,)
 
