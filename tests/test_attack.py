@@ -1021,6 +1021,28 @@ def test_a_signature_swapped_after_its_check_never_makes_a_delta_that_cannot_be_
     assert r.returncode == 0 and "(chain)" in r.stdout, r.stdout + r.stderr
 
 
+def _a_backup_and_a_dump_of_other_rows(
+    pg: LocalServer, pwfile: Path, db: str, tmp: Path, fmt: str
+) -> tuple[Path, Path, Any, Path]:
+    """A backup of `db` in `fmt` (config, backup folder, the tables as backed up), then half of its
+    messages deleted and dumped in the same format: a valid dump of other rows, as a writer could make."""
+    from deltadump.pg.conn import psql
+    from deltadump.pg.inspect import table_stats
+
+    dest = tmp / "dest"
+    dest.mkdir()
+    c = write_config(tmp / "c.toml", pg, pwfile, db, dest, format=fmt, name=f"{fmt}-%w", compress=0)
+    assert backup(c, 0)[0] == 0
+    want = table_stats(pg.conn(), db)
+    other = tmp / "other"
+    psql(pg.psql_bin(), pg.conn(), "delete from messages where id % 2 = 0", db=db)
+    env = {**os.environ, "PGPASSWORD": pg.password}
+    subprocess.run([pg.bin / "pg_dump", f"--format={fmt}", "-Z0", "-f", other, "-h", "127.0.0.1", "-p",
+                    str(pg.port), "-U", pg.superuser, db], env=env, check=True)  # fmt: skip
+    assert table_stats(pg.conn(), db) != want
+    return c, dest, want, other
+
+
 @pytest.mark.parametrize("fmt", ["custom", "directory"])
 def test_a_work_folder_swapped_after_the_check_is_never_what_pg_restore_reads(
     pg: LocalServer, pwfile: Path, maildb: str, tmp: Path, monkeypatch: Any, fmt: str
@@ -1034,17 +1056,7 @@ def test_a_work_folder_swapped_after_the_check_is_never_what_pg_restore_reads(
     from deltadump.pg.conn import psql
     from deltadump.pg.inspect import table_stats
 
-    dest = tmp / "dest"
-    dest.mkdir()
-    c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest, format=fmt, name=f"{fmt}-%w", compress=0)
-    assert backup(c, 0)[0] == 0
-    want = table_stats(pg.conn(), maildb)
-    other = tmp / "other"  # a valid dump of other rows, as a writer could make
-    psql(pg.psql_bin(), pg.conn(), "delete from messages where id % 2 = 0", db=maildb)
-    env = {**os.environ, "PGPASSWORD": pg.password}
-    subprocess.run([pg.bin / "pg_dump", f"--format={fmt}", "-Z0", "-f", other, "-h", "127.0.0.1", "-p",
-                    str(pg.port), "-U", pg.superuser, maildb], env=env, check=True)  # fmt: skip
-    assert table_stats(pg.conn(), maildb) != want
+    c, dest, want, other = _a_backup_and_a_dump_of_other_rows(pg, pwfile, maildb, tmp, fmt)
     real = restore_job.run_restore
 
     def swapped_first(*a: Any, **kw: Any) -> None:  # the writer wins the race: after the check, before the read
@@ -1072,20 +1084,9 @@ def test_a_slot_changed_after_its_check_is_never_what_pg_restore_reads(
     opens again: the same file, overwritten in place, restored a dump of other rows."""
     from deltadump.config import load
     from deltadump.jobs import restore as restore_job
-    from deltadump.pg.conn import psql
     from deltadump.pg.inspect import table_stats
 
-    dest = tmp / "dest"
-    dest.mkdir()
-    c = write_config(tmp / "c.toml", pg, pwfile, maildb, dest, format=fmt, name=f"{fmt}-%w", compress=0)
-    assert backup(c, 0)[0] == 0
-    want = table_stats(pg.conn(), maildb)
-    other = tmp / "other"  # a valid dump of other rows, as a writer could make
-    psql(pg.psql_bin(), pg.conn(), "delete from messages where id % 2 = 0", db=maildb)
-    env = {**os.environ, "PGPASSWORD": pg.password}
-    subprocess.run([pg.bin / "pg_dump", f"--format={fmt}", "-Z0", "-f", other, "-h", "127.0.0.1", "-p",
-                    str(pg.port), "-U", pg.superuser, maildb], env=env, check=True)  # fmt: skip
-    assert table_stats(pg.conn(), maildb) != want
+    c, dest, want, other = _a_backup_and_a_dump_of_other_rows(pg, pwfile, maildb, tmp, fmt)
     slot = next(dest.glob(f"{fmt}-*"))
     real = restore_job.run_restore
 

@@ -7,9 +7,8 @@ What pg_restore reads is what was checked, and no one else can change it: a slot
 directory-format dump's files) is copied into the private work folder as it is hashed, and that copy is
 restored; a rebuilt dump lives in the private work folder too; pg_restore is given it through a
 descriptor of that folder (fsio.Pinned: the folder's name, in the backup folder, is not ours alone to
-keep); and the backup folder's read lock keeps a
-concurrent backup or prune from switching or deleting what is being read. Physical backups: lay out a
-data directory."""
+keep); and the backup folder's read lock keeps a concurrent backup or prune from switching or deleting
+what is being read. Physical backups: lay out a data directory."""
 
 from __future__ import annotations
 
