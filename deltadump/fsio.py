@@ -243,17 +243,17 @@ def sha256_file(path: Path, bufsize: int = 4 << 20, *, max_size: int | None = No
     return size, h.hexdigest()
 
 
-def _irregular(fd: int, max_size: int | None) -> str | None:
-    """Why the file `fd`, opened non-blocking, may not be read in place (not a regular file, larger than
-    max_size), or None: it is then made blocking for its reader. The one check of open_regular and
-    open_regular_under."""
+def _irregular(fd: int, max_size: int | None) -> tuple[str, str] | None:
+    """Why the file `fd`, opened non-blocking, may not be read in place, and how it came to be so (not a
+    regular file; larger than max_size: grown), or None: it is then made blocking for its reader. The one
+    check of open_regular and open_regular_under."""
     import stat
 
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
-        return "not a regular file"
+        return "not a regular file", "deltadump never writes anything else"
     if max_size is not None and st.st_size > max_size:
-        return f"larger than the {max_size} bytes it may have ({st.st_size} bytes)"
+        return f"larger than the {max_size} bytes it may have ({st.st_size} bytes)", "grown"
     os.set_blocking(fd, True)
     return None
 
@@ -275,7 +275,7 @@ def open_regular(path: Path, max_size: int | None = None) -> BinaryIO:
         raise
     try:
         if (problem := _irregular(fd, max_size)) is not None:
-            raise IntegrityError(f"{path} is {problem}; refused")
+            raise IntegrityError(f"{path} is {problem[0]}; refused")
         if max_size is None:
             return os.fdopen(fd, "rb", buffering=0)
         return _bounded_file(fd, path, max_size)
@@ -477,8 +477,7 @@ def open_regular_under(root: Path, rel: str, max_size: int) -> int:
     fd = open_under(root, rel, os.O_RDONLY | os.O_NONBLOCK)
     try:
         if (problem := _irregular(fd, max_size)) is not None:
-            why = "grown" if problem.startswith("larger") else "deltadump never writes anything else"
-            raise IntegrityError(f"{problem} ({why})")
+            raise IntegrityError(f"{problem[0]} ({problem[1]})")
         return fd
     except BaseException:
         os.close(fd)

@@ -13,7 +13,6 @@ what is being read. Physical backups: lay out a data directory."""
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import tempfile
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 
 from ..config import Config
 from ..errors import DeltadumpError, IntegrityError, RestoreError
-from ..fsio import Pinned, checkpoint, open_regular_under, storage_error, work_folder
+from ..fsio import Pinned, checkpoint, work_folder
 from ..pg import database
 from ..pg.conn import Conn, check_dbname
 from ..pg.dump import UNCONVERTIBLE, dump_encoding, run_restore
@@ -35,7 +34,7 @@ from . import chain
 from .common import Reporter, SilentReporter, major_of, record_files, server_for, tool
 from .repo import LocalView, file_location, local_view, open_local, reading, slot_location
 from .ring import fetch_slot, ring_of
-from .verify import check_slot
+from .verify import check_file, check_slot
 
 
 @dataclass
@@ -149,51 +148,17 @@ def _work_parent(cfg: Config) -> Path:
 
 
 def _copy_checked(repo: Repository, dest: Path, rec: BackupRecord, out: Path) -> list[str]:
-    """Copy rec's slot (its one file, or a folder's files; read in place: fsio.open_regular_under) to
-    `out` in the private work folder, each file hashed as it is copied; the problems of those that are
-    not as recorded ([] when all are: `out` is then the backup exactly as it was checked, and only this
-    run can change it). The copy needs room for the dump beside the backups, as a rebuilt one does."""
-    import hashlib
-
+    """Copy rec's slot (its one file, or a folder's files) to `out` in the private work folder, each file
+    checked as it is copied (verify.check_file); the problems of those that are not as recorded ([] when
+    all are: `out` is then the backup exactly as it was checked, and only this run can change it). The
+    copy needs room for the dump beside the backups, as a rebuilt one does."""
     slot = slot_location(repo, dest, rec)
     problems = []
     for f in rec.files:
         located = file_location(repo, dest, rec, f)
-        target = out / located.relative_to(slot)  # (a one-file slot: `out` itself)
-        try:
-            fd = open_regular_under(dest, located.relative_to(dest).as_posix(), f.size)
-        except FileNotFoundError:
-            problems.append(f"{located}: missing")
-            continue
-        except OSError as exc:
-            problems.append(f"{located}: cannot be opened ({exc.strerror})")
-            continue
-        except IntegrityError as exc:
-            problems.append(f"{located}: {exc.message}")
-            continue
-        h, n = hashlib.sha256(), 0
-        with os.fdopen(fd, "rb") as s:
-            try:  # (every OSError here is the copy's: mkdir, open, write, and the close that writes the last bytes)
-                target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                with open(target, "xb") as o:
-                    while True:
-                        try:
-                            chunk = s.read(min(4 << 20, f.size + 1 - n))
-                        except OSError as exc:
-                            problems.append(f"{located}: cannot be read ({exc.strerror})")
-                            break
-                        if not chunk:
-                            if (n, h.hexdigest()) != (f.size, f.sha256):
-                                problems.append(f"{located}: sha256 mismatch (content changed or corrupt)")
-                            break
-                        h.update(chunk)
-                        n += len(chunk)
-                        if n > f.size:
-                            problems.append(f"{located}: sha256 mismatch (content changed or corrupt)")
-                            break
-                        o.write(chunk)
-            except OSError as exc:
-                raise storage_error(exc, target, "copying the backup to restore to") from exc
+        # (a one-file slot: `out` itself)
+        if problem := check_file(dest, f.path, f, located=located, copy_to=out / located.relative_to(slot)):
+            problems.append(problem)
     if problems:
         if out.is_dir():
             shutil.rmtree(out, ignore_errors=True)

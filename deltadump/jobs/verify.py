@@ -8,12 +8,13 @@ compared with its recorded sha256. A damaged file is named with every backup tha
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import Config
 from ..errors import DeltadumpError, IntegrityError, UsageError
-from ..fsio import open_regular_under, work_folder
+from ..fsio import open_regular_under, storage_error, work_folder
 from ..pg.dump import validate
 from ..pg.tools import find
 from ..store.chain import by_series, chain_of
@@ -48,9 +49,9 @@ class Report:
         return all(r.ok for r in self.results)
 
 
-def hash_fd(fd: int, limit: int | None = None) -> tuple[int, str]:
+def hash_fd(fd: int, limit: int | None = None, sink: Callable[[bytes], None] | None = None) -> tuple[int, str]:
     """(size, sha256) of the open file; with `limit`, reading stops past limit bytes (a file grown since
-    it was checked: its size then says it)."""
+    it was checked: its size then says it). `sink` is given every byte read within the limit."""
     import hashlib
 
     h = hashlib.sha256()
@@ -61,11 +62,45 @@ def hash_fd(fd: int, limit: int | None = None) -> tuple[int, str]:
             size += len(chunk)
             if limit is not None and size > limit:
                 break
+            if sink is not None:
+                sink(chunk)
     return size, h.hexdigest()
 
 
-def check_file(dest: Path, rel: str, want: FileRecord, *, located: Path | None = None) -> str:
-    """'' when the file under the backup folder has its recorded size and sha256, else the problem."""
+COPYING = "copying the backup to restore to"
+
+
+def _hash_copying(fd: int, limit: int, to: Path) -> tuple[int, str]:
+    """hash_fd, every byte also written to the new file `to` (its folders made); a write that fails is a
+    StorageError (a full disk there, say), never taken for a problem of the file read."""
+    try:
+        to.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        out = open(to, "xb")  # noqa: SIM115 (closed below, its errors the copy's)
+    except OSError as exc:
+        raise storage_error(exc, to, COPYING) from exc
+
+    def write(chunk: bytes) -> None:
+        try:
+            out.write(chunk)
+            out.flush()  # (nothing is left for the close to write: a small dump too fails here)
+        except OSError as exc:
+            raise storage_error(exc, to, COPYING) from exc
+
+    try:
+        return hash_fd(fd, limit, write)
+    finally:
+        try:
+            out.close()
+        except OSError as exc:
+            raise storage_error(exc, to, COPYING) from exc
+
+
+def check_file(
+    dest: Path, rel: str, want: FileRecord, *, located: Path | None = None, copy_to: Path | None = None
+) -> str:
+    """'' when the file under the backup folder has its recorded size and sha256, else the problem.
+    With `copy_to`, the bytes checked are also copied there as they are read (a restore reads that copy,
+    which only it can change)."""
     p = located or dest / rel
     try:
         fd = open_regular_under(dest, p.relative_to(dest).as_posix(), want.size)
@@ -78,7 +113,9 @@ def check_file(dest: Path, rel: str, want: FileRecord, *, located: Path | None =
             return f"{p}: a symbolic link (deltadump never writes one)"
         return f"{p}: cannot be read ({exc.strerror})"
     try:
-        size, digest = hash_fd(fd, want.size)
+        size, digest = hash_fd(fd, want.size) if copy_to is None else _hash_copying(fd, want.size, copy_to)
+    except OSError as exc:  # (reading it: the copy's own errors are StorageError)
+        return f"{p}: cannot be read ({exc.strerror})"
     finally:
         os.close(fd)
     if size != want.size:
